@@ -1,0 +1,1 @@
+"""Subcommands of the ``galguard`` command line, one module each."""

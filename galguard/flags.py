@@ -1,0 +1,58 @@
+"""The per-cutout flag bitmask shared by ingestion (`galguard.io`) and checks (`galguard.check`).
+
+Bits 0-7 describe the input cutout; bits 8-15 describe the robustness verdicts.
+
+=====  ==================  =============================================================
+bit    name                meaning
+=====  ==================  =============================================================
+0      BAD_INPUT           the cutout could not be read or used; see the ``error`` column
+1      NONFINITE_MASKED    NaN or inf pixels were found, masked and replaced
+2      RESIZED             the cutout was centre-cropped or padded to the requested size
+3      PARTIAL_OVERLAP     the cutout extends past the edge of its parent image (padded, masked)
+4      SKY_ESTIMATED       the sky level was not in the header and was estimated
+5      GAIN_ESTIMATED      the gain was not in the header; estimated or a default used
+6      EXPTIME_MISSING     the exposure time was not in the header
+7      HEADER_INCOMPLETE   another header value the noise model needs was missing
+8      ONEPIXEL_FLIP       a single pixel change flips the predicted class
+9      NOISE_UNSTABLE      shallower-depth noise realisations flip the class too often
+10     LATENT_SHIFT        a perturbation moves the latent vector unusually far
+11     OUT_OF_DISTRIBUTION the latent vector is far from the training distribution
+12     LOW_CONFIDENCE      the predicted class probability is low
+=====  ==================  =============================================================
+"""
+
+import enum
+
+__all__ = ["Flag", "INPUT_FLAGS", "VERDICT_FLAGS", "describe"]
+
+
+class Flag(enum.IntFlag):
+    """Bitmask of per-cutout flags (see the module docstring for the meaning of each bit)."""
+
+    NONE = 0
+    BAD_INPUT = 1 << 0
+    NONFINITE_MASKED = 1 << 1
+    RESIZED = 1 << 2
+    PARTIAL_OVERLAP = 1 << 3
+    SKY_ESTIMATED = 1 << 4
+    GAIN_ESTIMATED = 1 << 5
+    EXPTIME_MISSING = 1 << 6
+    HEADER_INCOMPLETE = 1 << 7
+    ONEPIXEL_FLIP = 1 << 8
+    NOISE_UNSTABLE = 1 << 9
+    LATENT_SHIFT = 1 << 10
+    OUT_OF_DISTRIBUTION = 1 << 11
+    LOW_CONFIDENCE = 1 << 12
+
+
+INPUT_FLAGS = (Flag.BAD_INPUT | Flag.NONFINITE_MASKED | Flag.RESIZED | Flag.PARTIAL_OVERLAP
+               | Flag.SKY_ESTIMATED | Flag.GAIN_ESTIMATED | Flag.EXPTIME_MISSING
+               | Flag.HEADER_INCOMPLETE)
+VERDICT_FLAGS = (Flag.ONEPIXEL_FLIP | Flag.NOISE_UNSTABLE | Flag.LATENT_SHIFT
+                 | Flag.OUT_OF_DISTRIBUTION | Flag.LOW_CONFIDENCE)
+
+
+def describe(value):
+    """Return the names of the flags set in an integer bitmask, e.g. ``['BAD_INPUT']``."""
+    value = int(value)
+    return [f.name for f in Flag if f.value and value & f.value]

@@ -1,0 +1,43 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    if not torch.cuda.is_available():
+        return False
+    try:
+        from galguard import _core
+    except ImportError:
+        return False
+    return bool(_core.build_info().get("cuda"))
+
+
+CUDA = _cuda_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU with a CUDA-enabled galguard core on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """Each available device: 'cpu' always, 'cuda' where a GPU exists."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
