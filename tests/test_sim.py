@@ -1,0 +1,214 @@
+"""Tests of galguard.sim: determinism, class balance, the Y1/Y10 noise model, FITS output."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from galguard import GalguardValueError, sim
+
+SIZE = 40  # small stamps keep the tests fast; physics does not depend on the stamp size
+
+
+@pytest.fixture(scope="module")
+def small():
+    return sim.simulate(6, seed=7, start=0, size=SIZE)
+
+
+def test_shapes_dtypes_and_meta(small):
+    assert set(small) == {"y10", "y1"}
+    for depth, d in small.items():
+        assert d.images.shape == (6, 3, SIZE, SIZE)
+        assert d.images.dtype == np.float32
+        assert d.labels.dtype == np.int64
+        assert len(d) == len(d.meta) == 6
+        assert list(d.meta["index"]) == list(range(6))
+        assert d.meta["gain"].shape == (6, 3)
+        assert d.meta.meta["depth"] == depth.upper()
+        assert np.all(np.isfinite(d.images))
+    np.testing.assert_array_equal(small["y10"].labels, small["y1"].labels)
+    # same PSF and the same true magnitudes at both depths: one noiseless galaxy
+    np.testing.assert_array_equal(small["y10"].meta["seeing"], small["y1"].meta["seeing"])
+    np.testing.assert_array_equal(small["y10"].meta["mag"], small["y1"].meta["mag"])
+
+
+def test_deterministic_per_seed_and_index(small):
+    # galaxies 3..5 rendered on their own, in another batch split, and with 2 workers
+    part = sim.simulate(3, seed=7, start=3, size=SIZE)
+    for depth in ("y10", "y1"):
+        np.testing.assert_array_equal(part[depth].images, small[depth].images[3:])
+        np.testing.assert_array_equal(part[depth].labels, small[depth].labels[3:])
+    one = sim.simulate(1, seed=7, start=4, depths=("y1",), size=SIZE)
+    np.testing.assert_array_equal(one["y1"].images[0], small["y1"].images[4])
+    other = sim.simulate(3, seed=8, start=3, size=SIZE)
+    assert not np.array_equal(other["y10"].images, part["y10"].images)
+
+
+def test_parallel_matches_serial(small):
+    par = sim.simulate(6, seed=7, size=SIZE, n_jobs=2, depths=("y10",))
+    np.testing.assert_array_equal(par["y10"].images, small["y10"].images)
+
+
+def test_class_balance():
+    lab = sim.class_labels(np.arange(3000), seed=11)
+    assert np.bincount(lab, minlength=3).tolist() == [1000, 1000, 1000]
+    # any aligned block of 3 holds one of each class
+    assert np.all(np.sort(lab.reshape(-1, 3), axis=1) == [0, 1, 2])
+    # labels depend only on (seed, index)
+    np.testing.assert_array_equal(sim.class_labels(np.arange(1500, 1600), seed=11),
+                                  lab[1500:1600])
+    paper = sim.class_labels(np.arange(1000), seed=11, class_fractions="paper")
+    assert np.bincount(paper, minlength=3).tolist() == [430, 240, 330]
+
+
+def _border_noise(images, width=6):
+    """Sky noise per band from the border: std of neighbour differences / sqrt(2).
+
+    Differences of adjacent pixels remove the smooth galaxy light that still reaches the
+    border of a small stamp.
+    """
+    diff = (images[..., 1:] - images[..., :-1]) / np.sqrt(2.0)
+    strip = np.concatenate([diff[..., :width, :], diff[..., -width:, :]], axis=-2)
+    return strip.std(axis=(0, 2, 3))
+
+
+def test_y1_over_y10_sky_noise_is_sqrt10():
+    # 4 galaxies x 2 strips x 6 rows x 63 differences ~ 3000 values per band: the relative
+    # standard error of each std is ~1.3%, of the ratio ~2%; tolerance 6% (3 sigma).
+    out = sim.simulate(4, seed=3, size=64, depths=("y10", "y1"))
+    s10 = _border_noise(out["y10"].images)
+    s1 = _border_noise(out["y1"].images)
+    np.testing.assert_allclose(s1 / s10, np.sqrt(10), rtol=0.06)
+    # absolute level: sqrt(sky / gain) from the counts model
+    for depth, s in (("y10", s10), ("y1", s1)):
+        p = sim.depth_params(depth)
+        np.testing.assert_allclose(s, np.sqrt(p["sky"] / p["gain"]), rtol=0.06)
+
+
+def test_counts_model_is_consistent():
+    # k = gain * (f + sky) must be (close to) integer: the image is Poisson counts / gain - sky
+    out = sim.simulate(2, seed=5, size=32, depths=("y1",))
+    d = out["y1"]
+    p = sim.depth_params("y1")
+    k = (d.images.astype(np.float64) + p["sky"][None, :, None, None]) * p["gain"][None, :, None,
+                                                                                    None]
+    assert np.abs(k - np.round(k)).max() < 0.05
+    assert k.min() >= -0.05
+
+
+def test_galaxies_are_realistic_fluxes(small):
+    m = small["y10"].meta
+    # r-band magnitudes drawn in 18.5..22.5
+    assert np.all((m["mag"][:, 1] > 18.4) & (m["mag"][:, 1] < 22.6))
+    # ellipticals redder in g - r than spirals
+    big = sim.simulate(12, seed=1, size=32, depths=("y10",))["y10"].meta
+    gr = big["mag"][:, 0] - big["mag"][:, 1]
+    assert gr[big["label"] == 1].mean() > gr[big["label"] == 0].mean() + 0.1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": -1}, "n must be >= 0, got -1"),
+    ({"n": 2.5}, "n must be an integer, got 2.5"),
+    ({"n": 1, "seed": -3}, "seed must be >= 0, got -3"),
+    ({"n": 1, "size": 8}, "size must be >= 16, got 8"),
+    ({"n": 1, "depths": ("y5",)}, "depths must contain only 'y10' or 'y1', got 'y5'"),
+    ({"n": 1, "n_jobs": 0}, "n_jobs must be >= 1 or -1"),
+    ({"n": 1, "class_fractions": (1, 2)}, "class_fractions must be"),
+])
+def test_bad_arguments(kwargs, match):
+    n = kwargs.pop("n")
+    with pytest.raises(GalguardValueError, match=match):
+        sim.simulate(n, **kwargs)
+
+
+def test_write_fits_round_trip_and_headers(tmp_path, small):
+    d = small["y1"]
+    paths = sim.write_fits(d, tmp_path)
+    assert [p.name for p in paths] == [f"gal_{i:07d}.fits" for i in range(6)]
+    with fits.open(paths[2]) as hdul:
+        h = hdul[0].header
+        np.testing.assert_array_equal(hdul[0].data, d.images[2])
+        assert h["BUNIT"] == "electron/s"
+        assert h["BANDS"] == "g,r,i"
+        assert h["DEPTH"] == "Y1"
+        assert h["PIXSCALE"] == 0.2
+        assert (h["OBJID"], h["SIMINDEX"], h["SIMSEED"]) == (2, 2, 7)
+        assert h["TRUELAB"] == d.labels[2]
+        assert h["TRUECLAS"] == sim.CLASSES[d.labels[2]]
+        p = sim.depth_params("y1")
+        for k, band in enumerate(sim.BANDS, start=1):
+            assert h[f"FILTER{k}"] == band
+            assert h[f"GAIN{k}"] == p["gain"][k - 1] == h[f"EXPTIM{k}"]
+            assert h[f"SKYLEV{k}"] == pytest.approx(p["sky"][k - 1])
+            assert h[f"MAGZP{k}"] == p["zeropoint"][k - 1]
+            assert h[f"SEEING{k}"] == pytest.approx(d.meta["seeing"][2][k - 1], abs=1e-4)
+    # refuse to overwrite, then overwrite on request
+    with pytest.raises(FileExistsError, match="gal_0000000.fits exists"):
+        sim.write_fits(d, tmp_path)
+    assert len(sim.write_fits(d, tmp_path, overwrite=True)) == 6
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_write_fits_stack(tmp_path, small):
+    d = small["y10"]
+    (path,) = sim.write_fits(d, tmp_path, stack=True)
+    with fits.open(path) as hdul:
+        np.testing.assert_array_equal(hdul[0].data, d.images)
+        cat = hdul["CATALOG"].data
+        np.testing.assert_array_equal(cat["ID"], np.arange(6))
+        np.testing.assert_array_equal(cat["TRUELAB"], d.labels)
+        assert [c.strip() for c in cat["TRUECLAS"]] == [sim.CLASSES[k] for k in d.labels]
+        assert cat["GAIN"].shape == (6, 3)
+        np.testing.assert_allclose(cat["SEEING"], d.meta["seeing"])
+        assert hdul[0].header["DEPTH"] == "Y10"
+
+
+def test_write_fits_compressed_is_reproducible(tmp_path, small):
+    d = small["y10"]
+    a = sim.write_fits(d, tmp_path / "a", compress=True)
+    b = sim.write_fits(d, tmp_path / "b", compress=True)
+    assert a[0].name == "gal_0000000.fits.fz"
+    assert a[0].read_bytes() == b[0].read_bytes()
+    with fits.open(a[0]) as hdul:
+        data = hdul[1].data
+        assert hdul[1].header["TRUELAB"] == d.labels[0]
+    # quantisation error well below the sky noise
+    sky_sigma = np.sqrt(sim.depth_params("y10")["sky"] / sim.depth_params("y10")["gain"])
+    err = np.abs(data - d.images[0]).max(axis=(1, 2))
+    assert np.all(err < sky_sigma)
+
+
+def test_write_fits_rejects_other_types(tmp_path):
+    with pytest.raises(GalguardValueError, match="simdata must be a SimData, got dict"):
+        sim.write_fits({}, tmp_path)
+
+
+def test_cli_writes_files_and_refuses_overwrite(tmp_path, capsys):
+    from galguard.cli import main
+
+    out = tmp_path / "out"
+    args = ["simulate", "--n", "3", "--depth", "both", "--seed", "4", "--out", str(out),
+            "--size", "32", "--no-progress", "--mosaic", str(tmp_path / "m.png")]
+    assert main(args) == 0
+    for depth in ("y10", "y1"):
+        names = sorted(p.name for p in (out / depth).iterdir())
+        assert names == ["gal_0000000.fits", "gal_0000001.fits", "gal_0000002.fits"]
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    before = (out / "y1" / "gal_0000001.fits").read_bytes()
+    assert main(args) == 1
+    assert "exists" in capsys.readouterr().err
+    assert (out / "y1" / "gal_0000001.fits").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+    with fits.open(out / "y10" / "gal_0000002.fits") as hdul:
+        ref = sim.simulate(1, seed=4, start=2, size=32, depths=("y10",))["y10"]
+        np.testing.assert_array_equal(hdul[0].data, ref.images[0])
+
+
+def test_cli_stack(tmp_path):
+    from galguard.cli import main
+
+    assert main(["simulate", "--n", "2", "--depth", "y1", "--out", str(tmp_path), "--stack",
+                 "--size", "24", "--no-progress"]) == 0
+    (path,) = tmp_path.iterdir()
+    with fits.open(path) as hdul:
+        assert hdul[0].data.shape == (2, 3, 24, 24)
+        assert hdul[0].header["DEPTH"] == "Y1"
