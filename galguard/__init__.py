@@ -16,3 +16,15 @@ from .errors import GalguardError, GalguardValueError, GalguardWarning
 from .flags import Flag
 
 __all__ = ["__version__", "Flag", "GalguardError", "GalguardValueError", "GalguardWarning"]
+
+
+
+def __getattr__(name):
+    # `galguard.check` is imported on first use so that `import galguard` stays light (no torch).
+    # The submodule galguard.check is itself callable, so `galguard.check(...)` works whichever
+    # of the function or the submodule the attribute holds.
+    if name == "check":
+        from .check import check
+        globals()["check"] = check
+        return check
+    raise AttributeError(f"module 'galguard' has no attribute {name!r}")

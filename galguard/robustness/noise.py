@@ -1,0 +1,239 @@
+"""Stability of predictions under shallower-depth Poisson noise.
+
+A cutout in sky-subtracted flux f with sky level s and gain g (electrons per flux unit) holds about
+k = g (f + s) electrons. Two ways of making a shallower version (a fraction p of the exposure;
+LSST Y10 -> Y1 is p ~ 0.1) are provided:
+
+``mode="thin"`` (default, exact for Poisson counts)
+    ``k = max(round(g (f + s)), 0)``, ``k' ~ Binomial(k, p)``, ``f' = k' / (g p) - s``. If k is
+    Poisson with mean m, k' is Poisson with mean p m: exactly the count of a p-times shorter
+    exposure. The rounding is the only approximation (the data are not integer counts).
+``mode="poisson"`` (additive approximation)
+    ``lam = g max(f + s, 0) (1/p - 1)``, ``n ~ Poisson(lam)``, ``f' = f + (n - lam) / g``. It adds
+    the missing variance ``(f + s)(1/p - 1) / g`` as Poisson noise on top of the observed image,
+    so the total variance matches the shallower depth, but it treats the noisy observed flux as
+    the true mean and the added noise is independent of the noise already there: an
+    approximation, kept for comparison with codes that "add Poisson noise".
+
+Random draws come from the compiled core (`galguard.kernels`), keyed on (seed, global cutout
+index, realisation, pixel), so a cutout's noisy versions do not depend on its batch.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from ..errors import GalguardValueError
+from .latent import latent_shift, model_latent
+from .onepixel import model_logits
+
+__all__ = ["degrade", "noise_stability", "NoiseResult", "MODES"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("thin", "poisson")
+
+
+def _kernels():
+    from .. import kernels
+    return kernels
+
+
+def _per_band(name, value, N, C, device):
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to(device=device, dtype=torch.float64)
+    else:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float64), device=device)
+    if t.ndim == 0:
+        t = t.expand(N, C)
+    elif t.ndim == 1 and t.shape[0] == C:
+        t = t.expand(N, C)
+    if t.shape != (N, C):
+        raise GalguardValueError(
+            f"{name} must be a scalar, ({C},) or ({N}, {C}), got shape {tuple(t.shape)}")
+    return t.reshape(N, C, 1, 1)
+
+
+def _validate_p(p):
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise GalguardValueError(f"p must be a number in (0, 1], got {p!r}") from None
+    if not (0.0 < p <= 1.0):
+        raise GalguardValueError(f"p must be in (0, 1], got {p!r}")
+    return p
+
+
+def degrade(images, *, gain, sky, p=0.1, mode="thin", seed=0, index=None, realisation=0):
+    """One shallower-depth realisation of each image.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        (N, C, H, W) sky-subtracted flux; not modified.
+    gain : float or array-like
+        Electrons per flux unit: scalar, (C,) or (N, C); finite and > 0.
+    sky : float or array-like
+        Subtracted sky level in flux units: scalar, (C,) or (N, C); finite.
+    p : float, optional
+        Fraction of the exposure kept, in (0, 1] (0.1: LSST Y10 -> Y1).
+    mode : {"thin", "poisson"}, optional
+        Exact binomial thinning of the counts, or the additive-Poisson approximation (see the
+        module docstring).
+    seed : int, optional
+        Random seed.
+    index : array-like of int, optional
+        (N,) global cutout indices keying the random streams (default ``arange(N)``).
+    realisation : int, optional
+        Realisation number r; different r give independent draws.
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C, H, W) float32 on the images' device.
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise GalguardValueError(f"images must be a (N, C, H, W) torch.Tensor, got {got}")
+    if mode not in MODES:
+        raise GalguardValueError(f"mode must be one of {MODES}, got {mode!r}")
+    p = _validate_p(p)
+    N, C = images.shape[:2]
+    device = images.device
+    g = _per_band("gain", gain, N, C, device)
+    s = _per_band("sky", sky, N, C, device)
+    if not bool(torch.isfinite(g).all()) or not bool((g > 0).all()):
+        raise GalguardValueError("gain must be finite and > 0 in every band")
+    if not bool(torch.isfinite(s).all()):
+        raise GalguardValueError("sky must be finite in every band")
+    if index is None:
+        index = torch.arange(N, dtype=torch.int64, device=device)
+    else:
+        index = torch.as_tensor(index, dtype=torch.int64, device=device)
+        if index.shape != (N,):
+            raise GalguardValueError(
+                f"index must have shape ({N},), got {tuple(index.shape)}")
+    k = _kernels()
+    f = images.double()
+    electrons = (g * (f + s)).clamp_min(0.0)
+    if mode == "thin":
+        counts = torch.round(electrons).to(torch.float32).contiguous()
+        thinned = k.binomial_thin(counts, p, seed=seed, index=index, realisation=realisation)
+        out = thinned.double() / (g * p) - s
+    else:
+        lam = (electrons * (1.0 / p - 1.0)).to(torch.float32).contiguous()
+        n = k.poisson(lam, seed=seed, index=index, realisation=realisation)
+        out = f + (n.double() - lam.double()) / g
+    return out.to(torch.float32)
+
+
+@dataclasses.dataclass
+class NoiseResult:
+    """Per-image outcome of `noise_stability` (tensors on the images' device).
+
+    Attributes
+    ----------
+    flip_rate : torch.Tensor
+        (N,) fraction of realisations whose predicted class differs from the original's.
+    prob_drop : torch.Tensor
+        (N,) mean over realisations of p_orig(c) - p_noisy(c), c the original predicted class.
+    latent_shift : torch.Tensor
+        (N,) mean over realisations of the Euclidean latent distance (NaN when the model returns
+        no latent), not normalised.
+    pred_label : torch.Tensor
+        (N,) original predicted class.
+    pred_prob : torch.Tensor
+        (N,) original probability of that class.
+    """
+
+    flip_rate: torch.Tensor
+    prob_drop: torch.Tensor
+    latent_shift: torch.Tensor
+    pred_label: torch.Tensor
+    pred_prob: torch.Tensor
+
+
+def _forward(model, x, batch_size):
+    lat, probs = [], []
+    for i in range(0, x.shape[0], batch_size):
+        out = model(x[i:i + batch_size])
+        probs.append(torch.softmax(model_logits(out).float(), dim=1))
+        z = model_latent(out)
+        lat.append(z.float() if z is not None else None)
+    if not probs:
+        return None, None
+    latent = None if any(z is None for z in lat) else torch.cat(lat)
+    return latent, torch.cat(probs)
+
+
+def noise_stability(model, images, *, gain, sky, p=0.1, realisations=8, mode="thin", seed=0,
+                    index=None, batch_size=256, clean=None):
+    """Flip rate, probability drop and latent shift under K shallower-depth realisations.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps raw (N, C, H, W) images to logits or ``(latent, logits)``.
+    images : torch.Tensor
+        (N, C, H, W) sky-subtracted flux; not modified.
+    gain, sky, p, mode, seed, index
+        See `degrade`.
+    realisations : int, optional
+        Number K of noisy versions per image (realisation numbers 0..K-1).
+    batch_size : int, optional
+        Images per model call; affects only speed and memory.
+    clean : tuple of torch.Tensor, optional
+        ``(latent or None, probs)`` of the original images if already computed.
+
+    Returns
+    -------
+    NoiseResult
+
+    Notes
+    -----
+    The model is put in eval mode (and its mode restored) and run under `torch.inference_mode`.
+    """
+    if isinstance(realisations, bool) or not isinstance(realisations, (int, np.integer)) \
+            or realisations < 1:
+        raise GalguardValueError(f"realisations must be an integer >= 1, got {realisations!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise GalguardValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
+        raise GalguardValueError(f"images must be a (N, C, H, W) torch.Tensor, got {got}")
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            N = images.shape[0]
+            if clean is None:
+                latent0, probs0 = _forward(model, images, batch_size)
+            else:
+                latent0, probs0 = clean
+            if N == 0:
+                z = torch.zeros(0, device=images.device)
+                return NoiseResult(z, z, z, z.long(), z)
+            pred = probs0.argmax(dim=1)
+            p0 = probs0.gather(1, pred[:, None])[:, 0]
+            flips = torch.zeros(N, dtype=torch.float64, device=images.device)
+            drop = torch.zeros(N, dtype=torch.float64, device=images.device)
+            shift = torch.zeros(N, dtype=torch.float64, device=images.device)
+            for r in range(realisations):
+                noisy = degrade(images, gain=gain, sky=sky, p=p, mode=mode, seed=seed,
+                                index=index, realisation=r)
+                latent, probs = _forward(model, noisy, batch_size)
+                flips += (probs.argmax(dim=1) != pred).double()
+                drop += (p0 - probs.gather(1, pred[:, None])[:, 0]).double()
+                if latent0 is not None and latent is not None:
+                    shift += latent_shift(latent0, latent).double()
+            K = float(realisations)
+            if latent0 is None:
+                shift = torch.full_like(shift, float("nan"))
+            return NoiseResult(flip_rate=(flips / K).float(), prob_drop=(drop / K).float(),
+                               latent_shift=(shift / K).float(), pred_label=pred,
+                               pred_prob=p0.float())
+    finally:
+        model.train(was_training)

@@ -1,0 +1,664 @@
+"""Batched one-pixel (and k-pixel) attack by differential evolution.
+
+The attack changes ``pixels`` pixels of a cutout, all bands of each, and searches positions and
+values with differential evolution (Storn & Price 1997; Su et al. 2019), as in the DeepAdversaries
+study. Every image of a call and its whole population go through the model in large batches; the
+differential-evolution steps (initialisation, mutation/crossover, writing candidate pixels into
+images, greedy selection) are the compiled core's kernels (`galguard.kernels`).
+"""
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+
+from ..errors import GalguardValueError
+
+__all__ = ["OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits"]
+
+log = logging.getLogger(__name__)
+
+#: Budget presets. ``paper`` is the DeepAdversaries setting (population 400, 100 generations,
+#: DE rand/1 with F = 0.5, no crossover). ``fast`` and ``default`` are screening presets whose
+#: recall against ``paper`` is measured in BENCHMARKS.md; ``default`` is what `galguard.check`
+#: uses and is sized for a 2-core CPU.
+PRESETS = {
+    "paper": dict(popsize=400, max_iter=100, F=0.5, crossover=None, strategy="rand1",
+                  init="random"),
+    "fast": dict(popsize=60, max_iter=60, F=0.5, crossover=None, strategy="rand1",
+                 init="extremes"),
+    "default": dict(popsize=40, max_iter=30, F=0.5, crossover=None, strategy="rand1",
+                    init="extremes"),
+}
+
+_STRATEGIES = ("rand1", "best1")
+_INITS = ("random", "extremes")
+
+
+def model_logits(output):
+    """Return the logits from a model output that is either logits or ``(latent, logits)``.
+
+    Parameters
+    ----------
+    output : torch.Tensor or tuple or list
+        What the model returned.
+
+    Returns
+    -------
+    torch.Tensor
+        The (N, K) logits.
+    """
+    if isinstance(output, (tuple, list)):
+        if len(output) != 2:
+            raise GalguardValueError(
+                f"model output must be logits or (latent, logits), got a sequence of length "
+                f"{len(output)}")
+        output = output[1]
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise GalguardValueError(f"model logits must have shape (N, K), got {shape}")
+    return output
+
+
+@dataclasses.dataclass
+class OnePixelResult:
+    """Outcome of a `OnePixelAttack` call; every tensor is on the input images' device.
+
+    Attributes
+    ----------
+    success : torch.Tensor
+        (B,) bool. True when the returned pixel(s), applied to the image and run through the model
+        once more (re-verification), give the wanted prediction: any class other than the given
+        label (untargeted) or the target label (targeted), and pass ``threshold`` when one is set.
+    x, y : torch.Tensor
+        (B,) int64 column and row of the changed pixel (so it is ``image[..., y, x]``), or
+        (B, pixels) when ``pixels > 1``. For a failed attack: the best candidate found.
+    values : torch.Tensor
+        (B, C) values written into each band, or (B, pixels, C) when ``pixels > 1``.
+    label : torch.Tensor
+        (B,) int64 class predicted for the adversarial image.
+    prob : torch.Tensor
+        (B,) probability of ``label`` for the adversarial image.
+    probs : torch.Tensor
+        (B, K) class probabilities of the adversarial image.
+    queries : torch.Tensor
+        (B,) int64 model evaluations spent on each image, including the one re-verification
+        evaluation of each success.
+    generations : torch.Tensor
+        (B,) int64 DE generations run for each image (0 when a member of the initial population
+        already succeeded).
+    attacked_label : torch.Tensor
+        (B,) int64 the labels the attack was given (true/predicted labels, or targets).
+    targeted : bool
+        Whether the attack was targeted.
+    images : torch.Tensor or None
+        (B, C, H, W) adversarial images when requested with ``return_images=True``.
+    """
+
+    success: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    values: torch.Tensor
+    label: torch.Tensor
+    prob: torch.Tensor
+    probs: torch.Tensor
+    queries: torch.Tensor
+    generations: torch.Tensor
+    attacked_label: torch.Tensor
+    targeted: bool
+    images: torch.Tensor = None
+
+    @property
+    def success_rate(self):
+        """Fraction of images attacked successfully (NaN for an empty result)."""
+        n = self.success.numel()
+        return float(self.success.sum()) / n if n else float("nan")
+
+
+def _kernels():
+    from .. import kernels  # imported lazily: the core is loaded on first use
+    return kernels
+
+
+class OnePixelAttack:
+    """Untargeted or targeted k-pixel attack by batched differential evolution.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps (N, C, H, W) float images to logits (N, K) or to ``(latent, logits)``; a
+        `galguard.models.GalaxyClassifier` takes raw flux, so the attack works in physical units.
+    pixels : int, optional
+        Number of pixels changed (all bands of each).
+    popsize : int, optional
+        DE population per image (the paper: 400).
+    max_iter : int, optional
+        DE generations after the initial population (the paper: 100).
+    F : float, optional
+        Mutation scale factor in (0, 2].
+    crossover : float or None, optional
+        Binomial crossover rate CR in (0, 1]; None means no crossover (CR = 1, the trial vector is
+        the mutant, as in the paper).
+    strategy : {"rand1", "best1"}, optional
+        DE mutation strategy.
+    init : {"random", "extremes"}, optional
+        Initial population. "random": uniform positions and values. "extremes": as "random", but
+        the values of every fourth member (p % 4 == 0) are set to the bounds' maxima and those of
+        members p % 4 == 1 to the minima (hot and dead pixels, the likeliest one-pixel flips).
+    bounds : {"cutout", "paper"} or (lo, hi), optional
+        Value bounds. "cutout": each band's own minimum and maximum in the cutout (a plausible bad
+        pixel). "paper": the [0, 1] normalised space of DeepAdversaries; for a model with a frozen
+        preprocessing that can be inverted (``model.preprocess.inverse``, as
+        `galguard.models.GalaxyClassifier` has) the bounds are the raw-flux values that map to 0
+        and 1, per band; for a plain module the raw values [0, 1]. (lo, hi): scalars or per-band
+        sequences of length C.
+    targeted : bool, optional
+        If True, the labels passed to the call are targets: fitness is -p(target), success is
+        argmax == target. Otherwise fitness is p(label), success is argmax != label.
+    threshold : float or None, optional
+        Stricter success: untargeted p(label) < threshold (the paper's untargeted variant used
+        0.05), targeted p(target) > threshold (the paper: 0.5). None: argmax decides.
+    early_stop : bool, optional
+        Stop each image's search at the first generation in which a candidate succeeds.
+    seed : int, optional
+        Seed of the counter-based random streams; with the image index it fixes every draw.
+    batch_size : int or None, optional
+        Most candidate images run through the model at once; None picks a size that keeps the
+        candidate batch near 64 MiB.
+    oob : {"redraw", "clip"}, optional
+        What the mutation kernel does with genes outside the bounds.
+
+    Notes
+    -----
+    A member is ``[x_0, y_0, v_0[0..C-1], x_1, ...]``: continuous positions in [0, W) and [0, H)
+    (the pixel is ``(int(y), int(x))``) and one value per band. Generation g builds trial vectors
+    ``a + F (b - c)`` (rand/1) or ``best + F (b - c)`` (best/1), optional binomial crossover with
+    rate CR, and keeps each trial that is at least as fit as its parent (greedy one-to-one
+    selection). The fitness is minimised: p(label) untargeted, -p(target) targeted.
+
+    Random draws are keyed on (seed, image index, generation, member), so the outcome for an image
+    does not depend on the batch size, on the other images of the call, or on which of them have
+    already stopped. Pass ``ids`` (global indices) to the call when attacking a large set in
+    pieces.
+
+    The attack puts the model in eval mode and restores its previous mode afterwards, runs under
+    `torch.inference_mode`, keeps every tensor on the images' device and stores no per-call state
+    on the attack object.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from galguard.robustness import OnePixelAttack
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    >>> attack = OnePixelAttack.from_preset("fast", model, seed=1)
+    >>> result = attack(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))
+    >>> result.success.shape
+    torch.Size([2])
+    """
+
+    def __init__(self, model, *, pixels=1, popsize=400, max_iter=100, F=0.5, crossover=None,
+                 strategy="rand1", init="random", bounds="cutout", targeted=False,
+                 threshold=None, early_stop=True, seed=0, batch_size=None, oob="redraw"):
+        if not isinstance(model, torch.nn.Module):
+            raise GalguardValueError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.pixels = _validate_int("pixels", pixels, 1)
+        self.popsize = _validate_int("popsize", popsize, 4)
+        self.max_iter = _validate_int("max_iter", max_iter, 0)
+        F = float(F)
+        if not (0.0 < F <= 2.0):
+            raise GalguardValueError(f"F must be in (0, 2], got {F!r}")
+        self.F = F
+        if crossover is not None:
+            crossover = float(crossover)
+            if not (0.0 < crossover <= 1.0):
+                raise GalguardValueError(f"crossover must be None or in (0, 1], got {crossover!r}")
+        self.crossover = crossover
+        if strategy not in _STRATEGIES:
+            raise GalguardValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
+        if init not in _INITS:
+            raise GalguardValueError(f"init must be one of {_INITS}, got {init!r}")
+        self.init = init
+        self.bounds = _validate_bounds_spec(bounds)
+        self.targeted = bool(targeted)
+        if threshold is not None:
+            threshold = float(threshold)
+            if not (0.0 < threshold < 1.0):
+                raise GalguardValueError(f"threshold must be None or in (0, 1), got {threshold!r}")
+        self.threshold = threshold
+        self.early_stop = bool(early_stop)
+        self.seed = _validate_int("seed", seed, 0)
+        self.batch_size = None if batch_size is None else _validate_int("batch_size", batch_size, 1)
+        if oob not in ("redraw", "clip"):
+            raise GalguardValueError(f"oob must be 'redraw' or 'clip', got {oob!r}")
+        self.oob = oob
+
+    @classmethod
+    def from_preset(cls, name, model, **overrides):
+        """Build an attack from a budget preset of `PRESETS`, overriding any argument.
+
+        Parameters
+        ----------
+        name : {"paper", "fast", "default"}
+            Preset name.
+        model : torch.nn.Module
+            The model to attack.
+        **overrides
+            Any keyword argument of `OnePixelAttack`.
+        """
+        if name not in PRESETS:
+            raise GalguardValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+        kwargs = dict(PRESETS[name])
+        kwargs.update(overrides)
+        return cls(model, **kwargs)
+
+    def config(self):
+        """Return the attack's settings as a JSON-serialisable dict."""
+        bounds = self.bounds
+        if not isinstance(bounds, str):
+            bounds = [np.asarray(b).tolist() for b in bounds]
+        return dict(pixels=self.pixels, popsize=self.popsize, max_iter=self.max_iter, F=self.F,
+                    crossover=self.crossover, strategy=self.strategy, init=self.init,
+                    bounds=bounds, targeted=self.targeted, threshold=self.threshold,
+                    early_stop=self.early_stop, seed=self.seed, batch_size=self.batch_size,
+                    oob=self.oob)
+
+    def max_queries(self):
+        """Most model evaluations one image can cost: ``popsize * (1 + max_iter) + 1``."""
+        return self.popsize * (1 + self.max_iter) + 1
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"OnePixelAttack({type(self.model).__name__}, {args})"
+
+    # ------------------------------------------------------------------------------------------
+    def __call__(self, images, labels, *, ids=None, return_images=False):
+        """Attack a batch of images.
+
+        Parameters
+        ----------
+        images : torch.Tensor or numpy.ndarray
+            (B, C, H, W) finite float images, in the units the model takes. Not modified.
+        labels : torch.Tensor or array-like
+            (B,) int labels: the class to move away from (untargeted) or the target class.
+        ids : torch.Tensor or array-like, optional
+            (B,) int64 global image indices keying the random streams (default ``arange(B)``).
+        return_images : bool, optional
+            Also return the adversarial images (the best candidate for failed attacks).
+
+        Returns
+        -------
+        OnePixelResult
+
+        Raises
+        ------
+        GalguardValueError
+            For images, labels or ids of the wrong shape, type or value.
+        """
+        images = _validate_images(images)
+        device = images.device
+        B, C, H, W = images.shape
+        labels = _validate_labels(labels, B, device)
+        ids = _validate_ids(ids, B, device)
+        model = self.model
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.inference_mode():
+                return self._run(images, labels, ids, return_images)
+        finally:
+            model.train(was_training)
+
+    # ------------------------------------------------------------------------------------------
+    def _chunk(self, C, H, W):
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(16, (64 << 20) // (4 * C * H * W))
+
+    def _run(self, images, labels, ids, return_images):
+        k = _kernels()
+        device = images.device
+        B, C, H, W = images.shape
+        P, G, npx = self.popsize, self.pixels * (2 + C), self.pixels
+        images = images.contiguous()
+        lo, hi = _resolve_bounds(self.bounds, self.model, images)
+        chunk = self._chunk(C, H, W)
+        evaluator = _Evaluator(self.model, chunk, images.dtype, device, (C, H, W))
+
+        if B == 0:
+            return self._empty_result(images, labels, return_images)
+
+        # Original predictions give the number of classes and validate the labels.
+        K = evaluator.num_classes(images[:1])
+        if int(labels.min()) < 0 or int(labels.max()) >= K:
+            raise GalguardValueError(
+                f"labels must be in [0, {K - 1}] for a model with {K} classes, got values in "
+                f"[{int(labels.min())}, {int(labels.max())}]")
+
+        # Per-image outputs, filled as images finish.
+        out_member = torch.zeros(B, G, dtype=torch.float32, device=device)
+        out_probs = torch.zeros(B, K, dtype=torch.float32, device=device)
+        out_success = torch.zeros(B, dtype=torch.bool, device=device)
+        out_gen = torch.zeros(B, dtype=torch.int64, device=device)
+        out_queries = torch.zeros(B, dtype=torch.int64, device=device)
+
+        active = torch.arange(B, device=device)
+        pop = k.de_init(ids, P, pixels=npx, channels=C, height=H, width=W, lo=lo, hi=hi,
+                        seed=self.seed)
+        if self.init == "extremes":
+            pop = _extreme_init(pop, lo, hi, npx, C)
+        probs = evaluator(images, pop)                         # (B, P, K)
+        fit = self._fitness(probs, labels)
+        out_queries += P
+        cr = 1.0 if self.crossover is None else self.crossover
+
+        # Early stop on the initial population.
+        done = self._finish(probs, fit, pop, labels, active, out_member, out_probs, out_success,
+                            out_gen, 0, final=self.max_iter == 0)
+        keep = ~done
+        if not bool(keep.all()):
+            active, pop, probs, fit = active[keep], pop[keep], probs[keep], fit[keep]
+        best = torch.argmin(fit, dim=1)
+        for gen in range(1, self.max_iter + 1):
+            if active.numel() == 0:
+                break
+            img_a, lab_a, ids_a = images[active], labels[active], ids[active]
+            lo_a, hi_a = lo[active], hi[active]
+            trial = k.de_mutate(pop, ids=ids_a, generation=gen, F=self.F, strategy=self.strategy,
+                                best=best if self.strategy == "best1" else None, CR=cr,
+                                oob=self.oob, height=H, width=W, lo=lo_a, hi=hi_a, seed=self.seed)
+            tprobs = evaluator(img_a, trial)
+            tfit = self._fitness(tprobs, lab_a)
+            out_queries[active] += P
+            replace = tfit <= fit                                # the kernel's rule, for probs
+            probs = torch.where(replace[..., None], tprobs, probs)
+            pop, fit, best = k.de_select(pop, fit, trial, tfit)
+            done = self._finish(probs, fit, pop, lab_a, active, out_member, out_probs,
+                                out_success, out_gen, gen, final=gen == self.max_iter)
+            keep = ~done
+            if not bool(keep.all()):
+                active, pop, probs, fit, best = (active[keep], pop[keep], probs[keep], fit[keep],
+                                                 best[keep])
+
+        # Re-verify: apply the returned pixels and run the model once more on each success.
+        members = out_member[:, None, :].contiguous()
+        succ_idx = torch.nonzero(out_success).flatten()
+        if succ_idx.numel():
+            vprobs = evaluator(images[succ_idx], members[succ_idx])[:, 0, :]
+            ok = self._succeeded(vprobs, labels[succ_idx])
+            out_probs[succ_idx] = vprobs
+            out_queries[succ_idx] += 1
+            if not bool(ok.all()):
+                log.debug("%d success(es) did not re-verify and are reported as failures",
+                          int((~ok).sum()))
+                out_success[succ_idx] = ok
+        adv = k.de_write_candidates(images, members) if return_images else None
+        return self._result(out_member, out_probs, out_success, out_queries, out_gen, labels,
+                            C, adv)
+
+    def _fitness(self, probs, labels):
+        idx = labels.view(-1, 1, 1).expand(-1, probs.shape[1], 1)
+        p = torch.gather(probs, 2, idx)[..., 0]
+        return -p if self.targeted else p
+
+    def _succeeded(self, probs, labels):
+        """probs (..., K) and labels broadcastable to probs[..., 0]."""
+        pred = probs.argmax(dim=-1)
+        p_lab = torch.gather(probs, -1, labels.unsqueeze(-1).expand(*probs.shape[:-1], 1))[..., 0]
+        if self.targeted:
+            ok = pred == labels
+            if self.threshold is not None:
+                ok = ok & (p_lab > self.threshold)
+        else:
+            ok = pred != labels
+            if self.threshold is not None:
+                ok = ok & (p_lab < self.threshold)
+        return ok
+
+    def _finish(self, probs, fit, pop, labels, active, out_member, out_probs, out_success,
+                out_gen, gen, *, final):
+        """Record the images whose search ends now; return the (n_active,) bool `done` mask.
+
+        The returned candidate is the fittest member that succeeds, else the fittest member.
+        """
+        ok = self._succeeded(probs, labels[:, None].expand(-1, probs.shape[1]))  # (A, P)
+        any_ok = ok.any(dim=1)
+        inf = torch.tensor(float("inf"), dtype=fit.dtype, device=fit.device)
+        pick_ok = torch.argmin(torch.where(ok, fit, inf), dim=1)
+        pick_all = torch.argmin(fit, dim=1)
+        pick = torch.where(any_ok, pick_ok, pick_all)
+        done = any_ok if self.early_stop else torch.zeros_like(any_ok)
+        if final:
+            done = torch.ones_like(any_ok)
+        if bool(done.any()):
+            rows = torch.nonzero(done).flatten()
+            sel = pick[rows]
+            dst = active[rows]
+            out_member[dst] = pop[rows, sel]
+            out_probs[dst] = probs[rows, sel]
+            out_success[dst] = any_ok[rows]
+            out_gen[dst] = gen
+        return done
+
+    def _result(self, members, probs, success, queries, gens, labels, C, adv):
+        B = members.shape[0]
+        m = members.view(B, self.pixels, 2 + C)
+        x = m[..., 0].floor().long()
+        y = m[..., 1].floor().long()
+        values = m[..., 2:].clone()
+        label = probs.argmax(dim=1)
+        prob = torch.gather(probs, 1, label[:, None])[:, 0]
+        if self.pixels == 1:
+            x, y, values = x[:, 0], y[:, 0], values[:, 0]
+        return OnePixelResult(success=success, x=x, y=y, values=values, label=label, prob=prob,
+                              probs=probs, queries=queries, generations=gens,
+                              attacked_label=labels, targeted=self.targeted, images=adv)
+
+    def _empty_result(self, images, labels, return_images):
+        device = images.device
+        C = images.shape[1]
+        shape = (0,) if self.pixels == 1 else (0, self.pixels)
+        z = torch.zeros(shape, dtype=torch.int64, device=device)
+        vshape = (0, C) if self.pixels == 1 else (0, self.pixels, C)
+        return OnePixelResult(
+            success=torch.zeros(0, dtype=torch.bool, device=device), x=z, y=z.clone(),
+            values=torch.zeros(vshape, device=device), label=z.new_zeros(0),
+            prob=torch.zeros(0, device=device), probs=torch.zeros(0, 0, device=device),
+            queries=z.new_zeros(0), generations=z.new_zeros(0), attacked_label=labels,
+            targeted=self.targeted, images=images.clone() if return_images else None)
+
+
+class _Evaluator:
+    """Runs (B, P) candidate members of B images through the model in chunks of `chunk`."""
+
+    def __init__(self, model, chunk, dtype, device, chw):
+        self.model = model
+        self.chunk = chunk
+        self.buf = None
+        self.dtype = dtype
+        self.device = device
+        self.chw = chw
+
+    def num_classes(self, image):
+        return model_logits(self.model(image)).shape[1]
+
+    def _buffer(self, n):
+        if self.buf is None or self.buf.shape[0] < n:
+            self.buf = torch.empty((n,) + self.chw, dtype=self.dtype, device=self.device)
+        return self.buf[:n]
+
+    def __call__(self, images, members):
+        k = _kernels()
+        B, P, _ = members.shape
+        chunk = self.chunk
+        out = None
+        if P >= chunk:
+            blocks = [(b, b + 1, p, min(P, p + chunk)) for b in range(B) for p in range(0, P, chunk)]
+        else:
+            per = max(1, chunk // P)
+            blocks = [(b, min(B, b + per), 0, P) for b in range(0, B, per)]
+        for b0, b1, p0, p1 in blocks:
+            mem = members[b0:b1, p0:p1]
+            if not mem.is_contiguous():
+                mem = mem.contiguous()
+            n = (b1 - b0) * (p1 - p0)
+            cand = k.de_write_candidates(images[b0:b1], mem, out=self._buffer(n))
+            probs = torch.softmax(model_logits(self.model(cand)).float(), dim=1)
+            if out is None:
+                out = torch.empty(B, P, probs.shape[1], dtype=torch.float32, device=self.device)
+            out[b0:b1, p0:p1] = probs.view(b1 - b0, p1 - p0, -1)
+        return out
+
+
+def _extreme_init(pop, lo, hi, pixels, C):
+    """Set values of members p % 4 == 0 to `hi` and p % 4 == 1 to `lo` (all pixels, all bands)."""
+    pop = pop.clone()
+    B, P, G = pop.shape
+    v = pop.view(B, P, pixels, 2 + C)
+    v[:, 0::4, :, 2:] = hi[:, None, None, :]
+    v[:, 1::4, :, 2:] = lo[:, None, None, :]
+    return pop
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+def _validate_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise GalguardValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise GalguardValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _validate_bounds_spec(bounds):
+    if isinstance(bounds, str):
+        if bounds not in ("cutout", "paper"):
+            raise GalguardValueError(
+                f"bounds must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}")
+        return bounds
+    try:
+        lo, hi = bounds
+    except (TypeError, ValueError):
+        raise GalguardValueError(
+            f"bounds must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}") from None
+    lo = np.asarray(lo.cpu() if isinstance(lo, torch.Tensor) else lo, dtype=np.float64)
+    hi = np.asarray(hi.cpu() if isinstance(hi, torch.Tensor) else hi, dtype=np.float64)
+    if lo.ndim > 1 or hi.ndim > 1 or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise GalguardValueError(
+            f"bounds (lo, hi) must be finite scalars or per-band sequences, got {bounds!r}")
+    if np.any(np.broadcast_arrays(lo, hi)[0] > np.broadcast_arrays(lo, hi)[1]):
+        raise GalguardValueError(f"bounds must have lo <= hi, got lo={lo}, hi={hi}")
+    return (lo, hi)
+
+
+def _validate_images(images):
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise GalguardValueError(
+            f"images must be a torch.Tensor or numpy array, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise GalguardValueError(
+            f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise GalguardValueError(f"images must be floating point, got dtype {images.dtype}")
+    if images.dtype != torch.float32:
+        images = images.float()
+    if images.numel() and not bool(torch.isfinite(images).all()):
+        raise GalguardValueError("images must be finite, got NaN or inf values")
+    return images
+
+
+def _validate_labels(labels, B, device):
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    if labels.shape != (B,):
+        raise GalguardValueError(
+            f"labels must have shape ({B},) to match images, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise GalguardValueError(f"labels must be integers, got dtype {labels.dtype}")
+    return labels.to(device=device, dtype=torch.int64)
+
+
+def _validate_ids(ids, B, device):
+    if ids is None:
+        return torch.arange(B, dtype=torch.int64, device=device)
+    if not isinstance(ids, torch.Tensor):
+        ids = torch.as_tensor(np.asarray(ids))
+    if ids.shape != (B,) or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise GalguardValueError(
+            f"ids must be ({B},) integers matching images, got shape {tuple(ids.shape)} "
+            f"dtype {ids.dtype}")
+    if B and int(ids.min()) < 0:
+        raise GalguardValueError(f"ids must be >= 0, got minimum {int(ids.min())}")
+    return ids.to(device=device, dtype=torch.int64)
+
+
+def _resolve_bounds(spec, model, images):
+    """(B, C) float32 lo and hi on the images' device."""
+    B, C = images.shape[:2]
+    device = images.device
+    if spec == "cutout":
+        flat = images.reshape(B, C, -1)
+        if flat.shape[-1] == 0:
+            raise GalguardValueError(f"images must have H, W > 0, got {tuple(images.shape)}")
+        return flat.amin(dim=2).contiguous(), flat.amax(dim=2).contiguous()
+    if spec == "paper":
+        lo, hi = paper_bounds(model, C)
+    else:
+        lo, hi = spec
+    lo = np.broadcast_to(np.asarray(lo, dtype=np.float32), (C,)) if np.ndim(lo) == 0 else lo
+    hi = np.broadcast_to(np.asarray(hi, dtype=np.float32), (C,)) if np.ndim(hi) == 0 else hi
+    for name, arr in (("lo", lo), ("hi", hi)):
+        if np.shape(arr) != (C,):
+            raise GalguardValueError(
+                f"bounds {name} must be a scalar or have one value per band ({C},), got shape "
+                f"{np.shape(arr)}")
+    lo_t = torch.as_tensor(np.asarray(lo, dtype=np.float32), device=device)
+    hi_t = torch.as_tensor(np.asarray(hi, dtype=np.float32), device=device)
+    return lo_t.expand(B, C).contiguous(), hi_t.expand(B, C).contiguous()
+
+
+def paper_bounds(model, channels):
+    """Raw-value bounds of the DeepAdversaries [0, 1] normalised space for `model`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A `galguard.models.GalaxyClassifier` (or any module with a ``preprocess`` holding per-band
+        ``lo``, ``hi`` and ``scale`` buffers), or a plain module.
+    channels : int
+        Number of bands.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+        (C,) float32 bounds in the model's raw input units.
+
+    Notes
+    -----
+    The frozen preprocessing maps raw flux x to ``y = (asinh(c clip(x, l, h)) + 1) / 2``. The
+    raw values mapping to y = 0 and y = 1 are ``-sinh(1)/c`` and ``sinh(1)/c``; the clip limits
+    l and h cut that interval further, since raw values past them give the same y. So the bounds
+    are ``[max(l, -sinh(1)/c), min(h, sinh(1)/c)]`` per band: every normalised value the
+    paper's attack could write that a raw-flux pixel can produce. (The paper wrote normalised
+    values directly; those outside the clipped range cannot be made by any raw pixel.) For a plain
+    module without that preprocessing the bounds are the raw values 0 and 1.
+    """
+    pre = getattr(model, "preprocess", None)
+    consts = [getattr(pre, name, None) for name in ("lo", "hi", "scale")]
+    if pre is None or any(not isinstance(c, torch.Tensor) for c in consts):
+        return np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    l, h, c = (t.detach().double().cpu().numpy().reshape(-1) for t in consts)
+    if l.shape != (channels,):
+        raise GalguardValueError(
+            f"bounds='paper': the model's preprocessing has {l.size} bands but images have "
+            f"{channels}")
+    s = math.sinh(1.0) / c
+    lo = np.maximum(l, -s)
+    hi = np.minimum(h, s)
+    return lo.astype(np.float32), hi.astype(np.float32)
