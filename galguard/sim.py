@@ -297,7 +297,7 @@ def _gauss_blur(img, sigma_arcsec, grid):
 _COLOURS = {
     "red": ((0.75, 0.05), (0.38, 0.03)),      # early-type, bulges
     "disk": ((0.50, 0.06), (0.26, 0.04)),     # old disc light
-    "young": ((0.22, 0.07), (0.08, 0.05)),    # spiral arms, HII regions
+    "young": ((0.18, 0.07), (0.05, 0.05)),    # spiral arms, HII regions
     "tidal": ((0.60, 0.07), (0.30, 0.04)),    # tidal debris
     "mixed": ((0.58, 0.08), (0.30, 0.05)),    # interacting galaxies
 }
@@ -308,9 +308,9 @@ def _colour(rng, key):
     return rng.normal(gr, sgr), rng.normal(ri, sri)
 
 
-def _size_for_mag(rng, mag_r, base, lo, hi):
-    """Half-light radius (arcsec) decreasing with magnitude, with 0.12 dex scatter."""
-    lr = math.log10(base) - 0.18 * (mag_r - 20.5) + rng.normal(0.0, 0.12)
+def _size_for_mag(rng, mag_r, base, lo, hi, *, slope=0.18, scatter=0.12):
+    """Half-light radius (arcsec): ``base`` at r = 20.5, shrinking by ``slope`` dex per mag."""
+    lr = math.log10(base) - slope * (mag_r - 20.5) + rng.normal(0.0, scatter)
     return float(np.clip(10.0 ** lr, lo, hi))
 
 
@@ -336,10 +336,10 @@ def _make_spiral(rng, grid, mag_r):
     x0, y0 = _centre_jitter(rng)
     pa = rng.uniform(0, math.pi)
     q = rng.uniform(0.45, 1.0)  # inclination: face-on to moderately inclined
-    hlr_disk = _size_for_mag(rng, mag_r, 1.6, 0.8, 3.0)
+    hlr_disk = _size_for_mag(rng, mag_r, 2.0, 1.2, 3.5, slope=0.15, scatter=0.08)
     h = hlr_disk / 1.678
-    bt = rng.uniform(0.08, 0.35)
-    hlr_bulge = float(np.clip(rng.uniform(0.12, 0.3) * hlr_disk, 0.2, 0.8))
+    bt = rng.uniform(0.05, 0.3)
+    hlr_bulge = float(np.clip(rng.uniform(0.1, 0.25) * hlr_disk, 0.2, 0.7))
     n_bulge = rng.choice([2.0, 2.5, 3.0, 3.5, 4.0])
     comps.append(("gs", "red", bt,
                   _sersic(n_bulge, hlr_bulge, min(1.0, q + rng.uniform(0.2, 0.4)), pa, x0, y0)))
@@ -351,10 +351,10 @@ def _make_spiral(rng, grid, mag_r):
         comps.append(("gs", "red", rng.uniform(0.04, 0.08),
                       _sersic(0.5, bar_len * 0.6, rng.uniform(0.2, 0.35), bar_pa, x0, y0)))
     m = int(rng.choice([2, 2, 3, 4]))
-    pitch = math.radians(rng.uniform(12.0, 30.0))
+    pitch = math.radians(rng.uniform(15.0, 32.0) + 3.0 * (m - 2))
     phase = rng.uniform(0, 2 * math.pi)
     sharp = rng.uniform(2.0, 5.0)
-    amp = rng.uniform(0.6, 0.9)
+    amp = rng.uniform(0.7, 0.95)
     r_in = max(bar_len, 1.5 * hlr_bulge, 0.4 * h)
     u, v = _disk_coords(grid, x0, y0, pa, q)
     r = np.hypot(u, v)
@@ -368,7 +368,7 @@ def _make_spiral(rng, grid, mag_r):
     disk_img = expo * (1.0 - amp * taper)
     f_disk_total = 1.0 - bt
     f_knots = rng.uniform(0.05, 0.15) * f_disk_total
-    f_arms = amp * 0.5 * f_disk_total
+    f_arms = amp * 0.6 * f_disk_total
     f_smooth = f_disk_total - f_arms - f_knots
     comps.append(("np", "disk", f_smooth, disk_img))
     comps.append(("np", "young", f_arms, arm_img))
@@ -414,7 +414,7 @@ def _shell(grid, x0, y0, radius, centre_angle, half_open, width, n_pts=300):
     a = np.linspace(-half_open, half_open, n_pts)
     x = x0 + radius * np.cos(centre_angle + a)
     y = y0 + radius * np.sin(centre_angle + a)
-    w = np.cos(0.5 * np.pi * a / half_open) ** 0.5 + 0.05
+    w = np.sqrt(np.clip(np.cos(0.5 * np.pi * a / half_open), 0.0, None)) + 0.05
     return _gauss_blur(grid.splat(x, y, w), width, grid)
 
 
@@ -910,7 +910,7 @@ def _rgb(img, zp, stretch):
 
     # common flux unit across bands (r-band zero point), then i, r, g -> R, G, B
     scaled = [img[k] * 10.0 ** (0.4 * (zp[1] - zp[k])) for k in range(3)]
-    return make_lupton_rgb(scaled[2], scaled[1], scaled[0], stretch=stretch, Q=8, minimum=0.0)
+    return make_lupton_rgb(scaled[2], scaled[1], scaled[0], stretch=stretch, Q=10, minimum=0.0)
 
 
 def make_mosaic(sims, path, *, max_per_class=6, dpi=100):
@@ -959,7 +959,7 @@ def make_mosaic(sims, path, *, max_per_class=6, dpi=100):
         img = sims[d].images[i]
         # stretch from the noiseless-ish Y10 image so both depths share one display scale
         r = sims[depths[0]].images[i][1]
-        stretch = max(float(np.percentile(r, 99.5)) / 6.0, 1e-6)
+        stretch = max(float(np.percentile(r, 99.5)) / 12.0, 1e-6)
         ax.imshow(_rgb(img, zp, stretch), origin="lower")
         idx = int(sims[d].meta["index"][i])
         ax.set_title(f"{CLASSES[int(sims[d].labels[i])]} #{idx} {d.upper()}", fontsize=7)
