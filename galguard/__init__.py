@@ -27,4 +27,7 @@ def __getattr__(name):
         from .check import check
         globals()["check"] = check
         return check
+    if name == "train":  # galguard.train(...): the training entry point, also imported lazily
+        from .training import train
+        return train
     raise AttributeError(f"module 'galguard' has no attribute {name!r}")

@@ -1,0 +1,260 @@
+"""Saving and loading models: safetensors weights + a JSON model card, never pickle.
+
+A model ``NAME`` is two files: ``NAME.safetensors`` (every tensor: network weights, the frozen
+preprocessing constants and the latent statistics) and ``NAME.json`` (the model card). The card
+records the sha256 of the weights file; :func:`load` recomputes it and refuses a mismatch.
+Files that hold pickled objects (``torch.save`` archives, ``.pt``/``.pth``/``.pkl``) are refused
+before anything is read from them.
+"""
+
+import hashlib
+import json
+import logging
+import struct
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import GalguardValueError
+from .classifier import GalaxyClassifier, Preprocess
+from .networks import build_network
+
+__all__ = ["available", "load", "save", "weights_dir", "sha256_file", "CARD_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+CARD_FORMAT = "galguard-model-card/1"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".zip"}
+
+
+def weights_dir():
+    """Directory of the weights shipped inside the package."""
+    return Path(str(resources.files("galguard.models") / "weights"))
+
+
+def sha256_file(path, *, chunk=1 << 20):
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _index():
+    p = weights_dir() / "index.json"
+    if not p.exists():
+        return {}
+    with open(p) as fh:
+        return json.load(fh)
+
+
+def available():
+    """Names of the models shipped with galguard (sorted), plus ``"default"`` if one is set.
+
+    Returns
+    -------
+    list of str
+    """
+    d = weights_dir()
+    names = sorted(p.stem for p in d.glob("*.safetensors") if (d / f"{p.stem}.json").exists())
+    if _index().get("default") in names:
+        names.append("default")
+    return names
+
+
+def _refuse_pickle(path):
+    """Raise if ``path`` is, by name or by content, a pickle or a torch.save (zip) archive."""
+    path = Path(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise GalguardValueError(
+            f"refusing to load {str(path)!r}: {path.suffix} files hold pickled Python objects, "
+            f"which can execute code; galguard loads only .safetensors weights with a .json card")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or head[:1] in (b"(", b"]", b"}"):
+        raise GalguardValueError(
+            f"refusing to load {str(path)!r}: it holds pickled objects (pickle or torch.save "
+            f"archive), which can execute code; galguard loads only .safetensors weights")
+    if len(head) < 9:
+        raise GalguardValueError(f"{str(path)!r} is not a safetensors file (too short)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > path.stat().st_size - 8 or head[8:9] != b"{":
+        raise GalguardValueError(f"{str(path)!r} is not a safetensors file (bad header)")
+
+
+def _resolve(name_or_path):
+    """-> (weights path, card path)."""
+    if isinstance(name_or_path, str) and "/" not in name_or_path and "\\" not in name_or_path \
+            and not name_or_path.endswith((".json", ".safetensors")) \
+            and Path(name_or_path).suffix.lower() not in _PICKLE_SUFFIXES:
+        name = name_or_path
+        if name == "default":
+            name = _index().get("default")
+            if name is None:
+                raise GalguardValueError("name_or_path 'default': no default model is shipped")
+        d = weights_dir()
+        w, c = d / f"{name}.safetensors", d / f"{name}.json"
+        if not (w.exists() and c.exists()):
+            raise GalguardValueError(
+                f"name_or_path must be one of {available()} or a path to a .safetensors file "
+                f"with its .json card, got {name_or_path!r}")
+        return w, c
+    try:
+        p = Path(name_or_path)
+    except TypeError:
+        raise GalguardValueError(
+            f"name_or_path must be a model name or a path, got {type(name_or_path).__name__}") \
+            from None
+    if not p.exists():
+        raise GalguardValueError(f"name_or_path {str(p)!r} does not exist")
+    if p.is_dir():
+        raise GalguardValueError(
+            f"name_or_path {str(p)!r} is a directory; give the .safetensors file or its .json card")
+    if p.suffix.lower() == ".json":
+        card_path = p
+        with open(p) as fh:
+            card = json.load(fh)
+        w = p.parent / card.get("weights_file", p.with_suffix(".safetensors").name)
+    else:
+        _refuse_pickle(p)
+        w, card_path = p, p.with_suffix(".json")
+        if not card_path.exists():
+            raise GalguardValueError(
+                f"name_or_path {str(p)!r} has no model card: expected {str(card_path)!r}")
+    if not w.exists():
+        raise GalguardValueError(f"the card {str(card_path)!r} names weights {str(w)!r}, which "
+                                 f"do not exist")
+    return w, card_path
+
+
+def load(name_or_path="default", *, device="cpu"):
+    """Load a model: a shipped one by name, or a ``.safetensors`` file with its ``.json`` card.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like, optional
+        A name from :func:`available` (``"default"`` is the recommended model), or the path to a
+        ``NAME.safetensors`` file (its card ``NAME.json`` must sit beside it) or to the card.
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    GalaxyClassifier
+        In evaluation mode, on ``device``, with ``.card``, ``.name``, ``.sha256`` and
+        ``.latent_stats`` set.
+
+    Raises
+    ------
+    GalguardValueError
+        If the name is unknown, the file is a pickle (``.pt``/``.pth`` or any file holding pickled
+        objects), the weights' sha256 differs from the card's, or the card and weights disagree.
+
+    Notes
+    -----
+    Nothing is unpickled: tensors are read with ``safetensors`` and the card with ``json``.
+    """
+    w, card_path = _resolve(name_or_path)
+    _refuse_pickle(w)
+    with open(card_path) as fh:
+        try:
+            card = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise GalguardValueError(f"model card {str(card_path)!r} is not valid JSON: {exc}") \
+                from None
+    for key in ("architecture", "classes", "bands", "input_size", "sha256"):
+        if key not in card:
+            raise GalguardValueError(f"model card {str(card_path)!r} lacks the key {key!r}")
+    digest = sha256_file(w)
+    if digest != card["sha256"]:
+        raise GalguardValueError(
+            f"refusing to load {str(w)!r}: its sha256 is {digest} but its card "
+            f"{str(card_path)!r} records {card['sha256']}; the file was modified or corrupted")
+    tensors = load_file(str(w), device="cpu")
+    net = build_network(card["architecture"], in_channels=len(card["bands"]),
+                        n_classes=len(card["classes"]), input_size=int(card["input_size"]),
+                        latent_dim=int(card.get("latent_dim", 256)))
+    pre = Preprocess(tensors["preprocess.lo"], tensors["preprocess.hi"],
+                     tensors["preprocess.scale"])
+    pc = card.get("preprocessing", {})
+    for key, t in (("clip_lo", pre.lo), ("clip_hi", pre.hi), ("scale", pre.scale)):
+        if key in pc and not np.allclose(pc[key], t.numpy(), rtol=1e-6, atol=0):
+            raise GalguardValueError(
+                f"model card {str(card_path)!r}: preprocessing {key} {pc[key]} differs from the "
+                f"weights' {t.tolist()}")
+    stats = None
+    if "latent_class_means" in tensors:
+        stats = {"class_means": tensors["latent_class_means"],
+                 "precision": tensors["latent_precision"],
+                 "centroid_separation": tensors["latent_centroid_separation"]}
+    model = GalaxyClassifier(net, pre, classes=card["classes"], bands=card["bands"],
+                             input_size=card["input_size"], card=card, latent_stats=stats,
+                             name=card.get("name", w.stem), sha256=digest)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise GalguardValueError(f"weights {str(w)!r} do not match the architecture in "
+                                 f"{str(card_path)!r}: {exc}") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    log.info("loaded model %s (%s) sha256 %s", model.name, w, digest[:12])
+    return model.to(device)
+
+
+def save(model, path, *, card=None):
+    """Write ``model`` as ``path`` (.safetensors) and its card (same stem, .json).
+
+    Parameters
+    ----------
+    model : GalaxyClassifier
+    path : path-like
+        Target ``NAME.safetensors`` (the suffix is added if missing).
+    card : dict, optional
+        Card entries (default ``model.card``); architecture, classes, bands, input size,
+        preprocessing constants,
+        weights file name and sha256 are filled in (and overwrite ``card``'s).
+
+    Returns
+    -------
+    (Path, Path)
+        Weights and card paths.
+    """
+    if not isinstance(model, GalaxyClassifier):
+        raise GalguardValueError(f"model must be a GalaxyClassifier, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": CARD_FORMAT})
+    arch = {"ConvNet": "convnet", "ResNet18": "resnet18"}.get(type(model.network).__name__)
+    if card is None:
+        card = model.card
+    out = dict(card or {})
+    out.pop("sha256", None)
+    out.update({
+        "format": CARD_FORMAT,
+        "name": out.get("name", path.stem),
+        "architecture": arch,
+        "classes": list(model.classes),
+        "bands": list(model.bands),
+        "input_size": model.input_size,
+        "latent_dim": model.latent_dim,
+        "preprocessing": {
+            "method": "clip to per-band [clip_lo, clip_hi]; y = (arcsinh(scale * x) + 1) / 2",
+            **(card or {}).get("preprocessing", {}),
+        },
+        "weights_file": path.name,
+        "sha256": sha256_file(path),
+    })
+    out["preprocessing"].update(model.preprocess.constants())
+    card_path = path.with_suffix(".json")
+    with open(card_path, "w") as fh:
+        json.dump(out, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    model.card, model.name, model.sha256 = out, out["name"], out["sha256"]
+    return path, card_path

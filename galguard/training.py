@@ -1,0 +1,648 @@
+"""Training and evaluation of the morphology models, with optional domain adaptation.
+
+Source data are labelled (e.g. LSST Y10 depth), target data unlabelled (e.g. Y1 depth). The
+network is trained with class-weighted cross-entropy on the source, plus, for domain
+adaptation, a distance between the source and target latent distributions:
+
+``none``
+    cross-entropy only.
+``mmd``
+    DeepAdversaries: ``CE + mmd_weight * MMD^2`` with a sum of Gaussian kernels
+    ``exp(-||x - y||^2 / (2 s))`` over the paper's 19 bandwidths :data:`MMD_BANDWIDTHS`.
+``sinkhorn``
+    SIDDA: the Sinkhorn divergence (geomloss ``SamplesLoss("sinkhorn", p=2, scaling=0.9)``)
+    with ``blur = max(0.05 * max source-target latent distance, 0.01)`` recomputed every batch,
+    and learned loss weights ``L = CE / (2 e1^2) + S / (2 e2^2) + log(|e1| |e2|)`` with
+    ``e1 >= 1e-3`` and ``e2 >= 0.25 e1``.
+
+Training is deterministic for a given seed: batch order is drawn from
+``numpy.random.default_rng([seed, epoch])`` and torch's generator is re-seeded every epoch, so a
+run resumed from a checkpoint continues exactly as the uninterrupted run would.
+"""
+
+import copy
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import GalguardValueError
+from .models.classifier import GalaxyClassifier, Preprocess, as_tensor, fit_latent_stats
+from .models.networks import build_network
+
+__all__ = ["train", "evaluate", "classification_metrics", "mmd2", "sinkhorn_divergence",
+           "plot_evaluation", "load_sim_split", "DA_METHODS", "MMD_BANDWIDTHS", "CLASSES",
+           "BANDS"]
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("spiral", "elliptical", "merger")
+BANDS = ("g", "r", "i")
+DA_METHODS = ("none", "mmd", "sinkhorn")
+#: Bandwidths ``s`` of the Gaussian kernels ``exp(-d^2 / (2 s))`` in the DeepAdversaries MMD.
+MMD_BANDWIDTHS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0,
+                  35.0, 100.0, 1e3, 1e4, 1e5, 1e6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Domain losses
+# ------------------------------------------------------------------------------------------------
+def mmd2(x, y, *, bandwidths=MMD_BANDWIDTHS):
+    r"""Biased multi-kernel Gaussian MMD^2 between samples ``x`` (N, D) and ``y`` (M, D).
+
+    .. math::
+
+        \mathrm{MMD}^2 = \overline{K(x, x')} + \overline{K(y, y')} - 2\,\overline{K(x, y)},\quad
+        K(a, b) = \sum_s \exp\left(-\frac{\lVert a - b\rVert^2}{2 s}\right)
+    """
+    z = torch.cat([x, y], 0)
+    d2 = torch.cdist(z, z).pow(2)
+    k = sum(torch.exp(-d2 / (2.0 * s)) for s in bandwidths)
+    n = x.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2.0 * k[:n, n:].mean()
+
+
+def sinkhorn_divergence(x, y, *, scaling=0.9, blur=None):
+    """SIDDA's Sinkhorn divergence between latents ``x`` and ``y`` and the blur used.
+
+    ``blur`` defaults to ``max(0.05 * max_ij ||x_i - y_j||, 0.01)`` (computed without gradient).
+    Returns ``(divergence, blur)``.
+    """
+    from geomloss import SamplesLoss
+
+    if blur is None:
+        with torch.no_grad():
+            blur = max(0.05 * float(torch.cdist(x, y).max()), 0.01)
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, backend="tensorized")
+    return loss(x, y), blur
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------------
+def classification_metrics(probs, labels, *, classes=CLASSES, n_bins=15):
+    """Accuracy, per-class precision/recall/F1, confusion matrix, ECE and Brier score.
+
+    Parameters
+    ----------
+    probs : array-like, shape (N, K)
+        Predicted class probabilities.
+    labels : array-like of int, shape (N,)
+        True classes in ``0..K-1``.
+    classes : sequence of str, optional
+    n_bins : int, optional
+        Equal-width confidence bins for the expected calibration error.
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``per_class`` {name: {precision, recall, f1, support}},
+        ``confusion`` (K x K list, rows = true class, columns = predicted), ``ece``, ``brier``
+        (mean over galaxies of ``sum_k (p_k - [y = k])^2``), ``reliability`` (per bin: lower edge,
+        count, mean confidence, accuracy).
+
+    Notes
+    -----
+    ECE = sum_b (n_b / N) |acc_b - conf_b| over confidence bins b of the top-class probability;
+    a bin's interval is (lo, hi], the first includes 0.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    k = len(classes)
+    if p.ndim != 2 or p.shape[1] != k:
+        raise GalguardValueError(f"probs must have shape (N, {k}), got {p.shape}")
+    if y.shape != (p.shape[0],):
+        raise GalguardValueError(f"labels must have shape ({p.shape[0]},), got {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise GalguardValueError(f"labels must be in 0..{k - 1}, got values in "
+                                 f"{y.min()}..{y.max()}")
+    n = y.size
+    pred = p.argmax(1) if n else np.zeros(0, np.int64)
+    conf = p.max(1) if n else np.zeros(0)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    per = {}
+    for i, c in enumerate(classes):
+        tp = cm[i, i]
+        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
+        rec = tp / cm[i].sum() if cm[i].sum() else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per[c] = {"precision": float(prec), "recall": float(rec), "f1": float(f1),
+                  "support": int(cm[i].sum())}
+    correct = (pred == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    ece = 0.0
+    rel = []
+    for b in range(n_bins):
+        sel = bins == b
+        nb = int(sel.sum())
+        if nb:
+            acc_b, conf_b = correct[sel].mean(), conf[sel].mean()
+            ece += nb / n * abs(acc_b - conf_b)
+        else:
+            acc_b = conf_b = float("nan")
+        rel.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": nb,
+                    "confidence": float(conf_b), "accuracy": float(acc_b)})
+    onehot = np.eye(k)[y] if n else np.zeros((0, k))
+    return {
+        "n": int(n),
+        "accuracy": float(correct.mean()) if n else float("nan"),
+        "per_class": per,
+        "confusion": cm.tolist(),
+        "ece": float(ece) if n else float("nan"),
+        "brier": float(((p - onehot) ** 2).sum(1).mean()) if n else float("nan"),
+        "reliability": rel,
+        "classes": list(classes),
+    }
+
+
+def evaluate(model, data, *, batch_size=256, n_bins=15):
+    """Evaluate a model on one or several labelled data sets.
+
+    Parameters
+    ----------
+    model : GalaxyClassifier
+    data : dict
+        ``name -> (images, labels)``; images are raw flux (N, C, H, W) arrays, tensors or
+        `Cutouts`; labels (N,) ints.
+    batch_size : int, optional
+    n_bins : int, optional
+
+    Returns
+    -------
+    dict
+        ``name -> metrics`` (see :func:`classification_metrics`).
+    """
+    if not isinstance(model, GalaxyClassifier):
+        raise GalguardValueError(f"model must be a GalaxyClassifier, got {type(model).__name__}")
+    if not isinstance(data, dict) or not data:
+        raise GalguardValueError(f"data must be a non-empty dict name -> (images, labels), got "
+                                 f"{type(data).__name__}")
+    out = {}
+    for name, (images, labels) in data.items():
+        probs = model.predict(images, batch_size=batch_size)
+        out[name] = classification_metrics(probs, labels, classes=model.classes, n_bins=n_bins)
+    return out
+
+
+def plot_evaluation(results, path, *, title=None):
+    """Confusion matrices and reliability diagrams, one column per data set, saved as PNG."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 8.2), squeeze=False)
+    for j, name in enumerate(names):
+        r = results[name]
+        cm = np.asarray(r["confusion"], dtype=float)
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax = axes[0, j]
+        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+        for a in range(cm.shape[0]):
+            for b in range(cm.shape[1]):
+                ax.text(b, a, f"{int(cm[a, b])}\n{norm[a, b]:.2f}", ha="center", va="center",
+                        color="white" if norm[a, b] > 0.5 else "black", fontsize=8)
+        ax.set_xticks(range(len(r["classes"])), r["classes"], rotation=30)
+        ax.set_yticks(range(len(r["classes"])), r["classes"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name}: accuracy {r['accuracy']:.3f} (N={r['n']})")
+        ax = axes[1, j]
+        rel = [b for b in r["reliability"] if b["count"]]
+        lo = np.array([b["lo"] for b in rel])
+        width = np.array([b["hi"] - b["lo"] for b in rel])
+        ax.bar(lo, [b["accuracy"] for b in rel], width=width, align="edge", alpha=0.7,
+               edgecolor="k", label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.plot([b["confidence"] for b in rel], [b["accuracy"] for b in rel], "o", color="C3",
+                ms=3, label="(confidence, accuracy)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-class probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"ECE {r['ece']:.3f}, Brier {r['brier']:.3f}")
+        ax.legend(loc="upper left", fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Simulated data, cached
+# ------------------------------------------------------------------------------------------------
+def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1, progress=False):
+    """Images and labels of simulated galaxies ``start .. start + n - 1`` at one depth.
+
+    Calls :func:`galguard.sim.simulate` (at both depths, so that one rendering serves both) and,
+    when ``cache_dir`` is given, keeps the result in
+    ``cache_dir/sim_s{seed}_a{start}_n{n}_px{size}.npz`` so that a later call reads it back.
+
+    Returns
+    -------
+    (numpy.ndarray (n, 3, size, size) float32, numpy.ndarray (n,) int64)
+    """
+    depth = str(depth).lower()
+    if depth not in ("y10", "y1"):
+        raise GalguardValueError(f"depth must be 'y10' or 'y1', got {depth!r}")
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"sim_s{seed}_a{start}_n{n}_px{size}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as f:
+                return f[f"images_{depth}"], f["labels"]
+    from . import sim
+
+    t0 = time.time()
+    out = sim.simulate(n, seed=seed, start=start, depths=("y10", "y1"), size=size,
+                       n_jobs=n_jobs, progress=progress)
+    log.info("simulated %d galaxies (seed %d, start %d) in %.0f s", n, seed, start,
+             time.time() - t0)
+    arrays = {f"images_{d}": np.ascontiguousarray(out[d].images, dtype=np.float32)
+              for d in ("y10", "y1")}
+    labels = np.asarray(out["y10"].labels, dtype=np.int64)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, labels=labels, **arrays)
+        tmp.replace(path)
+    return arrays[f"images_{depth}"], labels
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+def _labels(labels, n, k, name):
+    y = labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
+    if y.shape != (n,):
+        raise GalguardValueError(f"{name} must have shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise GalguardValueError(f"{name} must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if n and (y.min() < 0 or y.max() >= k):
+        raise GalguardValueError(f"{name} must be class indices in 0..{k - 1}, got values in "
+                                 f"{y.min()}..{y.max()}")
+    return torch.from_numpy(y)
+
+
+def _images(x, name):
+    t = as_tensor(x, name=name)
+    if t.ndim != 4:
+        raise GalguardValueError(f"{name} must have shape (N, C, H, W), got {tuple(t.shape)}")
+    if t.shape[2] != t.shape[3]:
+        raise GalguardValueError(f"{name} must hold square cutouts, got {tuple(t.shape)}")
+    return t
+
+
+class _Checkpoint:
+    """Checkpoint files in a directory: model tensors (safetensors), optimizer state
+    (torch.save, read back with weights_only=True) and a JSON state."""
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+
+    def exists(self):
+        return (self.dir / "state.json").exists()
+
+    def save(self, *, model, best_state, optimizer, state):
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().cpu().contiguous()
+                   for k, v in model.state_dict().items()}
+        if best_state is not None:
+            tensors.update({f"best.{k}": v.detach().cpu().contiguous()
+                            for k, v in best_state.items()})
+        save_file(tensors, str(self.dir / "model.safetensors.tmp"))
+        torch.save(optimizer.state_dict(), self.dir / "optimizer.pt.tmp")
+        with open(self.dir / "state.json.tmp", "w") as fh:
+            json.dump(state, fh, indent=1)
+        for f in ("model.safetensors", "optimizer.pt", "state.json"):
+            (self.dir / f"{f}.tmp").replace(self.dir / f)
+
+    def load(self):
+        from safetensors.torch import load_file
+
+        with open(self.dir / "state.json") as fh:
+            state = json.load(fh)
+        tensors = load_file(str(self.dir / "model.safetensors"))
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        opt = torch.load(self.dir / "optimizer.pt", weights_only=True)
+        return model, best, opt, state
+
+
+def train(source, source_labels, *, target=None, validation=None, validation_labels=None,
+          val_fraction=0.1, architecture="convnet", da="none", classes=CLASSES, bands=BANDS,
+          epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999),
+          patience=6, warmup_epochs=None, mmd_weight=0.01, grad_clip=10.0, seed=0,
+          checkpoint_dir=None, resume=False, progress=True, num_threads=None, name=None,
+          card=None):
+    """Train a `GalaxyClassifier` on labelled source data, optionally adapting to a target domain.
+
+    Parameters
+    ----------
+    source : array-like, tensor or Cutouts, shape (N, C, H, W)
+        Labelled training images, raw flux (e.g. Y10 depth). Not modified.
+    source_labels : array-like of int, shape (N,)
+    target : array-like, tensor or Cutouts, shape (M, C, H, W), optional
+        Unlabelled images of the target domain (e.g. Y1 depth); needed when ``da != "none"``.
+    validation, validation_labels : optional
+        Labelled validation images (source domain) for early stopping; if omitted,
+        ``val_fraction`` of ``source`` is held out (a seeded random split).
+    architecture : {"convnet", "resnet18"}
+    da : {"none", "mmd", "sinkhorn"}
+        Domain adaptation (see the module docstring).
+    classes, bands : sequence of str
+    epochs : int
+        Maximum number of epochs (one epoch = one pass over the source training set).
+    batch_size : int
+        Source batch size; with domain adaptation a target batch of the same size is drawn
+        alongside, and both pass through the network together.
+    lr, weight_decay, betas : float
+        AdamW settings (the paper used Adam lr 1e-5, far too slow for a CPU budget).
+    patience : int
+        Stop after this many epochs without a lower validation loss. Epochs during the warm-up
+        do not count and cannot be selected as best.
+    warmup_epochs : int, optional
+        Epochs of cross-entropy only before the domain loss is switched on; default 0 for
+        ``none`` and ``mmd``, 3 for ``sinkhorn``.
+    mmd_weight : float
+        Weight of MMD^2 (the paper's 0.01).
+    grad_clip : float or None
+        Gradient-norm clip (SIDDA: 10).
+    seed : int
+        Seeds weights, splits, batch order and dropout.
+    checkpoint_dir : path-like, optional
+        Write a checkpoint after every epoch; with ``resume=True`` continue from it.
+    resume : bool
+    progress : bool
+        Show a tqdm progress bar.
+    num_threads : int, optional
+        ``torch.set_num_threads`` for the duration of training.
+    name : str, optional
+        Model name for the card.
+    card : dict, optional
+        Extra card entries (e.g. the command line and the data description).
+
+    Returns
+    -------
+    GalaxyClassifier
+        The model with the best validation loss, in evaluation mode, with latent statistics
+        fitted on the source training set and ``card["training"]`` holding the settings and the
+        per-epoch history.
+    """
+    from tqdm.auto import tqdm
+
+    if da not in DA_METHODS:
+        raise GalguardValueError(f"da must be one of {DA_METHODS}, got {da!r}")
+    for pname, v in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise GalguardValueError(f"{pname} must be a positive integer, got {v!r}")
+    if not (lr > 0):
+        raise GalguardValueError(f"lr must be > 0, got {lr!r}")
+    if warmup_epochs is None:
+        warmup_epochs = 3 if da == "sinkhorn" else 0
+    if not isinstance(warmup_epochs, (int, np.integer)) or warmup_epochs < 0:
+        raise GalguardValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+    if warmup_epochs >= epochs and da != "none":
+        raise GalguardValueError(f"warmup_epochs ({warmup_epochs}) must be < epochs ({epochs})")
+    if resume and checkpoint_dir is None:
+        raise GalguardValueError("resume=True needs checkpoint_dir")
+    classes, bands = tuple(classes), tuple(bands)
+    k = len(classes)
+
+    xs = _images(source, "source")
+    if xs.shape[1] != len(bands):
+        raise GalguardValueError(f"source must have {len(bands)} bands ({','.join(bands)}), got "
+                                 f"shape {tuple(xs.shape)}")
+    ys = _labels(source_labels, xs.shape[0], k, "source_labels")
+    if validation is None:
+        if not 0 < val_fraction < 1:
+            raise GalguardValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        perm = np.random.default_rng([seed, 7]).permutation(xs.shape[0])
+        nv = max(1, int(round(val_fraction * xs.shape[0])))
+        vi, ti = torch.from_numpy(np.sort(perm[:nv])), torch.from_numpy(np.sort(perm[nv:]))
+        xv, yv, xs, ys = xs[vi], ys[vi], xs[ti], ys[ti]
+    else:
+        xv = _images(validation, "validation")
+        yv = _labels(validation_labels, xv.shape[0], k, "validation_labels")
+    if tuple(xv.shape[1:]) != tuple(xs.shape[1:]):
+        raise GalguardValueError(f"validation must have shape (N, {', '.join(map(str, xs.shape[1:]))}),"
+                                 f" got {tuple(xv.shape)}")
+    xt = None
+    if da != "none":
+        if target is None:
+            raise GalguardValueError(f"target (unlabelled target-domain images) is needed for "
+                                     f"da={da!r}")
+        xt = _images(target, "target")
+        if tuple(xt.shape[1:]) != tuple(xs.shape[1:]):
+            raise GalguardValueError(f"target must have shape (M, {', '.join(map(str, xs.shape[1:]))}),"
+                                     f" got {tuple(xt.shape)}")
+    ns = xs.shape[0]
+    counts = torch.bincount(ys, minlength=k)
+    if bool((counts == 0).any()):
+        raise GalguardValueError(f"source_labels must contain every class, got counts "
+                                 f"{counts.tolist()} for {classes}")
+    class_weights = (ns / (k * counts.double())).float()
+
+    old_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        torch.manual_seed(seed)
+        size = int(xs.shape[2])
+        preprocess = Preprocess.from_data(xs)
+        net = build_network(architecture, in_channels=len(bands), n_classes=k, input_size=size)
+        model = GalaxyClassifier(net, preprocess, classes=classes, bands=bands, input_size=size)
+        loss_w = None
+        groups = [{"params": list(model.network.parameters())}]
+        if da == "sinkhorn":
+            loss_w = torch.nn.Parameter(torch.ones(2))  # SIDDA's (e1, e2), learned, not decayed
+            groups.append({"params": [loss_w], "weight_decay": 0.0})
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+
+        ckpt = _Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        config = {"architecture": architecture, "da": da, "epochs": int(epochs),
+                  "batch_size": int(batch_size), "lr": float(lr),
+                  "weight_decay": float(weight_decay), "betas": list(map(float, betas)),
+                  "patience": int(patience), "warmup_epochs": int(warmup_epochs),
+                  "mmd_weight": float(mmd_weight),
+                  "grad_clip": None if grad_clip is None else float(grad_clip),
+                  "seed": int(seed), "n_source": int(ns), "n_validation": int(xv.shape[0]),
+                  "n_target": 0 if xt is None else int(xt.shape[0])}
+        history, start_epoch = [], 0
+        best = {"epoch": None, "val_loss": math.inf, "state": None, "bad": 0}
+        if ckpt is not None and resume and ckpt.exists():
+            mstate, bstate, ostate, st = ckpt.load()
+            if st["config"] != config:
+                raise GalguardValueError(
+                    f"checkpoint_dir {str(checkpoint_dir)!r} holds a run with different settings "
+                    f"{st['config']}; this run has {config}")
+            model.load_state_dict(mstate)
+            opt.load_state_dict(ostate)
+            if loss_w is not None:
+                loss_w.data.copy_(torch.tensor(st["loss_weights"]))
+            history, start_epoch = st["history"], st["epoch"] + 1
+            best.update(epoch=st["best_epoch"], val_loss=st["best_val_loss"], state=bstate,
+                        bad=st["bad_epochs"])
+            log.info("resumed from %s at epoch %d", checkpoint_dir, start_epoch)
+        elif ckpt is not None and ckpt.exists():
+            raise GalguardValueError(f"checkpoint_dir {str(checkpoint_dir)!r} already holds a "
+                                     f"checkpoint; pass resume=True or use a new directory")
+
+        steps = max(1, ns // batch_size)
+        t0 = time.time()
+        stopped = best["bad"] >= patience
+        for epoch in range(start_epoch, epochs):
+            if stopped:
+                break
+            rng = np.random.default_rng([seed, epoch])
+            torch.manual_seed(seed * 1_000_003 + epoch)
+            order = torch.from_numpy(rng.permutation(ns))
+            tord = None
+            if xt is not None:
+                reps = -(-steps * batch_size // xt.shape[0])
+                tord = torch.from_numpy(np.concatenate(
+                    [rng.permutation(xt.shape[0]) for _ in range(reps)]))
+            use_da = da != "none" and epoch >= warmup_epochs
+            model.train()
+            sums = {"ce": 0.0, "domain": 0.0, "loss": 0.0, "correct": 0, "n": 0}
+            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs} [{da}]",
+                       disable=not progress, leave=False, unit="batch")
+            for step in bar:
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = xs[idx], ys[idx]
+                if use_da:
+                    tb = xt[tord[step * batch_size:(step + 1) * batch_size]]
+                    latent, logits = model(torch.cat([xb, tb], 0))
+                    zs, zt, logits = latent[:len(idx)], latent[len(idx):], logits[:len(idx)]
+                else:
+                    latent, logits = model(xb)
+                ce = F.cross_entropy(logits, yb, weight=class_weights)
+                dom = torch.zeros(())
+                if use_da and da == "mmd":
+                    dom = mmd2(zs, zt)
+                    loss = ce + mmd_weight * dom
+                elif use_da and da == "sinkhorn":
+                    dom, _ = sinkhorn_divergence(zs, zt)
+                    e1, e2 = loss_w[0], loss_w[1]
+                    loss = ce / (2 * e1 ** 2) + dom / (2 * e2 ** 2) + torch.log(e1.abs() * e2.abs())
+                else:
+                    loss = ce
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.network.parameters(), grad_clip)
+                opt.step()
+                if loss_w is not None:
+                    with torch.no_grad():
+                        loss_w[0].clamp_(min=1e-3)
+                        loss_w[1].clamp_(min=0.25 * float(loss_w[0]))
+                ce, dom, loss = ce.detach(), dom.detach(), loss.detach()
+                sums["ce"] += float(ce) * len(idx)
+                sums["domain"] += float(dom) * len(idx)
+                sums["loss"] += float(loss) * len(idx)
+                sums["correct"] += int((logits.argmax(1) == yb).sum())
+                sums["n"] += len(idx)
+                bar.set_postfix(ce=f"{float(ce):.3f}", dom=f"{float(dom):.3g}")
+            bar.close()
+            val_loss, val_acc = _validate(model, xv, yv, class_weights, batch_size)
+            rec = {"epoch": epoch, "train_ce": sums["ce"] / sums["n"],
+                   "train_domain": sums["domain"] / sums["n"],
+                   "train_loss": sums["loss"] / sums["n"],
+                   "train_accuracy": sums["correct"] / sums["n"], "val_loss": val_loss,
+                   "val_accuracy": val_acc, "domain_loss_on": bool(use_da),
+                   "elapsed_s": round(time.time() - t0, 1)}
+            if loss_w is not None:
+                rec["loss_weights"] = loss_w.detach().tolist()
+            history.append(rec)
+            eligible = da == "none" or epoch >= warmup_epochs
+            if eligible and val_loss < best["val_loss"]:
+                best.update(epoch=epoch, val_loss=val_loss, bad=0,
+                            state=copy.deepcopy({kk: v.detach().clone()
+                                                 for kk, v in model.state_dict().items()}))
+            elif eligible:
+                best["bad"] += 1
+            log.info("epoch %d: train ce %.4f domain %.4g acc %.3f | val loss %.4f acc %.3f%s",
+                     epoch, rec["train_ce"], rec["train_domain"], rec["train_accuracy"],
+                     val_loss, val_acc, " *" if best["epoch"] == epoch else "")
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{epochs} [{da}] train ce {rec['train_ce']:.4f} "
+                           f"acc {rec['train_accuracy']:.3f} domain {rec['train_domain']:.4g} | "
+                           f"val loss {val_loss:.4f} acc {val_acc:.3f}"
+                           f"{' (best)' if best['epoch'] == epoch else ''}")
+            stopped = best["bad"] >= patience
+            if ckpt is not None:
+                ckpt.save(model=model, best_state=best["state"], optimizer=opt, state={
+                    "config": config, "epoch": epoch, "history": history,
+                    "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                    "bad_epochs": best["bad"],
+                    "loss_weights": None if loss_w is None else loss_w.detach().tolist()})
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        model.eval()
+        lat = model.embed(xs, batch_size=256)
+        stats = fit_latent_stats(lat, ys.numpy(), k)
+        shrink = stats.pop("shrinkage")
+        model.set_latent_stats(stats)
+    finally:
+        torch.set_num_threads(old_threads)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    out_card = dict(card or {})
+    out_card.setdefault("name", name or f"{architecture}_{da}")
+    out_card.update({"architecture": architecture, "domain_adaptation": da,
+                     "classes": list(classes), "bands": list(bands), "input_size": size})
+    tr = dict(out_card.get("training", {}))
+    tr.update({
+        "config": config,
+        "optimizer": "AdamW",
+        "class_weights": class_weights.tolist(),
+        "class_counts": counts.tolist(),
+        "best_epoch": best["epoch"],
+        "best_val_loss": best["val_loss"],
+        "epochs_run": len(history),
+        "stopped_early": bool(len(history) < epochs),
+        "history": history,
+        "duration_s": round(time.time() - t0, 1),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "num_threads": torch.get_num_threads() if num_threads is None else int(num_threads),
+        "latent_stats": {"fitted_on": "source training set (eval mode)",
+                         "covariance": "tied within-class, Ledoit-Wolf shrinkage",
+                         "shrinkage": shrink},
+    })
+    if loss_w is not None:
+        e1, e2 = loss_w.detach().tolist()
+        tr["loss_weights"] = {"e1": e1, "e2": e2}
+    out_card["training"] = tr
+    model.card = out_card
+    model.name = out_card["name"]
+    return model
+
+
+@torch.inference_mode()
+def _validate(model, x, y, class_weights, batch_size):
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        _, logits = model(x[i:i + batch_size])
+        yb = y[i:i + batch_size]
+        loss += float(F.cross_entropy(logits, yb, weight=class_weights, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    # weighted CE with reduction="sum" is sum_i w_{y_i} l_i; normalise by sum of weights
+    wsum = float(class_weights[y].sum())
+    return loss / wsum, correct / x.shape[0]
