@@ -1,0 +1,174 @@
+// Exact Poisson and binomial samplers driven by Philox4x32-10, shared by the CPU and CUDA twins
+// and mirrored line by line in galguard/_reference.py.
+//
+// Every draw for one element uses the Philox counter
+//   (row, realisation, element, stream << 24 | iteration)
+// so it depends only on (seed, row id, realisation, element): not on the batch, thread or device.
+// Each Philox block gives two uniforms in (0, 1) (52 bits each); rejection loops and restarts
+// take the next block by incrementing `iteration`.
+//
+// Poisson(lambda):  lambda == 0 -> 0;  lambda < 10 -> inversion by sequential search (one
+//   uniform; restart with the next block in the rare case the search runs past 10 lambda + 64);
+//   lambda >= 10 -> PTRS, transformed rejection with squeeze (Hoermann 1993, "The transformed
+//   rejection method for generating Poisson random variables"), exact for any lambda.
+// Binomial(n, p):  p >= 1 -> n;  n == 0 -> 0; with q = min(p, 1 - p) and m = n q:
+//   m < 10 -> inversion (sequential search); m >= 10 -> BTRS (Hoermann 1993, "The generation of
+//   binomial random variates"); p > 1/2 uses n - Binomial(n, 1 - p).
+// log(k!) is computed by the Stirling series with the exact tail for k < 10, in double.
+#pragma once
+
+#include <math.h>
+
+#include "common.h"
+#include "philox.h"
+
+namespace galguard {
+
+// log(k!) - [(k + 1/2) log(k + 1) - (k + 1) + log(2 pi) / 2]; exact table for k < 10, series
+// (to the (k+1)^-9 term) beyond.
+GG_HOST_DEVICE inline double stirling_tail(double k) {
+  if (k < 10.0) {
+    const int i = static_cast<int>(k);
+    switch (i) {
+      case 0: return 0.08106146679532726;
+      case 1: return 0.0413406959554093;
+      case 2: return 0.02767792568499834;
+      case 3: return 0.020790672103765093;
+      case 4: return 0.016644691189821193;
+      case 5: return 0.013876128823070748;
+      case 6: return 0.01189670994589177;
+      case 7: return 0.010411265261972096;
+      case 8: return 0.009255462182712733;
+      default: return 0.00833056343336287;
+    }
+  }
+  const double n = k + 1.0;
+  const double n2 = 1.0 / (n * n);
+  // 1/12n - 1/360n^3 + 1/1260n^5 - 1/1680n^7 + 1/1188n^9
+  return (1.0 / 12.0 -
+          n2 * (1.0 / 360.0 - n2 * (1.0 / 1260.0 - n2 * (1.0 / 1680.0 - n2 * (1.0 / 1188.0))))) /
+         n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poisson
+// ---------------------------------------------------------------------------------------------
+GG_HOST_DEVICE inline double poisson_draw(double lam, Key key, uint32_t row, uint32_t real,
+                                          uint32_t elem) {
+  if (!(lam > 0.0)) return 0.0;
+  uint32_t it = 0;
+  if (lam < 10.0) {
+    const double p0 = exp(-lam);
+    const double cap = 10.0 * lam + 64.0;
+    for (;;) {
+      const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamPoisson, it), key.k0,
+                                    key.k1);
+      ++it;
+      double u = u01_open(r.v[0], r.v[1]);
+      double p = p0;
+      double k = 0.0;
+      while (u > p) {
+        u -= p;
+        k += 1.0;
+        p *= lam / k;
+        if (k > cap) break;
+      }
+      if (k <= cap) return k;
+    }
+  }
+  // PTRS
+  const double slam = sqrt(lam);
+  const double b = 0.931 + 2.53 * slam;
+  const double a = -0.059 + 0.02483 * b;
+  const double inv_alpha = 1.1239 + 1.1328 / (b - 3.4);
+  const double v_r = 0.9277 - 3.6224 / (b - 2.0);
+  for (;;) {
+    const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamPoisson, it), key.k0,
+                                  key.k1);
+    ++it;
+    const double u = u01_open(r.v[0], r.v[1]) - 0.5;
+    const double v = u01_open(r.v[2], r.v[3]);
+    const double us = 0.5 - fabs(u);
+    const double k = floor((2.0 * a / us + b) * u + lam + 0.43);
+    if (us >= 0.07 && v <= v_r) return k;
+    if (k < 0.0 || (us < 0.013 && v > us)) continue;
+    // log f(k) = k log(lam) - lam - log(k!), written to avoid cancellation:
+    //   k log(lam / (k + 1)) - log(k + 1) / 2 + (k + 1 - lam) - log(2 pi) / 2 - tail(k)
+    const double kp1 = k + 1.0;
+    const double log_f = k * log1p((lam - kp1) / kp1) - 0.5 * log(kp1) + (kp1 - lam) -
+                         0.91893853320467274 - stirling_tail(k);
+    if (log(v * inv_alpha / (a / (us * us) + b)) <= log_f) return k;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binomial
+// ---------------------------------------------------------------------------------------------
+GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t row,
+                                           uint32_t real, uint32_t elem) {
+  if (!(n > 0.0)) return 0.0;
+  if (p >= 1.0) return n;
+  if (!(p > 0.0)) return 0.0;
+  const bool flip = p > 0.5;
+  const double q = flip ? 1.0 - p : p;
+  const double m = n * q;
+  uint32_t it = 0;
+  double k;
+  if (m < 10.0) {
+    // inversion: P(0) = (1 - q)^n, P(k) = P(k - 1) * (n - k + 1) / k * q / (1 - q)
+    const double p0 = exp(n * log1p(-q));
+    const double s = q / (1.0 - q);
+    const double cap = fmin(n, 10.0 * m + 64.0);
+    for (;;) {
+      const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamBinomial, it), key.k0,
+                                    key.k1);
+      ++it;
+      double u = u01_open(r.v[0], r.v[1]);
+      double pk = p0;
+      k = 0.0;
+      bool ok = true;
+      while (u > pk) {
+        u -= pk;
+        k += 1.0;
+        if (k > cap) {
+          ok = false;
+          break;
+        }
+        pk *= s * (n - k + 1.0) / k;
+      }
+      if (ok) break;
+    }
+  } else {
+    // BTRS
+    const double spq = sqrt(m * (1.0 - q));
+    const double b = 1.15 + 2.53 * spq;
+    const double a = -0.0873 + 0.0248 * b + 0.01 * q;
+    const double c = m + 0.5;
+    const double v_r = 0.92 - 4.2 / b;
+    const double alpha = (2.83 + 5.1 / b) * spq;
+    const double lpq = log(q / (1.0 - q));
+    const double mode = floor((n + 1.0) * q);
+    for (;;) {
+      const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamBinomial, it), key.k0,
+                                    key.k1);
+      ++it;
+      const double u = u01_open(r.v[0], r.v[1]) - 0.5;
+      double v = u01_open(r.v[2], r.v[3]);
+      const double us = 0.5 - fabs(u);
+      k = floor((2.0 * a / us + b) * u + c);
+      if (k < 0.0 || k > n) continue;
+      if (us >= 0.07 && v <= v_r) break;
+      v = log(v * alpha / (a / (us * us) + b));
+      // log[f(k) / f(mode)] = log[mode! (n - mode)! / (k! (n - k)!)] + (k - mode) log(q / (1 - q))
+      const double bound = (mode + 0.5) * log((mode + 1.0) / (n - mode + 1.0)) -
+                           (k + 0.5) * log((k + 1.0) / (n - k + 1.0)) +
+                           (n + 1.0) * log((n - mode + 1.0) / (n - k + 1.0)) +
+                           (k - mode) * lpq + stirling_tail(mode) + stirling_tail(n - mode) -
+                           stirling_tail(k) - stirling_tail(n - k);
+      if (v <= bound) break;
+    }
+  }
+  return flip ? n - k : k;
+}
+
+}  // namespace galguard
