@@ -24,7 +24,7 @@ import logging
 import math
 import multiprocessing
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +113,13 @@ def _validate_depths(depths):
     return tuple(out)
 
 
+def _validate_depth(depth):
+    key = str(depth).lower() if isinstance(depth, str) else None
+    if key not in _DEPTH_FRACTION:
+        raise GalguardValueError(f"depth must be 'y10' or 'y1', got {depth!r}")
+    return key
+
+
 def _validate_fractions(class_fractions):
     if class_fractions is None or (isinstance(class_fractions, str)
                                    and class_fractions == "balanced"):
@@ -160,7 +167,7 @@ def depth_params(depth):
     >>> p["exptime"].tolist()
     [240.0, 552.0, 552.0]
     """
-    (depth,) = _validate_depths((depth,))
+    depth = _validate_depth(depth)
     frac = _DEPTH_FRACTION[depth]
     exptime = np.array([BAND_PARAMS[b]["visits_y10"] * VISIT_TIME * frac for b in BANDS])
     zp = np.array([BAND_PARAMS[b]["zeropoint"] for b in BANDS])
@@ -788,8 +795,9 @@ def _atomic_write(hdul, path, overwrite):
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # a unique name in the same directory (created with the default permissions), then an
+    # atomic rename: readers never see a partial file
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         hdul.writeto(tmp, overwrite=True, output_verify="exception")
         os.replace(tmp, path)
@@ -805,9 +813,10 @@ def _image_hdus(data, header, compress, dither_seed):
 
     if not compress:
         return fits.HDUList([fits.PrimaryHDU(data=data, header=header)])
+    tile = (1,) * (data.ndim - 2) + data.shape[-2:]  # one tile per image plane
     comp = fits.CompImageHDU(data=data, header=header, compression_type="RICE_1",
                              quantize_level=16.0, quantize_method=1,
-                             dither_seed=int(dither_seed))
+                             dither_seed=int(dither_seed), tile_shape=tile)
     return fits.HDUList([fits.PrimaryHDU(), comp])
 
 
@@ -897,7 +906,7 @@ def sample_path(depth="y10"):
     pathlib.Path
         Directory holding ``gal_{index:07d}.fits.fz`` files (index 0..31, seed 2022).
     """
-    (depth,) = _validate_depths((depth,))
+    depth = _validate_depth(depth)
     return Path(str(importlib.resources.files("galguard").joinpath("data", "sample", depth)))
 
 

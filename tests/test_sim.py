@@ -212,3 +212,31 @@ def test_cli_stack(tmp_path):
     with fits.open(path) as hdul:
         assert hdul[0].data.shape == (2, 3, 24, 24)
         assert hdul[0].header["DEPTH"] == "Y1"
+
+
+def test_shipped_sample():
+    # 33 galaxies (11 per class), seed 2022, both depths, RICE-compressed, under 3 MB in all
+    total = 0
+    for depth in ("y10", "y1"):
+        files = sorted(sim.sample_path(depth).glob("gal_*.fits.fz"))
+        assert [f.name for f in files] == [f"gal_{i:07d}.fits.fz" for i in range(33)]
+        total += sum(f.stat().st_size for f in files)
+        labels = [fits.getheader(f, 1)["TRUELAB"] for f in files]
+        assert np.bincount(labels, minlength=3).tolist() == [11, 11, 11]
+    assert total < 3_000_000
+    # the sample is what the documented command produces (up to the quantisation, sigma/16)
+    ref = sim.simulate(1, seed=2022, start=5)
+    for depth in ("y10", "y1"):
+        with fits.open(sim.sample_path(depth) / "gal_0000005.fits.fz") as hdul:
+            h = hdul[1].header
+            assert (h["SIMSEED"], h["SIMINDEX"], h["DEPTH"]) == (2022, 5, depth.upper())
+            sky_sigma = np.sqrt(sim.depth_params(depth)["sky"] / sim.depth_params(depth)["gain"])
+            err = np.abs(hdul[1].data - ref[depth].images[0]).max(axis=(1, 2))
+            assert np.all(err < sky_sigma / 4)
+
+
+def test_sample_path_rejects_bad_depth():
+    with pytest.raises(GalguardValueError, match="depth must be 'y10' or 'y1', got 'y3'"):
+        sim.sample_path("y3")
+    with pytest.raises(GalguardValueError, match="depth must be 'y10' or 'y1', got 10"):
+        sim.depth_params(10)
