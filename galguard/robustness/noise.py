@@ -119,13 +119,13 @@ def degrade(images, *, gain, sky, p=0.1, mode="thin", seed=0, index=None, realis
     f = images.double()
     electrons = (g * (f + s)).clamp_min(0.0)
     if mode == "thin":
-        counts = torch.round(electrons).to(torch.float32).contiguous()
+        counts = torch.round(electrons).contiguous()
         thinned = k.binomial_thin(counts, p, seed=seed, index=index, realisation=realisation)
         out = thinned.double() / (g * p) - s
     else:
-        lam = (electrons * (1.0 / p - 1.0)).to(torch.float32).contiguous()
+        lam = (electrons * (1.0 / p - 1.0)).contiguous()
         n = k.poisson(lam, seed=seed, index=index, realisation=realisation)
-        out = f + (n.double() - lam.double()) / g
+        out = f + (n.double() - lam) / g
     return out.to(torch.float32)
 
 

@@ -325,12 +325,11 @@ class OnePixelAttack:
         B, C, H, W = images.shape
         P, G, npx = self.popsize, self.pixels * (2 + C), self.pixels
         images = images.contiguous()
+        if B == 0:
+            return self._empty_result(images, labels, return_images)
         lo, hi = _resolve_bounds(self.bounds, self.model, images)
         chunk = self._chunk(C, H, W)
         evaluator = _Evaluator(self.model, chunk, images.dtype, device, (C, H, W))
-
-        if B == 0:
-            return self._empty_result(images, labels, return_images)
 
         # Original predictions give the number of classes and validate the labels.
         K = evaluator.num_classes(images[:1])
@@ -611,8 +610,8 @@ def _resolve_bounds(spec, model, images):
         lo, hi = paper_bounds(model, C)
     else:
         lo, hi = spec
-    lo = np.broadcast_to(np.asarray(lo, dtype=np.float32), (C,)) if np.ndim(lo) == 0 else lo
-    hi = np.broadcast_to(np.asarray(hi, dtype=np.float32), (C,)) if np.ndim(hi) == 0 else hi
+    lo = np.full(C, lo, dtype=np.float32) if np.ndim(lo) == 0 else np.array(lo, np.float32)
+    hi = np.full(C, hi, dtype=np.float32) if np.ndim(hi) == 0 else np.array(hi, np.float32)
     for name, arr in (("lo", lo), ("hi", hi)):
         if np.shape(arr) != (C,):
             raise GalguardValueError(
