@@ -76,10 +76,14 @@ def sinkhorn_divergence(x, y, *, scaling=0.9, blur=None):
     """
     from geomloss import SamplesLoss
 
-    if blur is None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if blur is None:
             blur = max(0.05 * float(torch.cdist(x, y).max()), 0.01)
-    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, backend="tensorized")
+        # geomloss's own diameter estimate (bounding-box diagonal) is 0 for coincident points
+        z = torch.cat([x, y], 0)
+        diameter = max(float((z.max(0).values - z.min(0).values).norm()), blur)
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, diameter=diameter,
+                       backend="tensorized")
     return loss(x, y), blur
 
 
