@@ -84,6 +84,37 @@ class CutoutRows:
         """(N,) bool: rows without an error."""
         return self.errors == ""
 
+    def check_input(self):
+        """The arguments that give `galguard.check` these cutouts.
+
+        Returns
+        -------
+        images : numpy.ma.MaskedArray
+            (N, C, H, W) float32; the rows with an error are fully masked, which
+            `galguard.io.read_cutouts` turns into ``BAD_INPUT`` rows.
+        read_kwargs : dict
+            ``meta`` (a Table with ``id`` = row position and the per-band columns present) and
+            ``bands`` where known, for ``galguard.check(images, read_kwargs=read_kwargs)``.
+
+        Notes
+        -----
+        Going through `galguard.io.read_cutouts` gives the table the same policy as any other
+        galguard input: non-finite pixels are masked and flagged, a missing sky level or gain
+        is estimated from the cutout border and flagged, a cutout of another size than the
+        model's is centre-cropped or padded and flagged ``RESIZED``.
+        """
+        n = len(self)
+        mask = np.zeros(self.images.shape, dtype=bool)
+        mask[~self.good] = True
+        meta = Table()
+        meta["id"] = np.arange(n, dtype=np.int64)
+        for name, values in self.per_band.items():
+            meta[name] = values
+        read_kwargs = {"meta": meta}
+        if self.bands is not None:
+            read_kwargs["bands"] = ",".join(self.bands)
+        return np.ma.MaskedArray(self.images, mask=mask), read_kwargs
+
 
 def _per_band_array(name, values, n, channels):
     """Broadcast a scalar-per-cutout or per-band column to (N, C) float64."""
@@ -116,7 +147,8 @@ def _image_rows(column, n):
         if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
             raise GalguardValueError(
                 f"cutouts['image'] must hold numbers, got dtype {data.dtype}")
-        return np.ascontiguousarray(data, dtype=np.float32), errors
+        # Always a copy: callers zero bad rows and non-finite pixels in place.
+        return np.array(data, dtype=np.float32, order="C", copy=True), errors
 
     rows = [None] * n
     shapes = {}
