@@ -240,3 +240,29 @@ def test_sample_path_rejects_bad_depth():
         sim.sample_path("y3")
     with pytest.raises(GalguardValueError, match="depth must be 'y10' or 'y1', got 10"):
         sim.depth_params(10)
+
+
+def test_writers_do_not_mutate_inputs(tmp_path, small):
+    d = small["y10"]
+    images = d.images.copy()
+    meta = d.meta.copy()
+    sim.write_fits(d, tmp_path / "a")
+    sim.write_fits(d, tmp_path / "b", stack=True, compress=True)
+    sim.make_mosaic(small, tmp_path / "m.png", max_per_class=1)
+    np.testing.assert_array_equal(d.images, images)
+    assert d.images.dtype.isnative
+    for c in meta.colnames:
+        nan_ok = meta[c].dtype.kind == "f"
+        assert np.array_equal(d.meta[c], meta[c], equal_nan=nan_ok), c
+
+
+def test_mosaic(tmp_path, small):
+    import matplotlib.image as mpimg
+
+    path = sim.make_mosaic(small["y1"], tmp_path / "one.png", max_per_class=2)
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    with pytest.raises(GalguardValueError, match="sims must be a SimData or a dict of SimData"):
+        sim.make_mosaic([1, 2], tmp_path / "x.png")
+    with pytest.raises(GalguardValueError, match="max_per_class must be >= 1, got 0"):
+        sim.make_mosaic(small, tmp_path / "x.png", max_per_class=0)
