@@ -444,6 +444,9 @@ def _iter_chunks(cutouts, config, read_kwargs, model):
     size = getattr(model, "input_size", None)
     if size is not None and "size" not in kwargs:
         kwargs["size"] = int(size)
+    bands = getattr(model, "bands", None)
+    if bands and all(bands) and "bands" not in kwargs:
+        kwargs["bands"] = tuple(bands)
     offset = 0
     iter_cutouts = getattr(gio, "iter_cutouts", None)
     if iter_cutouts is not None:
