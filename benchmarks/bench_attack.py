@@ -1,0 +1,249 @@
+"""Benchmark the batched one-pixel attack side by side with its alternatives, in one run.
+
+Sections (``--sections``, comma-separated):
+
+equal
+    galguard's OnePixelAttack vs torchattacks' OnePixel on the same model and galaxies with an
+    equal budget (population ``--popsize``, ``--steps`` generations). torchattacks needs inputs
+    in [0, 1], so both attack a wrapper that maps u in [0, 1] to raw flux per band,
+    ``raw = lo_b + u (hi_b - lo_b)`` (lo, hi: the band's min and max over the galaxies), and
+    both search the same [0, 1] value range. Model evaluations are counted by the wrapper.
+throughput
+    Model evaluations per second at the paper preset (population 400): galguard (all galaxies
+    batched, ``--gens`` generations, no early stop), torchattacks (from ``equal``) and the
+    reference study's one-candidate-at-a-time loop (``reference_loop.py``, one galaxy, one
+    generation).
+overhead
+    galguard attack time / pure model-inference time for the same number of evaluations in
+    batches of the attack's chunk size.
+recall
+    Flips found by the ``fast`` and ``default`` presets vs ``paper`` on the same galaxies
+    (cutout bounds, the attack on the model's predicted class), and their evaluations.
+
+Example::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_attack.py --model default --n 6 --threads 1 \
+        --out scratch/bench_attack.json
+"""
+
+import argparse
+import json
+import logging
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from galguard.io import read_cutouts
+from galguard.robustness import OnePixelAttack
+from galguard.sim import sample_path
+
+log = logging.getLogger("bench_attack")
+
+
+class Counting(torch.nn.Module):
+    """Counts model evaluations (images) and returns logits only."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.count = 0
+
+    def forward(self, x):
+        self.count += x.shape[0]
+        out = self.model(x)
+        return out[1] if isinstance(out, (tuple, list)) else out
+
+
+class UnitScaled(Counting):
+    """Takes u in [0, 1] per band and feeds raw = lo + u (hi - lo) to the model."""
+
+    def __init__(self, model, lo, hi):
+        super().__init__(model)
+        self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("span", torch.as_tensor(hi - lo, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, u):
+        return super().forward(self.lo + u * self.span)
+
+
+def load_model(name):
+    from galguard import models
+    if name == "untrained":
+        from galguard.models.classifier import GalaxyClassifier, Preprocess
+        from galguard.models.networks import ConvNet
+        torch.manual_seed(0)
+        data = read_cutouts(sample_path("y10")).data
+        return GalaxyClassifier(ConvNet(), Preprocess.from_data(data),
+                                classes=("spiral", "elliptical", "merger"), bands="gri",
+                                input_size=100, name="untrained-convnet")
+    return models.load(name)
+
+
+def predict(model, x):
+    with torch.inference_mode():
+        out = model(x)
+        logits = out[1] if isinstance(out, (tuple, list)) else out
+        return torch.softmax(logits, dim=1)
+
+
+def section_equal(model, x, labels, args, res):
+    import torchattacks
+
+    lo = x.amin(dim=(0, 2, 3))
+    hi = x.amax(dim=(0, 2, 3))
+    u = (x - lo.view(1, -1, 1, 1)) / (hi - lo).view(1, -1, 1, 1)
+    wrapped = UnitScaled(model, lo, hi).eval()
+    assert torch.equal(predict(wrapped, u).argmax(1), labels)
+    n = len(x)
+
+    wrapped.count = 0
+    atk = OnePixelAttack(wrapped, popsize=args.popsize, max_iter=args.steps, F=0.5,
+                         bounds=(0.0, 1.0), seed=0)
+    t0 = time.perf_counter()
+    r = atk(u, labels)
+    t_gg = time.perf_counter() - t0
+    gg_evals = wrapped.count
+    gg_success = int(r.success.sum())
+
+    wrapped.count = 0
+    ta = torchattacks.OnePixel(wrapped, pixels=1, steps=args.steps, popsize=args.popsize,
+                               inf_batch=args.inf_batch)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adv = ta(u, labels)
+    t_ta = time.perf_counter() - t0
+    ta_evals = wrapped.count
+    ta_success = int((predict(wrapped, adv).argmax(1) != labels).sum())
+    res["equal"] = dict(
+        galaxies=n, popsize=args.popsize, steps=args.steps,
+        galguard=dict(success=gg_success, seconds=t_gg, evaluations=gg_evals,
+                      evals_per_s=gg_evals / t_gg),
+        torchattacks=dict(success=ta_success, seconds=t_ta, evaluations=ta_evals,
+                          evals_per_s=ta_evals / t_ta),
+        speed_ratio_time=t_ta / t_gg,
+        speed_ratio_evals_per_s=(gg_evals / t_gg) / (ta_evals / t_ta),
+    )
+    log.info("equal: %s", res["equal"])
+
+
+def section_throughput(model, x, labels, args, res):
+    from reference_loop import reference_attack
+
+    counting = Counting(model).eval()
+    atk = OnePixelAttack.from_preset("paper", counting, max_iter=args.gens, early_stop=False,
+                                     seed=0)
+    t0 = time.perf_counter()
+    atk(x, labels)
+    t_gg = time.perf_counter() - t0
+    evals = counting.count
+    chunk = atk._chunk(*x.shape[1:])
+    # Pure inference: the same number of evaluations in batches of the attack's chunk size.
+    batch = x[:1].expand(chunk, -1, -1, -1).contiguous()
+    counting.count = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        left = evals
+        while left > 0:
+            counting(batch[:min(chunk, left)])
+            left -= chunk
+    t_pure = time.perf_counter() - t0
+
+    # The reference loop on one galaxy, one generation (popsize 400: 400 + 400 + 2 evals).
+    pre = model.preprocess
+    net = model.network
+    with torch.inference_mode():
+        norm = pre(x[:1])[0]
+    t0 = time.perf_counter()
+    ref = reference_attack(net, norm, int(labels[0]), popsize=400, iterations=1, seed=0)
+    t_ref = time.perf_counter() - t0
+    res["throughput"] = dict(
+        galaxies=len(x), generations=args.gens, chunk=chunk,
+        galguard=dict(seconds=t_gg, evaluations=evals, evals_per_s=evals / t_gg),
+        pure_inference=dict(seconds=t_pure, evals_per_s=evals / t_pure),
+        reference_loop=dict(seconds=t_ref, evaluations=ref["evaluations"],
+                            evals_per_s=ref["evaluations"] / t_ref),
+        overhead=t_gg / t_pure,
+    )
+    res["throughput"]["speedup_vs_reference_loop"] = (
+        res["throughput"]["galguard"]["evals_per_s"]
+        / res["throughput"]["reference_loop"]["evals_per_s"])
+    if "equal" in res:
+        res["throughput"]["speedup_vs_torchattacks"] = (
+            res["throughput"]["galguard"]["evals_per_s"]
+            / res["equal"]["torchattacks"]["evals_per_s"])
+    log.info("throughput: %s", res["throughput"])
+
+
+def section_recall(model, x, labels, args, res):
+    counting = Counting(model).eval()
+    out = {}
+    for preset in args.presets.split(","):
+        counting.count = 0
+        atk = OnePixelAttack.from_preset(preset, counting, seed=0)
+        t0 = time.perf_counter()
+        r = atk(x, labels)
+        dt = time.perf_counter() - t0
+        out[preset] = dict(success=r.success.tolist(), queries=int(r.queries.sum()),
+                           seconds=dt, evaluations=counting.count)
+        log.info("recall %s: %d/%d flips, %d queries, %.1f s", preset, int(r.success.sum()),
+                 len(x), int(r.queries.sum()), dt)
+    if "paper" in out:
+        paper = np.array(out["paper"]["success"])
+        for preset, o in out.items():
+            s = np.array(o["success"])
+            o["recall_vs_paper"] = (float((s & paper).sum() / paper.sum()) if paper.sum()
+                                    else float("nan"))
+            o["cost_vs_paper"] = o["queries"] / out["paper"]["queries"]
+    res["recall"] = dict(galaxies=len(x), presets=out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--n", type=int, default=6, help="galaxies (from the shipped Y10 sample)")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--depth", default="y10")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sections", default="equal,throughput,recall")
+    p.add_argument("--popsize", type=int, default=400)
+    p.add_argument("--steps", type=int, default=10, help="generations for the equal-budget run")
+    p.add_argument("--inf-batch", type=int, default=128, help="torchattacks' inf_batch")
+    p.add_argument("--gens", type=int, default=2, help="generations for the throughput run")
+    p.add_argument("--presets", default="paper,fast,default")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(args.threads)
+    from galguard import kernels
+    kernels.set_num_threads(args.threads)
+
+    model = load_model(args.model).eval()
+    cut = read_cutouts(sample_path(args.depth))[args.start:args.start + args.n]
+    x = torch.from_numpy(cut.data.copy())
+    labels = predict(model, x).argmax(1)
+    res = dict(model=str(getattr(model, "name", args.model)), threads=args.threads,
+               kernels_backend=kernels.backend(), torch=torch.__version__, n=len(x),
+               labels=labels.tolist(), true_labels=np.asarray(cut.meta["true_label"]).tolist())
+    sections = args.sections.split(",")
+    if "equal" in sections:
+        section_equal(model, x, labels, args, res)
+    if "throughput" in sections or "overhead" in sections:
+        section_throughput(model, x, labels, args, res)
+    if "recall" in sections:
+        section_recall(model, x, labels, args, res)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    main()
