@@ -96,6 +96,69 @@ def _uniform_int(w, n):
     return (w * n) >> 32
 
 
+# Elementary functions of csrc/include/galguard/fmath.h, operation for operation (libm's log and
+# exp differ between platforms in the last bit; these do not).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+
+
+@_jit
+def _gg_log(x):
+    m, e = math.frexp(x)  # x = m 2^e, m in [0.5, 1): the same m * 2, e - 1 as the exponent bits
+    m = m * 2.0
+    ef = float(e - 1)
+    if m > 1.4142135623730951:
+        m = m * 0.5
+        ef = ef + 1.0
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    p = 2.0 / 25.0
+    p = 2.0 / 23.0 + z * p
+    p = 2.0 / 21.0 + z * p
+    p = 2.0 / 19.0 + z * p
+    p = 2.0 / 17.0 + z * p
+    p = 2.0 / 15.0 + z * p
+    p = 2.0 / 13.0 + z * p
+    p = 2.0 / 11.0 + z * p
+    p = 2.0 / 9.0 + z * p
+    p = 2.0 / 7.0 + z * p
+    p = 2.0 / 5.0 + z * p
+    p = 2.0 / 3.0 + z * p
+    log_m = f - s * (f - z * p)
+    return ef * _LN2_HI + (log_m + ef * _LN2_LO)
+
+
+@_jit
+def _gg_log1p(d):
+    u = 1.0 + d
+    um1 = u - 1.0
+    if um1 == 0.0:
+        return d
+    return _gg_log(u) * (d / um1)
+
+
+@_jit
+def _gg_exp(x):
+    n = np.floor(x * 1.4426950408889634 + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = 1.0 / 87178291200.0
+    p = 1.0 / 6227020800.0 + r * p
+    p = 1.0 / 479001600.0 + r * p
+    p = 1.0 / 39916800.0 + r * p
+    p = 1.0 / 3628800.0 + r * p
+    p = 1.0 / 362880.0 + r * p
+    p = 1.0 / 40320.0 + r * p
+    p = 1.0 / 5040.0 + r * p
+    p = 1.0 / 720.0 + r * p
+    p = 1.0 / 120.0 + r * p
+    p = 1.0 / 24.0 + r * p
+    p = 1.0 / 6.0 + r * p
+    p = 0.5 + r * p
+    er = 1.0 + (r + r * (r * p))
+    return er * math.ldexp(1.0, int(n))
+
+
 @_jit
 def _stirling_tail(k):
     if k < 10.0:
@@ -133,7 +196,7 @@ def _poisson_draw(lam, k0, k1, row, real, elem):
         return 0.0
     it = 0
     if lam < 10.0:
-        p0 = math.exp(-lam)
+        p0 = _gg_exp(-lam)
         cap = 10.0 * lam + 64.0
         while True:
             r0, r1, r2, r3 = philox4x32_10(
@@ -143,12 +206,10 @@ def _poisson_draw(lam, k0, k1, row, real, elem):
             u = _u01_open(r0, r1)
             p = p0
             k = 0.0
-            while u > p:
+            while u > p and k <= cap:
                 u -= p
                 k += 1.0
                 p *= lam / k
-                if k > cap:
-                    break
             if k <= cap:
                 return k
     slam = math.sqrt(lam)
@@ -169,13 +230,13 @@ def _poisson_draw(lam, k0, k1, row, real, elem):
             continue
         kp1 = k + 1.0
         log_f = (
-            k * math.log1p((lam - kp1) / kp1)
-            - 0.5 * math.log(kp1)
+            k * _gg_log1p((lam - kp1) / kp1)
+            - 0.5 * _gg_log(kp1)
             + (kp1 - lam)
             - 0.91893853320467274
             - _stirling_tail(k)
         )
-        if math.log(v * inv_alpha / (a / (us * us) + b)) <= log_f:
+        if _gg_log(v * inv_alpha / (a / (us * us) + b)) <= log_f:
             return k
 
 
@@ -193,7 +254,7 @@ def _binomial_draw(n, p, k0, k1, row, real, elem):
     it = 0
     k = 0.0
     if m < 10.0:
-        p0 = math.exp(n * math.log1p(-q))
+        p0 = _gg_exp(n * _gg_log1p(-q))
         s = q / (1.0 - q)
         cap = min(n, 10.0 * m + 64.0)
         while True:
@@ -221,7 +282,7 @@ def _binomial_draw(n, p, k0, k1, row, real, elem):
         c = m + 0.5
         v_r = 0.92 - 4.2 / b
         alpha = (2.83 + 5.1 / b) * spq
-        lpq = math.log(q / (1.0 - q))
+        lpq = _gg_log(q / (1.0 - q))
         mode = np.floor((n + 1.0) * q)
         while True:
             r0, r1, r2, r3 = philox4x32_10(
@@ -236,11 +297,11 @@ def _binomial_draw(n, p, k0, k1, row, real, elem):
                 continue
             if us >= 0.07 and v <= v_r:
                 break
-            v = math.log(v * alpha / (a / (us * us) + b))
+            v = _gg_log(v * alpha / (a / (us * us) + b))
             bound = (
-                (mode + 0.5) * math.log((mode + 1.0) / (n - mode + 1.0))
-                - (k + 0.5) * math.log((k + 1.0) / (n - k + 1.0))
-                + (n + 1.0) * math.log((n - mode + 1.0) / (n - k + 1.0))
+                (mode + 0.5) * _gg_log((mode + 1.0) / (n - mode + 1.0))
+                - (k + 0.5) * _gg_log((k + 1.0) / (n - k + 1.0))
+                + (n + 1.0) * _gg_log((n - mode + 1.0) / (n - k + 1.0))
                 + (k - mode) * lpq
                 + _stirling_tail(mode)
                 + _stirling_tail(n - mode)

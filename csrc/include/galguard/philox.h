@@ -5,6 +5,10 @@
 
 #include "common.h"
 
+#if !defined(__CUDA_ARCH__)
+#include <cstring>
+#endif
+
 namespace galguard {
 
 struct U32x4 {
@@ -61,9 +65,21 @@ GG_HOST_DEVICE GG_FORCEINLINE Key make_key(uint64_t seed) {
 
 // Double in the open interval (0, 1) from the top 52 of the 64 bits (hi, lo):
 // (x + 0.5) * 2^-52 with x < 2^52, exact.
+// The integer-to-double conversion goes through the exponent bits (exact for x < 2^52) so that
+// the CPU loop over elements vectorises without 64-bit integer conversion instructions.
+GG_HOST_DEVICE GG_FORCEINLINE double u52_to_double(uint64_t x) {
+  const uint64_t bits = 0x4330000000000000ull | x;  // 2^52 + x
+#if defined(__CUDA_ARCH__)
+  const double d = __longlong_as_double(static_cast<long long>(bits));
+#else
+  double d;
+  std::memcpy(&d, &bits, sizeof d);
+#endif
+  return d - 4503599627370496.0;
+}
 GG_HOST_DEVICE GG_FORCEINLINE double u01_open(uint32_t hi, uint32_t lo) {
   const uint64_t x = (static_cast<uint64_t>(hi) << 20) | static_cast<uint64_t>(lo >> 12);
-  return (static_cast<double>(x) + 0.5) * 2.220446049250313080847263336181640625e-16;
+  return (u52_to_double(x) + 0.5) * 2.220446049250313080847263336181640625e-16;
 }
 
 // Float in [0, 1) with 24 random bits: (w >> 8) * 2^-24, exact.

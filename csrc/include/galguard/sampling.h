@@ -14,18 +14,28 @@
 // Binomial(n, p):  p >= 1 -> n;  n == 0 -> 0; with q = min(p, 1 - p) and m = n q:
 //   m < 10 -> inversion (sequential search); m >= 10 -> BTRS (Hoermann 1993, "The generation of
 //   binomial random variates"); p > 1/2 uses n - Binomial(n, 1 - p).
-// log(k!) is computed by the Stirling series with the exact tail for k < 10, in double.
+// gg_log(k!) is computed by the Stirling series with the exact tail for k < 10, in double.
 #pragma once
 
 #include <math.h>
 
 #include "common.h"
+#include "fmath.h"
 #include "philox.h"
 
 namespace galguard {
 
-// log(k!) - [(k + 1/2) log(k + 1) - (k + 1) + log(2 pi) / 2]; exact table for k < 10, series
+// gg_log(k!) - [(k + 1/2) gg_log(k + 1) - (k + 1) + gg_log(2 pi) / 2]; exact table for k < 10, series
 // (to the (k+1)^-9 term) beyond.
+GG_HOST_DEVICE GG_FORCEINLINE double stirling_series(double k) {
+  const double n = k + 1.0;
+  const double n2 = 1.0 / (n * n);
+  // 1/12n - 1/360n^3 + 1/1260n^5 - 1/1680n^7 + 1/1188n^9
+  return (1.0 / 12.0 -
+          n2 * (1.0 / 360.0 - n2 * (1.0 / 1260.0 - n2 * (1.0 / 1680.0 - n2 * (1.0 / 1188.0))))) /
+         n;
+}
+
 GG_HOST_DEVICE inline double stirling_tail(double k) {
   if (k < 10.0) {
     const int i = static_cast<int>(k);
@@ -42,63 +52,102 @@ GG_HOST_DEVICE inline double stirling_tail(double k) {
       default: return 0.00833056343336287;
     }
   }
-  const double n = k + 1.0;
-  const double n2 = 1.0 / (n * n);
-  // 1/12n - 1/360n^3 + 1/1260n^5 - 1/1680n^7 + 1/1188n^9
-  return (1.0 / 12.0 -
-          n2 * (1.0 / 360.0 - n2 * (1.0 / 1260.0 - n2 * (1.0 / 1680.0 - n2 * (1.0 / 1188.0))))) /
-         n;
+  return stirling_series(k);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Poisson
 // ---------------------------------------------------------------------------------------------
-GG_HOST_DEVICE inline double poisson_draw(double lam, Key key, uint32_t row, uint32_t real,
-                                          uint32_t elem) {
+// Constants of PTRS for one lambda (Hoermann 1993, table 2).
+struct PtrsConstants {
+  double a, b, inv_alpha, v_r;
+};
+GG_HOST_DEVICE GG_FORCEINLINE PtrsConstants ptrs_constants(double lam) {
+  PtrsConstants c;
+  const double slam = sqrt(lam);
+  c.b = 0.931 + 2.53 * slam;
+  c.a = -0.059 + 0.02483 * c.b;
+  c.inv_alpha = 1.1239 + 1.1328 / (c.b - 3.4);
+  c.v_r = 0.9277 - 3.6224 / (c.b - 2.0);
+  return c;
+}
+
+// One PTRS proposal from a Philox block: k, and the (u, v, us) needed by the tests.
+GG_HOST_DEVICE GG_FORCEINLINE double ptrs_proposal(const PtrsConstants& c, double lam, U32x4 r,
+                                                   double* us_out, double* v_out) {
+  const double u = u01_open(r.v[0], r.v[1]) - 0.5;
+  const double v = u01_open(r.v[2], r.v[3]);
+  const double us = 0.5 - fabs(u);
+  *us_out = us;
+  *v_out = v;
+  return floor((2.0 * c.a / us + c.b) * u + lam + 0.43);
+}
+
+// log f(k) = k log(lam) - lam - log(k!), written to avoid cancellation:
+//   k log(lam / (k + 1)) - log(k + 1) / 2 + (k + 1 - lam) - log(2 pi) / 2 - tail(k)
+GG_HOST_DEVICE GG_FORCEINLINE double ptrs_log_f(double lam, double k, double tail) {
+  const double kp1 = k + 1.0;
+  return k * gg_log1p((lam - kp1) / kp1) - 0.5 * gg_log(kp1) + (kp1 - lam) -
+         0.91893853320467274 - tail;
+}
+
+// Log of the scaled hat at the proposal, compared with ptrs_log_f in the exact test.
+GG_HOST_DEVICE GG_FORCEINLINE double ptrs_log_hat(const PtrsConstants& c, double us, double v) {
+  return gg_log(v * c.inv_alpha / (c.a / (us * us) + c.b));
+}
+
+// The Poisson draw, given the element's first Philox block (iteration 0), which the CPU twin
+// computes for many elements at once; later blocks are computed here.
+GG_HOST_DEVICE inline double poisson_draw_from(double lam, Key key, uint32_t row, uint32_t real,
+                                               uint32_t elem, U32x4 first) {
   if (!(lam > 0.0)) return 0.0;
   uint32_t it = 0;
   if (lam < 10.0) {
-    const double p0 = exp(-lam);
+    const double p0 = gg_exp(-lam);
     const double cap = 10.0 * lam + 64.0;
     for (;;) {
-      const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamPoisson, it), key.k0,
-                                    key.k1);
+      const U32x4 r = it == 0 ? first
+                              : philox4x32_10(row, real, elem, stream_word(kStreamPoisson, it),
+                                              key.k0, key.k1);
       ++it;
       double u = u01_open(r.v[0], r.v[1]);
       double p = p0;
       double k = 0.0;
-      while (u > p) {
+      // sequential search; the CPU twin runs the same steps for many elements at once
+      while (u > p && k <= cap) {
         u -= p;
         k += 1.0;
         p *= lam / k;
-        if (k > cap) break;
       }
       if (k <= cap) return k;
     }
   }
   // PTRS
-  const double slam = sqrt(lam);
-  const double b = 0.931 + 2.53 * slam;
-  const double a = -0.059 + 0.02483 * b;
-  const double inv_alpha = 1.1239 + 1.1328 / (b - 3.4);
-  const double v_r = 0.9277 - 3.6224 / (b - 2.0);
+  const PtrsConstants c = ptrs_constants(lam);
   for (;;) {
-    const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamPoisson, it), key.k0,
-                                  key.k1);
+    const U32x4 r = it == 0 ? first
+                            : philox4x32_10(row, real, elem, stream_word(kStreamPoisson, it),
+                                            key.k0, key.k1);
     ++it;
-    const double u = u01_open(r.v[0], r.v[1]) - 0.5;
-    const double v = u01_open(r.v[2], r.v[3]);
-    const double us = 0.5 - fabs(u);
-    const double k = floor((2.0 * a / us + b) * u + lam + 0.43);
-    if (us >= 0.07 && v <= v_r) return k;
+    double us, v;
+    const double k = ptrs_proposal(c, lam, r, &us, &v);
+    if (us >= 0.07 && v <= c.v_r) return k;
     if (k < 0.0 || (us < 0.013 && v > us)) continue;
-    // log f(k) = k log(lam) - lam - log(k!), written to avoid cancellation:
-    //   k log(lam / (k + 1)) - log(k + 1) / 2 + (k + 1 - lam) - log(2 pi) / 2 - tail(k)
+    // log f(k) = k gg_log(lam) - lam - gg_log(k!), written to avoid cancellation:
+    //   k gg_log(lam / (k + 1)) - gg_log(k + 1) / 2 + (k + 1 - lam) - gg_log(2 pi) / 2 - tail(k)
     const double kp1 = k + 1.0;
-    const double log_f = k * log1p((lam - kp1) / kp1) - 0.5 * log(kp1) + (kp1 - lam) -
+    const double log_f = k * gg_log1p((lam - kp1) / kp1) - 0.5 * gg_log(kp1) + (kp1 - lam) -
                          0.91893853320467274 - stirling_tail(k);
-    if (log(v * inv_alpha / (a / (us * us) + b)) <= log_f) return k;
+    if (gg_log(v * c.inv_alpha / (c.a / (us * us) + c.b)) <= log_f) return k;
   }
+}
+
+GG_HOST_DEVICE inline double poisson_draw(double lam, Key key, uint32_t row, uint32_t real,
+                                          uint32_t elem) {
+  if (!(lam > 0.0)) return 0.0;
+  return poisson_draw_from(
+      lam, key, row, real, elem,
+      philox4x32_10(row, real, elem, stream_word(kStreamPoisson, 0u), key.k0, key.k1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,7 +165,7 @@ GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t
   double k;
   if (m < 10.0) {
     // inversion: P(0) = (1 - q)^n, P(k) = P(k - 1) * (n - k + 1) / k * q / (1 - q)
-    const double p0 = exp(n * log1p(-q));
+    const double p0 = gg_exp(n * gg_log1p(-q));
     const double s = q / (1.0 - q);
     const double cap = fmin(n, 10.0 * m + 64.0);
     for (;;) {
@@ -146,7 +195,7 @@ GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t
     const double c = m + 0.5;
     const double v_r = 0.92 - 4.2 / b;
     const double alpha = (2.83 + 5.1 / b) * spq;
-    const double lpq = log(q / (1.0 - q));
+    const double lpq = gg_log(q / (1.0 - q));
     const double mode = floor((n + 1.0) * q);
     for (;;) {
       const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamBinomial, it), key.k0,
@@ -158,11 +207,11 @@ GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t
       k = floor((2.0 * a / us + b) * u + c);
       if (k < 0.0 || k > n) continue;
       if (us >= 0.07 && v <= v_r) break;
-      v = log(v * alpha / (a / (us * us) + b));
-      // log[f(k) / f(mode)] = log[mode! (n - mode)! / (k! (n - k)!)] + (k - mode) log(q / (1 - q))
-      const double bound = (mode + 0.5) * log((mode + 1.0) / (n - mode + 1.0)) -
-                           (k + 0.5) * log((k + 1.0) / (n - k + 1.0)) +
-                           (n + 1.0) * log((n - mode + 1.0) / (n - k + 1.0)) +
+      v = gg_log(v * alpha / (a / (us * us) + b));
+      // log[f(k) / f(mode)] = log[mode! (n - mode)! / (k! (n - k)!)] + (k - mode) gg_log(q / (1 - q))
+      const double bound = (mode + 0.5) * gg_log((mode + 1.0) / (n - mode + 1.0)) -
+                           (k + 0.5) * gg_log((k + 1.0) / (n - k + 1.0)) +
+                           (n + 1.0) * gg_log((n - mode + 1.0) / (n - k + 1.0)) +
                            (k - mode) * lpq + stirling_tail(mode) + stirling_tail(n - mode) -
                            stirling_tail(k) - stirling_tail(n - k);
       if (v <= bound) break;

@@ -1,0 +1,198 @@
+// CPU twins of the Poisson and binomial-thinning kernels.
+//
+// OpenMP splits the elements into chunks. Within a chunk the Poisson kernel runs PTRS for all
+// elements at once in a loop the compiler vectorises (function clones for AVX-512, AVX2 and
+// baseline x86-64, chosen at run time): pass t draws Philox block t for the elements whose
+// proposals were all rejected so far. What is left (means below 10, proposals below 10 that
+// need the tail table, elements rejected in every pass) runs through the scalar
+// poisson_draw, which redoes the same decisions. The arithmetic is that of sampling.h, element
+// by element, so the results are identical to the scalar code, the CUDA twin and the reference.
+#include <cstdint>
+
+#include "galguard/kernels.h"
+#include "galguard/sampling.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define GG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GG_CLONES
+#endif
+
+namespace galguard {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t kParallelMin = 4096;
+constexpr int kChunk = 512;
+constexpr uint32_t kVectorPasses = 4;
+constexpr double kRejected = -1.0;  // proposal rejected: try the next Philox block
+constexpr double kScalar = -2.0;    // left to the scalar code (small mean, tail table)
+
+// One PTRS proposal for each of `count` elements from Philox block `it`, deciding exactly as
+// poisson_draw_from does for that block: k (accepted), kRejected or kScalar. Branch-free so
+// that it vectorises; lanes where a test is meaningless compute values that are never used.
+GG_CLONES void ptrs_pass(const double* __restrict__ lam, const uint32_t* __restrict__ row,
+                         const uint32_t* __restrict__ elem, int count, Key key,
+                         uint32_t realisation, uint32_t it, double* __restrict__ k_out) {
+  const uint32_t c3 = stream_word(kStreamPoisson, it);
+  for (int j = 0; j < count; ++j) {
+    const double l = lam[j];
+    const U32x4 r = philox4x32_10(row[j], realisation, elem[j], c3, key.k0, key.k1);
+    const PtrsConstants pc = ptrs_constants(l);
+    double us, v;
+    const double k = ptrs_proposal(pc, l, r, &us, &v);
+    const bool squeeze = (us >= 0.07) & (v <= pc.v_r);
+    const bool reject = (k < 0.0) | ((us < 0.013) & (v > us));
+    const bool exact = ptrs_log_hat(pc, us, v) <= ptrs_log_f(l, k, stirling_series(k));
+    const bool big = k >= 10.0;
+    const bool accepted = squeeze | ((!reject) & big & exact);
+    const bool rejected = (!squeeze) & (reject | (big & !exact));
+    const double d = accepted ? k : (rejected ? kRejected : kScalar);
+    k_out[j] = l >= 10.0 ? d : kScalar;
+  }
+}
+
+// Inversion for means in (0, 10) from Philox block 0, the steps of poisson_draw_from run for
+// all elements in lock step: k, or kScalar where the search passed its cap (a restart).
+GG_CLONES void inversion_pass(const double* __restrict__ lam, const uint32_t* __restrict__ row,
+                              const uint32_t* __restrict__ elem, int count, Key key,
+                              uint32_t realisation, double* __restrict__ k_out) {
+  double u[kChunk], p[kChunk], cap[kChunk];
+  const uint32_t c3 = stream_word(kStreamPoisson, 0u);
+  for (int j = 0; j < count; ++j) {
+    const double l = lam[j];
+    const U32x4 r = philox4x32_10(row[j], realisation, elem[j], c3, key.k0, key.k1);
+    u[j] = u01_open(r.v[0], r.v[1]);
+    p[j] = gg_exp(-l);
+    cap[j] = 10.0 * l + 64.0;
+    k_out[j] = 0.0;
+  }
+  for (;;) {
+    int active = 0;
+    for (int j = 0; j < count; ++j) {
+      const bool go = (u[j] > p[j]) & (k_out[j] <= cap[j]);
+      const double uj = u[j] - p[j];
+      const double kj = k_out[j] + 1.0;
+      const double pj = p[j] * (lam[j] / kj);
+      u[j] = go ? uj : u[j];
+      k_out[j] = go ? kj : k_out[j];
+      p[j] = go ? pj : p[j];
+      active += go;
+    }
+    if (active == 0) break;
+  }
+  for (int j = 0; j < count; ++j) k_out[j] = k_out[j] <= cap[j] ? k_out[j] : kScalar;
+}
+
+template <typename T>
+void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_size,
+                   const int64_t* index, Key key, uint32_t realisation) {
+  uint32_t row[kChunk], elem[kChunk];
+  double lam[kChunk], k[kChunk];
+  // pending elements of later passes, compacted
+  int pos[kChunk];
+  uint32_t prow[kChunk], pelem[kChunk];
+  double plam[kChunk], pk[kChunk];
+  int64_t r = start / row_size;
+  int64_t e = start - r * row_size;
+  for (int j = 0; j < count; ++j) {
+    row[j] = static_cast<uint32_t>(index ? index[r] : r);
+    elem[j] = static_cast<uint32_t>(e);
+    lam[j] = static_cast<double>(mean[start + j]);
+    if (++e == row_size) {
+      e = 0;
+      ++r;
+    }
+  }
+  ptrs_pass(lam, row, elem, count, key, realisation, 0u, k);
+  {
+    // means in (0, 10): vectorised inversion
+    int m = 0;
+    for (int j = 0; j < count; ++j) {
+      if (lam[j] > 0.0 && lam[j] < 10.0) {
+        pos[m] = j;
+        prow[m] = row[j];
+        pelem[m] = elem[j];
+        plam[m] = lam[j];
+        ++m;
+      } else if (!(lam[j] > 0.0)) {
+        k[j] = 0.0;
+      }
+    }
+    if (m) {
+      inversion_pass(plam, prow, pelem, m, key, realisation, pk);
+      for (int i = 0; i < m; ++i) k[pos[i]] = pk[i];
+    }
+  }
+  for (uint32_t it = 1; it < kVectorPasses; ++it) {
+    int m = 0;
+    for (int j = 0; j < count; ++j) {
+      if (k[j] == kRejected) {
+        pos[m] = j;
+        prow[m] = row[j];
+        pelem[m] = elem[j];
+        plam[m] = lam[j];
+        ++m;
+      }
+    }
+    if (m == 0) break;
+    ptrs_pass(plam, prow, pelem, m, key, realisation, it, pk);
+    for (int i = 0; i < m; ++i) k[pos[i]] = pk[i];
+  }
+  for (int j = 0; j < count; ++j) {
+    double kj = k[j];
+    if (kj < 0.0) kj = poisson_draw(lam[j], key, row[j], realisation, elem[j]);
+    out[start + j] = static_cast<T>(kj);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void poisson(const T* mean, T* out, int64_t rows, int64_t row_size, const int64_t* index,
+             uint64_t seed, uint32_t realisation) {
+  const int64_t n = rows * row_size;
+  if (n == 0) return;
+  const Key key = make_key(seed);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    const int64_t start = ci * kChunk;
+    const int count = static_cast<int>(n - start < kChunk ? n - start : kChunk);
+    poisson_chunk<T>(mean, out, start, count, row_size, index, key, realisation);
+  }
+}
+
+template <typename T>
+void binomial_thin(const T* counts, const double* p, double p_scalar, T* out, int64_t rows,
+                   int64_t row_size, const int64_t* index, uint64_t seed, uint32_t realisation) {
+  const int64_t n = rows * row_size;
+  if (n == 0) return;
+  const Key key = make_key(seed);
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = i / row_size;
+    const uint32_t e = static_cast<uint32_t>(i - r * row_size);
+    const uint32_t row = static_cast<uint32_t>(index ? index[r] : r);
+    const double pi = p ? p[i] : p_scalar;
+    out[i] = static_cast<T>(
+        binomial_draw(static_cast<double>(counts[i]), pi, key, row, realisation, e));
+  }
+}
+
+template void poisson<float>(const float*, float*, int64_t, int64_t, const int64_t*, uint64_t,
+                             uint32_t);
+template void poisson<double>(const double*, double*, int64_t, int64_t, const int64_t*, uint64_t,
+                              uint32_t);
+template void binomial_thin<float>(const float*, const double*, double, float*, int64_t, int64_t,
+                                   const int64_t*, uint64_t, uint32_t);
+template void binomial_thin<double>(const double*, const double*, double, double*, int64_t,
+                                    int64_t, const int64_t*, uint64_t, uint32_t);
+template void binomial_thin<int32_t>(const int32_t*, const double*, double, int32_t*, int64_t,
+                                     int64_t, const int64_t*, uint64_t, uint32_t);
+template void binomial_thin<int64_t>(const int64_t*, const double*, double, int64_t*, int64_t,
+                                     int64_t, const int64_t*, uint64_t, uint32_t);
+
+}  // namespace cpu
+}  // namespace galguard
