@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["PLANE_KEYS", "SCALAR_KEYS", "header_dict", "parse_header_bytes", "HeaderView",
+__all__ = ["PLANE_KEYS", "SCALAR_KEYS", "header_dict", "parse_header_bytes", "RawHeader", "HeaderView",
            "plane_info", "has_band_info", "names_single_band"]
 
 #: per-plane keyword templates ({n} = 1-based plane number)
@@ -60,18 +60,11 @@ def header_dict(header):
 def _card_value(text):
     text = text.strip()
     if text.startswith("'"):
-        out, i = [], 1
-        while i < len(text):
-            ch = text[i]
-            if ch == "'":
-                if i + 1 < len(text) and text[i + 1] == "'":
-                    out.append("'")
-                    i += 2
-                    continue
-                break
-            out.append(ch)
-            i += 1
-        return "".join(out).rstrip()
+        end = text.find("'", 1)
+        while end != -1 and text[end + 1:end + 2] == "'":  # '' is an escaped quote
+            end = text.find("'", end + 2)
+        body = text[1:] if end == -1 else text[1:end]
+        return body.replace("''", "'").rstrip()
     tok = text.split("/", 1)[0].strip()
     if tok == "T":
         return True
@@ -89,25 +82,57 @@ def _card_value(text):
         return tok
 
 
+class RawHeader(dict):
+    """``{KEY: value}`` whose values are parsed from the raw card text on first access."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key):
+        v = dict.__getitem__(self, key)
+        if type(v) is _Raw:
+            v = _card_value(v.text)
+            dict.__setitem__(self, key, v)
+        return v
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def values(self):
+        return [self[k] for k in self.keys()]
+
+
+class _Raw:
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
 def parse_header_bytes(buf):
-    """Parse raw FITS header cards (bytes, 80 characters per card) up to END into a dict.
+    """Parse raw FITS header cards (bytes, 80 characters per card) up to END.
 
     A small, fast reader for the keywords galguard needs: ``KEY = value / comment`` cards
-    (strings, logicals, integers, floats); HIERARCH, CONTINUE and commentary cards are skipped.
-    Returns ``(dict, found_end)``.
+    (strings, logicals, integers, floats), values parsed lazily on first access; HIERARCH,
+    CONTINUE and commentary cards are skipped. Returns ``(RawHeader, found_end)``.
     """
-    out = {}
-    for i in range(0, len(buf) - 79, 80):
-        card = buf[i:i + 80]
-        key = card[:8].rstrip()
-        if key == b"END":
+    out = RawHeader()
+    text = buf.decode("ascii", "replace")
+    for i in range(0, len(text) - 79, 80):
+        key = text[i:i + 8].rstrip()
+        if key == "END":
             return out, True
-        if card[8:10] != b"= ":
+        if text[i + 8:i + 10] != "= ":
             continue
-        k = key.decode("ascii", "replace").upper()
-        if k in _SKIP:
+        key = key.upper()
+        if key in _SKIP:
             continue
-        out[k] = _card_value(card[10:].decode("ascii", "replace"))
+        dict.__setitem__(out, key, _Raw(text[i + 10:i + 80]))
     return out, False
 
 
@@ -120,10 +145,10 @@ class HeaderView:
 
     def get(self, key, default=None):
         v = self.h.get(key)
-        if v is None or (isinstance(v, str) and not v.strip()):
-            v = self.p.get(key)
-        if v is None or (isinstance(v, str) and not v.strip()):
-            return default
+        if v is None or v == "":
+            v = self.p.get(key) if self.p else None
+            if v is None or v == "":
+                return default
         return v
 
     def __contains__(self, key):
@@ -186,22 +211,21 @@ def plane_info(hv, nplanes):
         ``id`` int (-1 unknown), ``true_label`` int (-1 unknown).
     """
     out = {}
-    bnames = _bands_keyword(hv, nplanes)
+    get = hv.get
+    planes = range(1, nplanes + 1)
     for name, tmpl in PLANE_KEYS.items():
-        scal = None
-        for k in SCALAR_KEYS[name]:
-            v = hv.get(k)
-            if v is not None:
-                scal = v
-                break
-        vals = []
-        for n in range(1, nplanes + 1):
-            v = hv.get(tmpl.format(n=n))
-            if v is None and name == "band" and bnames:
-                v = bnames[n - 1]
-            if v is None:
-                v = scal
-            vals.append(v)
+        vals = [get(tmpl.format(n=n)) for n in planes]
+        if None in vals:
+            if name == "band":
+                bnames = _bands_keyword(hv, nplanes)
+                if bnames:
+                    vals = [v if v is not None else bnames[k] for k, v in enumerate(vals)]
+            scal = None
+            for k in SCALAR_KEYS[name]:
+                scal = get(k)
+                if scal is not None:
+                    break
+            vals = [scal if v is None else v for v in vals]
         if name == "band":
             out["bands"] = ["" if v is None else str(v).strip() for v in vals]
         else:
