@@ -260,11 +260,20 @@ class GalguardCheckTask(pipeBase.PipelineTask):
     _DefaultName = "galguardCheck"
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        """Read the cutouts, run `run` with ``butlerQC.resources.num_cores`` torch threads
+        (``pipetask run --cores-per-quantum``), write the flags."""
+        import torch
+
         ref = inputRefs.cutouts
         inputs = butlerQC.get(inputRefs)
         source = f"{ref.datasetType.name}@{dict(ref.dataId.required)}" if ref.dataId.required \
             else ref.datasetType.name
-        outputs = self.run(**inputs, source=source)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(butlerQC.resources.num_cores)))
+        try:
+            outputs = self.run(**inputs, source=source)
+        finally:
+            torch.set_num_threads(threads)
         butlerQC.put(outputs, outputRefs)
 
     def run(self, cutouts, *, source=""):
