@@ -584,3 +584,17 @@ def test_argument_errors(tmp_path):
     # a missing explicit path is not an argument error: it is a bad row
     cut = read_cutouts(str(tmp_path / "missing.fits"))
     assert cut.meta["flags"][0] == Flag.BAD_INPUT and "file not found" in cut.meta["error"][0]
+
+
+def test_reads_the_shipped_simulator_sample():
+    """The galguard.sim sample (tile-compressed, image in HDU 1) reads with all header values."""
+    sim = pytest.importorskip("galguard.sim")
+    src = sim.sample_path("y10")
+    cut = read_cutouts(src)
+    assert len(cut) == 33 and cut.data.shape[1:] == (3, 100, 100) and cut.bands == BANDS
+    assert (cut.meta["flags"] == 0).all()
+    assert set(cut.meta["true_label"]) == {0, 1, 2}
+    assert np.isfinite(cut.meta["gain"]).all() and np.isfinite(cut.meta["sky"]).all()
+    assert (cut.meta["bunit"] == "electron/s").all()
+    same = read_cutouts(src, backend="astropy")
+    np.testing.assert_array_equal(same.data, cut.data)
