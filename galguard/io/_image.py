@@ -7,12 +7,11 @@ import warnings
 
 import numpy as np
 
-from ..errors import GalguardValueError, GalguardWarning
+from ..errors import GalguardValueError
 from ..flags import Flag
-from ._cutouts import Cutouts
 from ._estimate import DEFAULT_GAIN
 from ._header import HeaderView, header_dict, plane_info
-from ._read import _PLANE_FIELDS, _Block, _finish, _make_opts, _materialise, _State
+from ._read import _Block, _finish, _make_opts, _materialise, _State
 
 __all__ = ["cutouts_from_image", "detect_sources"]
 
@@ -242,7 +241,9 @@ def cutouts_from_image(image, catalog=None, *, size, wcs=None, hdu=None, bands=N
     -------
     Cutouts
         One row per catalog entry (or kept detection), in order, with extra meta columns ``x``,
-        ``y`` (0-based centre in the parent image) and, with a WCS, ``ra``, ``dec`` (degrees).
+        ``y`` (0-based centre in the parent image), with a WCS ``ra``, ``dec`` (degrees), and
+        for detections ``fwhm`` (pixels) and ``ellipticity`` from `detect_sources`; ``id`` is
+        the catalog's id column or the photutils label where given.
         A cutout that extends past the image edge is filled with 0, masked there and flagged
         PARTIAL_OVERLAP; a position entirely off the image (or non-finite) gives a BAD_INPUT row.
 

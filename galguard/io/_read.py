@@ -4,7 +4,6 @@ import glob
 import logging
 import math
 import os
-import warnings
 
 import numpy as np
 
@@ -12,7 +11,8 @@ from ..errors import GalguardValueError
 from ..flags import Flag
 from ._cutouts import Cutouts, empty_meta
 from ._estimate import DEFAULT_GAIN, RAW_SKY_NSIGMA, border_background, default_border
-from ._header import HeaderView, has_band_info, header_dict, names_single_band, parse_header_bytes, plane_info
+from ._fits import AstropyAccess, FitsioAccess
+from ._header import HeaderView, has_band_info, header_dict, names_single_band, plane_info
 
 __all__ = ["read_cutouts", "iter_cutouts", "FITS_SUFFIXES", "MAX_CUBE_BANDS", "DEFAULT_CHUNK_SIZE"]
 
@@ -256,188 +256,6 @@ def _numeric_f32(arr, fresh=False):
 
 
 # ----------------------------------------------------------------------------------------------
-# FITS access: fitsio (fast) and astropy (general) behind one small interface
-# ----------------------------------------------------------------------------------------------
-class _HDUInfo:
-    __slots__ = ("idx", "kind", "shape", "extname", "nrows", "compressed")
-
-    def __init__(self, idx, kind, shape, extname, nrows=0, compressed=False):
-        self.idx, self.kind, self.shape, self.extname = idx, kind, tuple(shape), extname
-        self.nrows, self.compressed = nrows, compressed
-
-
-_PLAIN = (".fits", ".fit", ".fts")
-
-
-def _finfo(h):
-    """fitsio's HDU info without the deep copy that ``get_info()`` makes (~100 us a call)."""
-    info = getattr(h, "_info", None)
-    return info if isinstance(info, dict) else h.get_info()
-
-
-class _FitsioAccess:
-    def __init__(self, path):
-        import fitsio
-
-        self.path = path
-        self.fresh = True
-        self._headers = {}
-        self.f = fitsio.FITS(path)
-        self.infos = []
-        for i, h in enumerate(self.f):
-            et = h.get_exttype()
-            name = (h.get_extname() or "").upper()
-            if et == "IMAGE_HDU":
-                dims = tuple(h.get_dims()) if h.has_data() else ()
-                self.infos.append(_HDUInfo(i, "image", dims, name, compressed=h.is_compressed()))
-            elif et in ("BINARY_TBL", "ASCII_TBL"):
-                self.infos.append(_HDUInfo(i, "table", (), name, nrows=h.get_nrows()))
-            else:
-                self.infos.append(_HDUInfo(i, "other", (), name))
-        self._plain = path.lower().endswith(_PLAIN)
-        if self._plain and self.infos:
-            end = _finfo(self.f[len(self.infos) - 1]).get("data_end")
-            have = os.path.getsize(path)
-            if end is not None and have < end:
-                raise OSError(f"file truncated: {have} bytes, its headers need {end}")
-
-    def header(self, i):
-        if i in self._headers:
-            return self._headers[i]
-        self._headers[i] = h = self._header(i)
-        return h
-
-    def _header(self, i):
-        info = self.infos[i]
-        if self._plain and not info.compressed:
-            # parsing the raw cards in Python is ~3x cheaper than fitsio's record list
-            off = _finfo(self.f[i])
-            start, stop = off.get("header_start"), off.get("data_start")
-            if start is not None and stop is not None and 0 <= start < stop:
-                with open(self.path, "rb") as fh:
-                    fh.seek(start)
-                    d, ok = parse_header_bytes(fh.read(stop - start))
-                if ok:
-                    return d
-        return header_dict(self.f[i].read_header_list())
-
-    def read_image(self, i, start=None, stop=None):
-        raw = self._read_raw_float(i, start, stop)
-        if raw is not None:
-            return raw
-        h = self.f[i]
-        if start is None:
-            return h.read()
-        nd = len(self.infos[i].shape)
-        return h[(slice(start, stop),) + (slice(None),) * (nd - 1)]
-
-    def _read_raw_float(self, i, start, stop):
-        """Unscaled float images of a plain file: numpy reads the bytes and swaps them in place.
-
-        cfitsio converts big-endian floats element by element; for large stacks a read-only
-        numpy memmap and one byte-swapping copy is about twice as fast. Returns None where this
-        does not apply (compressed, scaled or integer data, gzip files).
-        """
-        info = self.infos[i]
-        fi = _finfo(self.f[i])
-        if not self._plain or info.compressed or fi.get("img_type") not in (-32, -64):
-            return None
-        hdr = self.header(i)
-        if hdr.get("BSCALE", 1) not in (1, 1.0) or hdr.get("BZERO", 0) not in (0, 0.0):
-            return None
-        shape = info.shape
-        dtype = np.dtype(">f4" if fi["img_type"] == -32 else ">f8")
-        row = int(np.prod(shape[1:], dtype=np.int64))
-        a, b = (0, shape[0]) if start is None else (start, stop)
-        count = (b - a) * row
-        offset = int(fi["data_start"]) + a * row * dtype.itemsize
-        if offset + count * dtype.itemsize > os.path.getsize(self.path):
-            raise OSError("file truncated: the data end past the end of the file")
-        if count == 0:
-            return np.zeros((b - a,) + shape[1:], dtype=np.float32)
-        mm = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(b - a,) + shape[1:])
-        try:
-            return mm.astype(dtype.newbyteorder("="))  # one pass: read, swap, copy
-        finally:
-            del mm
-
-    def read_table(self, i, start=None, stop=None):
-        h = self.f[i]
-        rows = None if start is None else np.arange(start, stop)
-        arr = h.read(rows=rows)
-        return {n.upper(): arr[n] for n in arr.dtype.names}
-
-    def close(self):
-        self.f.close()
-
-
-class _AstropyAccess:
-    def __init__(self, hdus, *, path=None):
-        from astropy.io import fits
-
-        self.path = path
-        self.fresh = path is not None
-        if path is not None:
-            with warnings.catch_warnings(record=True) as rec:
-                warnings.simplefilter("always")
-                self.hdul = fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=False)
-            for w in rec:
-                if "truncated" in str(w.message).lower():
-                    self.hdul.close()
-                    raise OSError(str(w.message))
-            self.own = True
-        else:
-            self.hdul = hdus
-            self.own = False
-        self.infos = []
-        for i, h in enumerate(self.hdul):
-            name = str(h.header.get("EXTNAME", "") or "").upper()
-            if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-                shape = tuple(h.shape) if h.header.get("NAXIS", 0) or isinstance(h, fits.CompImageHDU) else ()
-                if h.data is None and not isinstance(h, fits.CompImageHDU) and path is None:
-                    shape = ()
-                self.infos.append(_HDUInfo(i, "image", shape, name,
-                                           compressed=isinstance(h, fits.CompImageHDU)))
-            elif isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
-                self.infos.append(_HDUInfo(i, "table", (), name, nrows=int(h.header.get("NAXIS2", 0))))
-            else:
-                self.infos.append(_HDUInfo(i, "other", (), name))
-
-    def header(self, i):
-        return header_dict(self.hdul[i].header)
-
-    def _checked(self, fn):
-        with warnings.catch_warnings(record=True) as rec:
-            warnings.simplefilter("always")
-            out = fn()
-        for w in rec:
-            if "truncated" in str(w.message).lower():
-                raise OSError(str(w.message))
-        return out
-
-    def read_image(self, i, start=None, stop=None):
-        h = self.hdul[i]
-        if start is None:
-            return self._checked(lambda: np.asarray(h.data))
-        if self.path is not None:
-            try:
-                return self._checked(lambda: np.asarray(h.section[start:stop]))
-            except (AttributeError, TypeError, ValueError):
-                pass
-        return self._checked(lambda: np.asarray(h.data[start:stop]))
-
-    def read_table(self, i, start=None, stop=None):
-        d = self.hdul[i].data
-        if start is not None:
-            d = d[start:stop]
-        return {n.upper(): np.asarray(d[n]) for n in d.columns.names}
-
-    def close(self):
-        if self.own:
-            self.hdul.close()
-
-
-# ----------------------------------------------------------------------------------------------
 # from an opened FITS file / HDU list to blocks
 # ----------------------------------------------------------------------------------------------
 def _hdu_names(acc):
@@ -617,7 +435,7 @@ def _path_blocks(path, opts):
         acc = None
         produced = 0
         try:
-            acc = _FitsioAccess(path)
+            acc = FitsioAccess(path)
             for b in _access_blocks(acc, label, opts):
                 produced += b.n
                 yield b
@@ -637,7 +455,7 @@ def _path_blocks(path, opts):
     acc = None
     produced = 0
     try:
-        acc = _AstropyAccess(None, path=path)
+        acc = AstropyAccess(None, path=path)
         for b in _access_blocks(acc, label, opts):
             produced += b.n
             yield b
@@ -877,9 +695,9 @@ def _unit_blocks(unit, opts):
             yield from _cutouts_blocks(obj, f"<Cutouts{suffix}>", opts)
         elif isinstance(obj, fits.HDUList):
             fn = obj.filename() if hasattr(obj, "filename") else None
-            yield from _access_blocks(_AstropyAccess(obj), fn or f"<HDUList{suffix}>", opts)
+            yield from _access_blocks(AstropyAccess(obj), fn or f"<HDUList{suffix}>", opts)
         elif isinstance(obj, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
-            yield from _access_blocks(_AstropyAccess([obj]), f"<{type(obj).__name__}{suffix}>", opts)
+            yield from _access_blocks(AstropyAccess([obj]), f"<{type(obj).__name__}{suffix}>", opts)
         elif isinstance(obj, NDData):
             yield from _nddata_blocks(obj, f"<{type(obj).__name__}{suffix}>", opts)
         elif isinstance(obj, np.ndarray):
