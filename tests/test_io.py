@@ -598,3 +598,31 @@ def test_reads_the_shipped_simulator_sample():
     assert (cut.meta["bunit"] == "electron/s").all()
     same = read_cutouts(src, backend="astropy")
     np.testing.assert_array_equal(same.data, cut.data)
+
+
+def test_fitsio_failure_falls_back_on_astropy(tmp_path, rng, monkeypatch):
+    import galguard.io._read as rd
+
+    d = _cube(rng)
+    p = _write_cube(tmp_path / "a.fits", d, _sim_header())
+
+    class Broken:
+        def __init__(self, path):
+            raise OSError("simulated fitsio failure")
+
+    monkeypatch.setattr(rd, "FitsioAccess", Broken)
+    cut = read_cutouts(p)
+    np.testing.assert_array_equal(cut.data[0], d)
+    assert cut.meta["flags"][0] == 0
+    only = read_cutouts(p, backend="fitsio")
+    assert only.meta["flags"][0] == Flag.BAD_INPUT
+    assert "simulated fitsio failure" in only.meta["error"][0]
+
+
+def test_missing_hdu_and_empty_sources(tmp_path, rng):
+    p = _write_cube(tmp_path / "a.fits", _cube(rng), _sim_header())
+    cut = read_cutouts(p, hdu="SCI")
+    assert cut.meta["flags"][0] == Flag.BAD_INPUT and "hdu='SCI' is not in the file" in cut.meta["error"][0]
+    empty = read_cutouts([], bands="g,r", size=(4, 6))
+    assert len(empty) == 0 and empty.data.shape == (0, 2, 4, 6) and empty.bands == ("g", "r")
+    assert [len(c) for c in iter_cutouts([])] == [0]
