@@ -169,6 +169,15 @@ class OnePixelAttack:
         candidate batch near 64 MiB.
     oob : {"redraw", "clip"}, optional
         What the mutation kernel does with genes outside the bounds.
+    incremental : bool, optional
+        For one-pixel attacks on a `galguard.models.GalaxyClassifier` whose network is a plain
+        stack of convolutions, batch norms, ReLUs and 2x2 max pools with a linear bottleneck (the
+        paper's ConvNet), evaluate candidates incrementally: the clean image's activations are
+        computed once and each candidate recomputes only its pixel's receptive field (see
+        `galguard.robustness._incremental`). The evaluator is used only after it reproduces the
+        full model's logits on probe candidates; otherwise, and for other models, every
+        candidate image is written with the core's kernel and run through the whole model.
+        Successes are always re-verified with the whole model.
 
     Notes
     -----
@@ -200,7 +209,8 @@ class OnePixelAttack:
 
     def __init__(self, model, *, pixels=1, popsize=400, max_iter=100, F=0.5, crossover=None,
                  strategy="rand1", init="random", bounds="cutout", targeted=False,
-                 threshold=None, early_stop=True, seed=0, batch_size=None, oob="redraw"):
+                 threshold=None, early_stop=True, seed=0, batch_size=None, oob="redraw",
+                 incremental=True):
         if not isinstance(model, torch.nn.Module):
             raise GalguardValueError(
                 f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -236,6 +246,7 @@ class OnePixelAttack:
         if oob not in ("redraw", "clip"):
             raise GalguardValueError(f"oob must be 'redraw' or 'clip', got {oob!r}")
         self.oob = oob
+        self.incremental = bool(incremental)
 
     @classmethod
     def from_preset(cls, name, model, **overrides):
@@ -265,7 +276,7 @@ class OnePixelAttack:
                     crossover=self.crossover, strategy=self.strategy, init=self.init,
                     bounds=bounds, targeted=self.targeted, threshold=self.threshold,
                     early_stop=self.early_stop, seed=self.seed, batch_size=self.batch_size,
-                    oob=self.oob)
+                    oob=self.oob, incremental=self.incremental)
 
     def max_queries(self):
         """Most model evaluations one image can cost: ``popsize * (1 + max_iter) + 1``."""
@@ -329,10 +340,16 @@ class OnePixelAttack:
             return self._empty_result(images, labels, return_images)
         lo, hi = _resolve_bounds(self.bounds, self.model, images)
         chunk = self._chunk(C, H, W)
-        evaluator = _Evaluator(self.model, chunk, images.dtype, device, (C, H, W))
+        full = _Evaluator(self.model, chunk, images)
+        evaluator = full
+        if self.incremental and npx == 1:
+            from ._incremental import IncrementalEvaluator
+            inc = IncrementalEvaluator.build(self.model, images)
+            if inc is not None:
+                evaluator = _IncrementalRunner(inc, max(chunk, 1024), images)
 
         # Original predictions give the number of classes and validate the labels.
-        K = evaluator.num_classes(images[:1])
+        K = full.num_classes()
         if int(labels.min()) < 0 or int(labels.max()) >= K:
             raise GalguardValueError(
                 f"labels must be in [0, {K - 1}] for a model with {K} classes, got values in "
@@ -350,7 +367,7 @@ class OnePixelAttack:
                         seed=self.seed)
         if self.init == "extremes":
             pop = _extreme_init(pop, lo, hi, npx, C)
-        probs = evaluator(images, pop)                         # (B, P, K)
+        probs = evaluator(active, pop)                         # (B, P, K)
         fit = self._fitness(probs, labels)
         out_queries += P
         cr = 1.0 if self.crossover is None else self.crossover
@@ -365,12 +382,12 @@ class OnePixelAttack:
         for gen in range(1, self.max_iter + 1):
             if active.numel() == 0:
                 break
-            img_a, lab_a, ids_a = images[active], labels[active], ids[active]
+            lab_a, ids_a = labels[active], ids[active]
             lo_a, hi_a = lo[active], hi[active]
             trial = k.de_mutate(pop, ids=ids_a, generation=gen, F=self.F, strategy=self.strategy,
                                 best=best if self.strategy == "best1" else None, CR=cr,
                                 oob=self.oob, height=H, width=W, lo=lo_a, hi=hi_a, seed=self.seed)
-            tprobs = evaluator(img_a, trial)
+            tprobs = evaluator(active, trial)
             tfit = self._fitness(tprobs, lab_a)
             out_queries[active] += P
             replace = tfit <= fit                                # the kernel's rule, for probs
@@ -387,7 +404,7 @@ class OnePixelAttack:
         members = out_member[:, None, :].contiguous()
         succ_idx = torch.nonzero(out_success).flatten()
         if succ_idx.numel():
-            vprobs = evaluator(images[succ_idx], members[succ_idx])[:, 0, :]
+            vprobs = full(succ_idx, members[succ_idx])[:, 0, :]
             ok = self._succeeded(vprobs, labels[succ_idx])
             out_probs[succ_idx] = vprobs
             out_queries[succ_idx] += 1
@@ -472,45 +489,71 @@ class OnePixelAttack:
 
 
 class _Evaluator:
-    """Runs (B, P) candidate members of B images through the model in chunks of `chunk`."""
+    """Runs candidate members (R, P, G) of the call's images `rows` (R,) through the model:
+    candidate images are written by the core's kernel and evaluated in chunks of `chunk`."""
 
-    def __init__(self, model, chunk, dtype, device, chw):
+    def __init__(self, model, chunk, images):
         self.model = model
         self.chunk = chunk
+        self.images = images
         self.buf = None
-        self.dtype = dtype
-        self.device = device
-        self.chw = chw
 
-    def num_classes(self, image):
-        return model_logits(self.model(image)).shape[1]
+    def num_classes(self):
+        return model_logits(self.model(self.images[:1])).shape[1]
 
     def _buffer(self, n):
         if self.buf is None or self.buf.shape[0] < n:
-            self.buf = torch.empty((n,) + self.chw, dtype=self.dtype, device=self.device)
+            self.buf = torch.empty((n,) + tuple(self.images.shape[1:]), dtype=self.images.dtype,
+                                   device=self.images.device)
         return self.buf[:n]
 
-    def __call__(self, images, members):
+    def __call__(self, rows, members):
         k = _kernels()
-        B, P, _ = members.shape
+        R, P, _ = members.shape
         chunk = self.chunk
         out = None
         if P >= chunk:
-            blocks = [(b, b + 1, p, min(P, p + chunk)) for b in range(B) for p in range(0, P, chunk)]
+            blocks = [(b, b + 1, p, min(P, p + chunk)) for b in range(R) for p in range(0, P, chunk)]
         else:
             per = max(1, chunk // P)
-            blocks = [(b, min(B, b + per), 0, P) for b in range(0, B, per)]
+            blocks = [(b, min(R, b + per), 0, P) for b in range(0, R, per)]
         for b0, b1, p0, p1 in blocks:
             mem = members[b0:b1, p0:p1]
             if not mem.is_contiguous():
                 mem = mem.contiguous()
             n = (b1 - b0) * (p1 - p0)
-            cand = k.de_write_candidates(images[b0:b1], mem, out=self._buffer(n))
+            imgs = self.images[rows[b0:b1]]
+            cand = k.de_write_candidates(imgs, mem, out=self._buffer(n))
             probs = torch.softmax(model_logits(self.model(cand)).float(), dim=1)
             if out is None:
-                out = torch.empty(B, P, probs.shape[1], dtype=torch.float32, device=self.device)
+                out = torch.empty(R, P, probs.shape[1], dtype=torch.float32,
+                                  device=self.images.device)
             out[b0:b1, p0:p1] = probs.view(b1 - b0, p1 - p0, -1)
         return out
+
+
+class _IncrementalRunner:
+    """Same interface as `_Evaluator`, for one-pixel candidates through an
+    `IncrementalEvaluator` (see `galguard.robustness._incremental`)."""
+
+    def __init__(self, inc, chunk, images):
+        self.inc = inc
+        self.chunk = chunk
+        self.C, self.H, self.W = images.shape[1:]
+
+    def __call__(self, rows, members):
+        R, P, G = members.shape
+        flat = members.reshape(R * P, G)
+        b = rows.repeat_interleave(P)
+        xs = flat[:, 0].long().clamp_(0, self.W - 1)
+        ys = flat[:, 1].long().clamp_(0, self.H - 1)
+        vals = flat[:, 2:2 + self.C]
+        out = []
+        for s in range(0, R * P, self.chunk):
+            e = s + self.chunk
+            out.append(torch.softmax(self.inc.logits(b[s:e], ys[s:e], xs[s:e], vals[s:e])
+                                     .float(), dim=1))
+        return torch.cat(out).view(R, P, -1)
 
 
 def _extreme_init(pop, lo, hi, pixels, C):
