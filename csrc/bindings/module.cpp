@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "common.h"
+#include "galguard/philox.h"
 
 namespace py = pybind11;
 
@@ -41,6 +42,14 @@ PYBIND11_MODULE(_core, m) {
         "Set the OpenMP thread count of the CPU kernels (shared with torch's OpenMP runtime).");
   m.def("get_max_threads", &galguard::cpu::get_max_threads,
         "OpenMP threads the CPU kernels will use.");
+  m.def(
+      "philox4x32_10",
+      [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+        const galguard::U32x4 r = galguard::philox4x32_10(c0, c1, c2, c3, k0, k1);
+        return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
+      },
+      py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"), py::arg("k0"), py::arg("k1"),
+      "One Philox4x32-10 block (for known-answer tests).");
   galguard::bind::register_sampling(m);
   galguard::bind::register_de(m);
 }
