@@ -1,0 +1,109 @@
+"""The compiled core: what was built, Philox known answers, and the reference fallback."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from galguard import _reference, kernels
+from galguard.errors import CoreUnavailableWarning
+
+# Random123 kat_vectors: counter (4 words), key (2 words) -> output (4 words)
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+def test_build_info():
+    from galguard import _core
+
+    info = _core.build_info()
+    for key in ("cuda", "cuda_architectures", "openmp", "version"):
+        assert key in info
+    assert isinstance(info["cuda"], bool) and isinstance(info["openmp"], bool)
+    if info["cuda"]:
+        for arch in ("80-real", "86-real", "89-real", "90-real", "90-virtual"):
+            assert arch in info["cuda_architectures"]
+    assert kernels.backend() == "core"
+    assert kernels.build_info()["core"] is True
+    assert kernels.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize(("ctr", "key", "expected"), PHILOX_KAT)
+def test_philox_known_answers(ctr, key, expected):
+    from galguard import _core
+
+    assert tuple(_core.philox4x32_10(*ctr, *key)) == expected
+    assert tuple(_reference.philox4x32_10(*ctr, *key)) == expected
+    if _reference.HAVE_NUMBA:
+        assert tuple(_reference.philox4x32_10.py_func(*ctr, *key)) == expected
+
+
+def test_own_log_exp_accuracy():
+    """The samplers' log, log1p and exp (shared by CPU, CUDA and reference) are within 2 ulp."""
+    import math
+
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.uniform(1e-16, 1, 3000), np.exp(rng.uniform(-40, 40, 3000))])
+    for x in xs:
+        assert abs(_reference._gg_log(x) - math.log(x)) <= np.spacing(abs(math.log(x))) + 1e-300
+    for x in rng.uniform(-700, 0, 3000):
+        assert abs(_reference._gg_exp(x) - math.exp(x)) <= np.spacing(math.exp(x))
+    for d in np.concatenate([rng.uniform(-0.5, 0.5, 3000), rng.uniform(-1e-8, 1e-8, 1000)]):
+        assert abs(_reference._gg_log1p(d) - math.log1p(d)) <= 2 * np.spacing(abs(math.log1p(d)))
+
+
+def test_fallback_to_reference_warns_and_agrees(monkeypatch):
+    lam = np.random.default_rng(1).uniform(0, 50, size=(3, 40))
+    counts = np.random.default_rng(2).integers(0, 500, size=(3, 40))
+    expect_p = kernels.poisson(lam, seed=4)
+    expect_b = kernels.binomial_thin(counts, 0.3, seed=4)
+    monkeypatch.setattr(kernels, "_core", None)
+    monkeypatch.setattr(kernels, "_CORE_PROBLEM", "galguard._core could not be imported (test)")
+    assert kernels.backend() == "reference"
+    assert kernels.build_info()["core"] is False
+    with pytest.warns(CoreUnavailableWarning, match="could not be imported"):
+        got = kernels.poisson(lam, seed=4)
+    np.testing.assert_array_equal(got, expect_p)
+    with pytest.warns(CoreUnavailableWarning):
+        np.testing.assert_array_equal(kernels.binomial_thin(counts, 0.3, seed=4), expect_b)
+    lo = np.zeros((2, 3), np.float32)
+    hi = np.ones((2, 3), np.float32)
+    with pytest.warns(CoreUnavailableWarning):
+        pop = kernels.de_init([0, 1], 5, pixels=1, channels=3, height=4, width=4, lo=lo, hi=hi,
+                              seed=0)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(
+        pop, kernels.de_init([0, 1], 5, pixels=1, channels=3, height=4, width=4, lo=lo, hi=hi,
+                             seed=0)
+    )
+
+
+def test_thread_count_from_environment(tmp_path):
+    """Same results with OMP_NUM_THREADS=1 and 2 in fresh processes."""
+    script = (
+        "import numpy as np, hashlib\n"
+        "from galguard import kernels\n"
+        "lam = np.linspace(0, 2e4, 200_000).reshape(20, -1)\n"
+        "k = kernels.poisson(lam, seed=3)\n"
+        "b = kernels.binomial_thin(k, 0.2, seed=3)\n"
+        "print(kernels.get_num_threads(), hashlib.sha256(k.tobytes() + b.tobytes()).hexdigest())\n"
+    )
+    out = {}
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, check=True, timeout=120)
+        n, digest = res.stdout.split()
+        assert n == threads
+        out[threads] = digest
+    assert out["1"] == out["2"]
