@@ -78,8 +78,10 @@ class CheckConfig:
     fragile_flags : int
         Verdict bits that make a row ``fragile``.
     batch_size : int
-        Images per model call for predictions and noise; candidate images per model call in the
-        attack. Affects speed and memory only.
+        Images per model call for predictions and noise. Affects speed and memory only.
+    attack_batch_size : int or None
+        Candidate images per model call in the attack (None: the attack's default). Affects
+        speed and memory only.
     chunk_size : int
         Cutouts processed together; affects memory only.
     """
@@ -101,6 +103,7 @@ class CheckConfig:
     fragile_flags: int = int(Flag.ONEPIXEL_FLIP | Flag.NOISE_UNSTABLE | Flag.OUT_OF_DISTRIBUTION
                              | Flag.LOW_CONFIDENCE)
     batch_size: int = 256
+    attack_batch_size: object = None
     chunk_size: int = 256
 
     def __post_init__(self):
@@ -108,6 +111,8 @@ class CheckConfig:
         _check_int("noise_realisations", self.noise_realisations, 1)
         _check_int("pixels", self.pixels, 1)
         _check_int("batch_size", self.batch_size, 1)
+        if self.attack_batch_size is not None:
+            _check_int("attack_batch_size", self.attack_batch_size, 1)
         _check_int("chunk_size", self.chunk_size, 1)
         _check_int("fragile_flags", self.fragile_flags, 0)
         if int(self.fragile_flags) & ~int(VERDICT_FLAGS):
@@ -385,7 +390,7 @@ def _run_checks(cutouts, idx, keys, config, model, device):
     if config.onepixel:
         attack = OnePixelAttack.from_preset(config.preset, model, seed=config.seed,
                                             pixels=config.pixels, bounds=config.bounds,
-                                            batch_size=config.batch_size)
+                                            batch_size=config.attack_batch_size)
         r = attack(x, pred, ids=keys_t, return_images=True)
         succ = r.success.cpu().numpy()
         out["onepixel_success"] = succ
@@ -486,7 +491,7 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
         ("thin"), ``noise`` and ``onepixel`` (True: run that check), ``pixels`` (1), ``bounds``
         ("cutout"), ``low_confidence`` (0.5), ``noise_flip_threshold`` (0.2),
         ``latent_shift_threshold`` (1.0), ``ood_threshold`` (2.0), ``fragile_flags``,
-        ``batch_size`` (256), ``chunk_size`` (256).
+        ``batch_size`` (256), ``attack_batch_size`` (None), ``chunk_size`` (256).
 
     Returns
     -------

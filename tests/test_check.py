@@ -119,7 +119,7 @@ def _assert_tables_equal(a, b):
 def test_same_seed_same_table_whatever_the_chunking(model):
     c = cutouts()
     a = galguard.check(c, model=model, seed=5, **FAST)
-    b = galguard.check(c, model=model, seed=5, chunk_size=2, batch_size=50, **FAST)
+    b = galguard.check(c, model=model, seed=5, chunk_size=2, batch_size=3, attack_batch_size=50, **FAST)
     for name in COLUMNS:
         x, y = np.asarray(a[name]), np.asarray(b[name])
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
