@@ -19,6 +19,11 @@ throughput
 recall
     Flips found by the ``fast`` and ``default`` presets vs ``paper`` on the same galaxies
     (cutout bounds, the attack on the model's predicted class), and their evaluations.
+latent (run on its own: ``--sections latent``)
+    The paper's latent finding on fresh galguard.sim galaxies: for each model of
+    ``--latent-models``, the Euclidean latent distance between each Y10 galaxy and its
+    successful one-pixel version (and its Y1 version), raw and divided by the model's
+    class-centroid separation.
 
 Example::
 
@@ -209,6 +214,51 @@ def section_recall(model, x, labels, args, res):
     res["recall"] = dict(galaxies=len(x), presets=out)
 
 
+def section_latent(args, res):
+    """The paper's latent finding on galguard.sim: latent shift of successful one-pixel attacks
+    (and of the Y10 -> Y1 change) for each model in ``--latent-models``."""
+    from galguard import models
+    from galguard.sim import simulate
+
+    sims = simulate(args.latent_n, seed=args.sim_seed, start=args.sim_start,
+                    depths=("y10", "y1"))
+    x10 = torch.from_numpy(sims["y10"].images)
+    x1 = torch.from_numpy(sims["y1"].images)
+    truth = torch.from_numpy(sims["y10"].labels)
+    out = dict(galaxies=args.latent_n, sim_seed=args.sim_seed, sim_start=args.sim_start,
+               preset=args.latent_preset, models={})
+    for name in args.latent_models.split(","):
+        model = models.load(name).eval()
+        with torch.inference_mode():
+            z10, l10 = model(x10)
+            z1, l1 = model(x1)
+        pred = l10.argmax(1)
+        atk = OnePixelAttack.from_preset(args.latent_preset, model, seed=0)
+        t0 = time.perf_counter()
+        r = atk(x10, pred, return_images=True)
+        dt = time.perf_counter() - t0
+        s = r.success
+        with torch.inference_mode():
+            zadv = model(r.images[s])[0] if bool(s.any()) else z10[:0]
+        sep = float(model.latent_stats["centroid_separation"])
+        d_adv = torch.linalg.vector_norm(zadv - z10[s], dim=1)
+        d_y1 = torch.linalg.vector_norm(z1 - z10, dim=1)
+        out["models"][name] = dict(
+            card_da=model.card.get("da", model.card.get("domain_adaptation")),
+            architecture=model.card.get("architecture"),
+            accuracy_y10=float((pred == truth).float().mean()),
+            accuracy_y1=float((l1.argmax(1) == truth).float().mean()),
+            onepixel_success=int(s.sum()), seconds=dt, queries=int(r.queries.sum()),
+            centroid_separation=sep,
+            onepixel_shift_mean=float(d_adv.mean()) if len(d_adv) else float("nan"),
+            onepixel_shift_median=float(d_adv.median()) if len(d_adv) else float("nan"),
+            onepixel_shift_norm_mean=float(d_adv.mean() / sep) if len(d_adv) else float("nan"),
+            y1_shift_mean=float(d_y1.mean()), y1_shift_norm_mean=float(d_y1.mean() / sep),
+        )
+        log.info("latent %s: %s", name, out["models"][name])
+    res["latent"] = out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default")
@@ -224,6 +274,13 @@ def main(argv=None):
     p.add_argument("--presets", default="paper,fast,default")
     p.add_argument("--skip-full", action="store_true",
                    help="skip galguard's full-evaluation run in the equal-budget section")
+    p.add_argument("--latent-models", default="convnet_none,convnet_mmd",
+                   help="models for the latent section (names or paths)")
+    p.add_argument("--latent-n", type=int, default=150)
+    p.add_argument("--latent-preset", default="paper")
+    p.add_argument("--sim-seed", type=int, default=0)
+    p.add_argument("--sim-start", type=int, default=1_000_000,
+                   help="first simulated galaxy index (far from any training set)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -232,6 +289,15 @@ def main(argv=None):
     from galguard import kernels
     kernels.set_num_threads(args.threads)
 
+    res = {}
+    sections = args.sections.split(",")
+    if sections == ["latent"]:
+        section_latent(args, res)
+        print(json.dumps(res, indent=2))
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(json.dumps(res, indent=2))
+        return
     model = load_model(args.model).eval()
     cut = read_cutouts(sample_path(args.depth))[args.start:args.start + args.n]
     x = torch.from_numpy(cut.data.copy())
