@@ -29,12 +29,16 @@ constexpr uint32_t kVectorPasses = 4;
 constexpr double kRejected = -1.0;  // proposal rejected: try the next Philox block
 constexpr double kScalar = -2.0;    // left to the scalar code (small mean, tail table)
 
-// One PTRS proposal for each of `count` elements from Philox block `it`, deciding exactly as
-// poisson_draw_from does for that block: k (accepted), kRejected or kScalar. Branch-free so
-// that it vectorises; lanes where a test is meaningless compute values that are never used.
-GG_CLONES void ptrs_pass(const double* __restrict__ lam, const uint32_t* __restrict__ row,
-                         const uint32_t* __restrict__ elem, int count, Key key,
-                         uint32_t realisation, uint32_t it, double* __restrict__ k_out) {
+constexpr double kPending = -3.0;   // squeeze failed: the exact test decides (ptrs_test)
+
+// One PTRS proposal for each of `count` elements from Philox block `it`, with the squeeze:
+// k where the squeeze accepts, kPending where the exact test must decide (proposal, us, v kept
+// for it), kScalar for means below 10. Branch-free so that it vectorises.
+GG_CLONES void ptrs_propose(const double* __restrict__ lam, const uint32_t* __restrict__ row,
+                            const uint32_t* __restrict__ elem, int count, Key key,
+                            uint32_t realisation, uint32_t it, double* __restrict__ k_out,
+                            double* __restrict__ prop, double* __restrict__ us_out,
+                            double* __restrict__ v_out) {
   const uint32_t c3 = stream_word(kStreamPoisson, it);
   for (int j = 0; j < count; ++j) {
     const double l = lam[j];
@@ -43,14 +47,51 @@ GG_CLONES void ptrs_pass(const double* __restrict__ lam, const uint32_t* __restr
     double us, v;
     const double k = ptrs_proposal(pc, l, r, &us, &v);
     const bool squeeze = (us >= 0.07) & (v <= pc.v_r);
+    prop[j] = k;
+    us_out[j] = us;
+    v_out[j] = v;
+    k_out[j] = l >= 10.0 ? (squeeze ? k : kPending) : kScalar;
+  }
+}
+
+// The rest of poisson_draw_from's decision for proposals the squeeze did not accept:
+// k (accepted), kRejected (next block) or kScalar (k < 10 needs the tail table).
+GG_CLONES void ptrs_test(const double* __restrict__ lam, const double* __restrict__ prop,
+                         const double* __restrict__ us_in, const double* __restrict__ v_in,
+                         int count, double* __restrict__ k_out) {
+  for (int j = 0; j < count; ++j) {
+    const double l = lam[j], k = prop[j], us = us_in[j], v = v_in[j];
+    const PtrsConstants pc = ptrs_constants(l);
     const bool reject = (k < 0.0) | ((us < 0.013) & (v > us));
     const bool exact = ptrs_log_hat(pc, us, v) <= ptrs_log_f(l, k, stirling_series(k));
     const bool big = k >= 10.0;
-    const bool accepted = squeeze | ((!reject) & big & exact);
-    const bool rejected = (!squeeze) & (reject | (big & !exact));
-    const double d = accepted ? k : (rejected ? kRejected : kScalar);
-    k_out[j] = l >= 10.0 ? d : kScalar;
+    k_out[j] = reject ? kRejected : (big ? (exact ? k : kRejected) : kScalar);
   }
+}
+
+// Pass `it` of PTRS over `count` elements: propose, then run the exact test on the compacted
+// elements the squeeze left undecided. k_out as in ptrs_test, or k from the squeeze.
+struct Scratch {
+  int pos[kChunk];
+  double prop[kChunk], us[kChunk], v[kChunk];
+  double tlam[kChunk], tprop[kChunk], tus[kChunk], tv[kChunk], tk[kChunk];
+};
+
+void ptrs_pass(const double* lam, const uint32_t* row, const uint32_t* elem, int count, Key key,
+               uint32_t realisation, uint32_t it, double* k_out, Scratch& s) {
+  ptrs_propose(lam, row, elem, count, key, realisation, it, k_out, s.prop, s.us, s.v);
+  int m = 0;
+  for (int j = 0; j < count; ++j) {  // branch-free compaction
+    s.pos[m] = j;
+    s.tlam[m] = lam[j];
+    s.tprop[m] = s.prop[j];
+    s.tus[m] = s.us[j];
+    s.tv[m] = s.v[j];
+    m += k_out[j] == kPending;
+  }
+  if (m == 0) return;
+  ptrs_test(s.tlam, s.tprop, s.tus, s.tv, m, s.tk);
+  for (int i = 0; i < m; ++i) k_out[s.pos[i]] = s.tk[i];
 }
 
 // Inversion for means in (0, 10) from Philox block 0, the steps of poisson_draw_from run for
@@ -96,29 +137,36 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
   double plam[kChunk], pk[kChunk];
   int64_t r = start / row_size;
   int64_t e = start - r * row_size;
-  for (int j = 0; j < count; ++j) {
-    row[j] = static_cast<uint32_t>(index ? index[r] : r);
-    elem[j] = static_cast<uint32_t>(e);
-    lam[j] = static_cast<double>(mean[start + j]);
-    if (++e == row_size) {
-      e = 0;
-      ++r;
+  for (int j = 0; j < count; ++j) lam[j] = static_cast<double>(mean[start + j]);
+  if (e + count <= row_size) {  // the chunk lies in one row (the common case)
+    const uint32_t rid = static_cast<uint32_t>(index ? index[r] : r);
+    const uint32_t e0 = static_cast<uint32_t>(e);
+    for (int j = 0; j < count; ++j) {
+      row[j] = rid;
+      elem[j] = e0 + static_cast<uint32_t>(j);
+    }
+  } else {
+    for (int j = 0; j < count; ++j) {
+      row[j] = static_cast<uint32_t>(index ? index[r] : r);
+      elem[j] = static_cast<uint32_t>(e);
+      if (++e == row_size) {
+        e = 0;
+        ++r;
+      }
     }
   }
-  ptrs_pass(lam, row, elem, count, key, realisation, 0u, k);
+  Scratch scratch;
+  ptrs_pass(lam, row, elem, count, key, realisation, 0u, k, scratch);
   {
     // means in (0, 10): vectorised inversion
     int m = 0;
-    for (int j = 0; j < count; ++j) {
-      if (lam[j] > 0.0 && lam[j] < 10.0) {
-        pos[m] = j;
-        prow[m] = row[j];
-        pelem[m] = elem[j];
-        plam[m] = lam[j];
-        ++m;
-      } else if (!(lam[j] > 0.0)) {
-        k[j] = 0.0;
-      }
+    for (int j = 0; j < count; ++j) {  // branch-free compaction
+      pos[m] = j;
+      prow[m] = row[j];
+      pelem[m] = elem[j];
+      plam[m] = lam[j];
+      m += (lam[j] > 0.0) & (lam[j] < 10.0);
+      k[j] = lam[j] > 0.0 ? k[j] : 0.0;
     }
     if (m) {
       inversion_pass(plam, prow, pelem, m, key, realisation, pk);
@@ -127,17 +175,15 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
   }
   for (uint32_t it = 1; it < kVectorPasses; ++it) {
     int m = 0;
-    for (int j = 0; j < count; ++j) {
-      if (k[j] == kRejected) {
-        pos[m] = j;
-        prow[m] = row[j];
-        pelem[m] = elem[j];
-        plam[m] = lam[j];
-        ++m;
-      }
+    for (int j = 0; j < count; ++j) {  // branch-free compaction
+      pos[m] = j;
+      prow[m] = row[j];
+      pelem[m] = elem[j];
+      plam[m] = lam[j];
+      m += k[j] == kRejected;
     }
     if (m == 0) break;
-    ptrs_pass(plam, prow, pelem, m, key, realisation, it, pk);
+    ptrs_pass(plam, prow, pelem, m, key, realisation, it, pk, scratch);
     for (int i = 0; i < m; ++i) k[pos[i]] = pk[i];
   }
   for (int j = 0; j < count; ++j) {
