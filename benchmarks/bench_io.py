@@ -15,6 +15,8 @@ Methods:
   also masks non-finite pixels and builds the metadata table.
 - ``galguard astropy``: ``read_cutouts(..., backend="astropy")``.
 - ``galguard iter``: ``iter_cutouts`` over the stack (bounded memory, chunks of 1024).
+- ``part: ...``: pieces of galguard's per-file work alone (opening with fitsio; opening plus
+  parsing the header cards into per-band values), to show where the time goes.
 
 The scratch files live under ``scratch/bench_io`` (git-ignored) and are deleted at the end
 unless ``--keep``. Run::
@@ -107,6 +109,24 @@ def fitsio_files_noheader(paths, c):
     return np.stack([fitsio.read(p).astype(np.float32, copy=False) for p in paths]), None
 
 
+def open_and_header_only(paths, c):
+    """galguard's per-file header work alone: fitsio open + raw-card parse + plane values."""
+    from galguard.io._fits import FitsioAccess
+    from galguard.io._header import HeaderView, plane_info
+
+    for p in paths:
+        acc = FitsioAccess(p)
+        plane_info(HeaderView(acc.header(0)), c)
+        acc.close()
+
+
+def fitsio_open_only(paths, c):
+    import fitsio
+
+    for p in paths:
+        fitsio.FITS(p).close()
+
+
 def astropy_stack(path, c):
     from astropy.io import fits
     from astropy.table import Table
@@ -163,6 +183,8 @@ def main(argv=None):
         "fitsio.read, no header": lambda: fitsio_files_noheader(paths, c),
         "galguard (fitsio path)": lambda: galguard_read(paths),
         "galguard backend=astropy": lambda: galguard_read(paths, "astropy"),
+        "  part: fitsio.FITS() open/close": lambda: fitsio_open_only(paths, c),
+        "  part: open + header values": lambda: open_and_header_only(paths, c),
     }
     stack_methods = {
         "astropy loop": lambda: astropy_stack(spath, c),
@@ -178,9 +200,9 @@ def main(argv=None):
                     best[k] = min(best[k], timeit(fn))
             base = best["astropy loop"]
             print(f"\n{title}: {a.n} cutouts of {c}x{a.size}x{a.size}, best of {a.repeats}")
-            print(f"{'method':28s} {'seconds':>9s} {'us/cutout':>10s} {'speed-up vs astropy':>20s}")
+            print(f"{'method':34s} {'seconds':>9s} {'us/cutout':>10s} {'speed-up vs astropy':>20s}")
             for k, t in best.items():
-                print(f"{k:28s} {t:9.3f} {1e6 * t / a.n:10.1f} {base / t:19.2f}x")
+                print(f"{k:34s} {t:9.3f} {1e6 * t / a.n:10.1f} {base / t:19.2f}x")
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -607,7 +607,7 @@ def test_fitsio_failure_falls_back_on_astropy(tmp_path, rng, monkeypatch):
     p = _write_cube(tmp_path / "a.fits", d, _sim_header())
 
     class Broken:
-        def __init__(self, path):
+        def __init__(self, *args, **kwargs):
             raise OSError("simulated fitsio failure")
 
     monkeypatch.setattr(rd, "FitsioAccess", Broken)

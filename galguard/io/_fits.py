@@ -13,7 +13,10 @@ import numpy as np
 
 from ._header import header_dict, parse_header_bytes
 
-__all__ = ["HDUInfo", "FitsioAccess", "AstropyAccess"]
+__all__ = ["HDUInfo", "FitsioAccess", "AstropyAccess", "RAW_READ_MIN_BYTES"]
+
+#: plain float images at least this large are read through a numpy memmap instead of cfitsio
+RAW_READ_MIN_BYTES = 1 << 20
 
 class HDUInfo:
     __slots__ = ("idx", "kind", "shape", "extname", "nrows", "compressed")
@@ -33,7 +36,7 @@ def _finfo(h):
 
 
 class FitsioAccess:
-    def __init__(self, path):
+    def __init__(self, path, size=None):
         import fitsio
 
         self.path = path
@@ -54,7 +57,7 @@ class FitsioAccess:
         self._plain = path.lower().endswith(_PLAIN)
         if self._plain and self.infos:
             end = _finfo(self.f[len(self.infos) - 1]).get("data_end")
-            have = os.path.getsize(path)
+            have = size if size is not None else os.path.getsize(path)
             if end is not None and have < end:
                 raise OSError(f"file truncated: {have} bytes, its headers need {end}")
 
@@ -104,9 +107,13 @@ class FitsioAccess:
             return None
         shape = info.shape
         dtype = np.dtype(">f4" if fi["img_type"] == -32 else ">f8")
-        row = int(np.prod(shape[1:], dtype=np.int64))
+        row = 1
+        for s in shape[1:]:
+            row *= int(s)
         a, b = (0, shape[0]) if start is None else (start, stop)
         count = (b - a) * row
+        if count * dtype.itemsize < RAW_READ_MIN_BYTES:
+            return None  # small images: cfitsio is quicker than setting up a memmap
         offset = int(fi["data_start"]) + a * row * dtype.itemsize
         if offset + count * dtype.itemsize > os.path.getsize(self.path):
             raise OSError("file truncated: the data end past the end of the file")

@@ -4,6 +4,7 @@ import glob
 import logging
 import math
 import os
+import stat
 
 import numpy as np
 
@@ -417,25 +418,26 @@ def _one_line(e, limit=300):
 
 def _path_blocks(path, opts):
     label = path
-    if not os.path.exists(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
         yield _bad(label, "file not found")
         return
-    if os.path.isdir(path):
-        yield _bad(label, "is a directory (inside a list of sources)")
-        return
-    try:
-        if os.path.getsize(path) == 0:
-            yield _bad(label, "empty file (0 bytes), not FITS")
-            return
     except OSError as e:
         yield _bad(label, f"unreadable: {e}")
+        return
+    if stat.S_ISDIR(st.st_mode):
+        yield _bad(label, "is a directory (inside a list of sources)")
+        return
+    if st.st_size == 0:
+        yield _bad(label, "empty file (0 bytes), not FITS")
         return
     first_err = None
     if opts.backend in ("auto", "fitsio"):
         acc = None
         produced = 0
         try:
-            acc = FitsioAccess(path)
+            acc = FitsioAccess(path, st.st_size)
             for b in _access_blocks(acc, label, opts):
                 produced += b.n
                 yield b
@@ -794,6 +796,18 @@ def _resize(arr, mask, h, w, fill=0):
     return out, om
 
 
+_ONES = {}
+
+
+def _ones(n):
+    v = _ONES.get(n)
+    if v is None:
+        if len(_ONES) > 8:
+            _ONES.clear()
+        v = _ONES[n] = np.ones(n, dtype=np.float32)
+    return v
+
+
 def _finish(b, opts, state):
     """Bands, size, non-finite pixels, per-row badness, sky and gain. Returns a block."""
     if b.data is None:
@@ -826,9 +840,12 @@ def _finish(b, opts, state):
         # one BLAS pass: a row sum is finite unless the row holds NaN/inf (or overflows, which
         # only costs the exact check below)
         flat = data.reshape(b.n, -1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            rowsum = flat @ np.ones(flat.shape[1], dtype=np.float32)
-        suspect = ~np.isfinite(rowsum)
+        if data.size < (1 << 16):
+            suspect = ~np.isfinite(flat).all(axis=1)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                rowsum = flat @ _ones(flat.shape[1])
+            suspect = ~np.isfinite(rowsum)
         if suspect.any():
             rows_bad = ~np.isfinite(data[suspect])
             bad[suspect] = rows_bad
