@@ -107,3 +107,24 @@ def test_thread_count_from_environment(tmp_path):
         assert n == threads
         out[threads] = digest
     assert out["1"] == out["2"]
+
+
+def test_core_takes_versioned_and_unversioned_capsules():
+    from galguard import _core
+
+    lam = np.full((3, 50), 20.0)
+    expect = kernels.poisson(lam, seed=9)
+    for make in (lambda a: a.__dlpack__(), lambda a: a.__dlpack__(max_version=(1, 0))):
+        out = np.empty_like(lam)
+        _core.poisson(make(lam), make(out), None, 9, 0, 0)
+        np.testing.assert_array_equal(out, expect)
+    cap = lam.__dlpack__()
+    out = np.empty_like(lam)
+    _core.poisson(cap, out.__dlpack__(), None, 9, 0, 0)
+    with pytest.raises(ValueError, match="mean must be an unused DLPack capsule"):
+        _core.poisson(cap, out.__dlpack__(), None, 9, 0, 0)
+    ro = np.empty_like(lam)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writable, got a read-only array"):
+        _core.poisson(lam.__dlpack__(max_version=(1, 0)), ro.__dlpack__(max_version=(1, 0)),
+                      None, 9, 0, 0)
