@@ -78,6 +78,7 @@ _OVERSAMPLE = 3  # numpy patterns are drawn on a grid this many times finer than
 _STREAM_GALAXY = 0
 _STREAM_NOISE = 1
 _STREAM_LABEL = 2
+_STREAM_NEIGHBOUR = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,11 +303,13 @@ def _gauss_blur(img, sigma_arcsec, grid):
 
 # Colours (g - r, r - i) of stellar populations: mean and scatter.
 _COLOURS = {
-    "red": ((0.75, 0.05), (0.38, 0.03)),      # early-type, bulges
-    "disk": ((0.50, 0.06), (0.26, 0.04)),     # old disc light
-    "young": ((0.18, 0.07), (0.05, 0.05)),    # spiral arms, HII regions
-    "tidal": ((0.60, 0.07), (0.30, 0.04)),    # tidal debris
-    "mixed": ((0.58, 0.08), (0.30, 0.05)),    # interacting galaxies
+    "red": ((0.75, 0.05), (0.38, 0.03)),      # bulges, nuclei
+    "early": ((0.72, 0.07), (0.37, 0.04)),    # elliptical galaxies
+    "disk": ((0.50, 0.10), (0.26, 0.05)),     # old disc light
+    "young": ((0.22, 0.10), (0.07, 0.06)),    # spiral arms, HII regions
+    "tidal": ((0.58, 0.10), (0.29, 0.05)),    # tidal debris
+    "mixed": ((0.58, 0.12), (0.30, 0.06)),    # interacting galaxies
+    "field": ((0.60, 0.20), (0.30, 0.10)),    # unrelated neighbours
 }
 
 
@@ -342,10 +345,10 @@ def _make_spiral(rng, grid, mag_r):
     comps = []
     x0, y0 = _centre_jitter(rng)
     pa = rng.uniform(0, math.pi)
-    q = rng.uniform(0.45, 1.0)  # inclination: face-on to moderately inclined
+    q = rng.uniform(0.3, 1.0)  # inclination: face-on to fairly inclined
     hlr_disk = _size_for_mag(rng, mag_r, 2.0, 1.2, 3.5, slope=0.15, scatter=0.08)
     h = hlr_disk / 1.678
-    bt = rng.uniform(0.05, 0.3)
+    bt = rng.uniform(0.05, 0.5)
     hlr_bulge = float(np.clip(rng.uniform(0.1, 0.25) * hlr_disk, 0.2, 0.7))
     n_bulge = rng.choice([2.0, 2.5, 3.0, 3.5, 4.0])
     comps.append(("gs", "red", bt,
@@ -361,7 +364,7 @@ def _make_spiral(rng, grid, mag_r):
     pitch = math.radians(rng.uniform(15.0, 32.0) + 3.0 * (m - 2))
     phase = rng.uniform(0, 2 * math.pi)
     sharp = rng.uniform(2.0, 5.0)
-    amp = rng.uniform(0.7, 0.95)
+    amp = rng.uniform(0.45, 0.95)
     r_in = max(bar_len, 1.5 * hlr_bulge, 0.4 * h)
     u, v = _disk_coords(grid, x0, y0, pa, q)
     r = np.hypot(u, v)
@@ -401,7 +404,7 @@ def _make_elliptical(rng, grid, mag_r):
     q = rng.uniform(0.55, 1.0)
     n = _round_n(rng.uniform(3.0, 5.0))
     hlr = _size_for_mag(rng, mag_r, 1.2, 0.5, 3.0)
-    comps = [("gs", "red", 1.0, _sersic(n, hlr, q, pa, x0, y0))]
+    comps = [("gs", "early", 1.0, _sersic(n, hlr, q, pa, x0, y0))]
     params = {"half_light_radius": hlr, "axis_ratio": q, "sersic_n": n}
     return comps, params
 
@@ -428,10 +431,10 @@ def _shell(grid, x0, y0, radius, centre_angle, half_open, width, n_pts=300):
 def _make_merger(rng, grid, mag_r):
     comps = []
     xc, yc = _centre_jitter(rng)
-    sep = rng.uniform(1.2, 4.0)
+    sep = rng.uniform(1.0, 4.0)
     ang = rng.uniform(0, 2 * math.pi)
-    ratio = rng.uniform(1.0, 4.0)  # primary / secondary flux
-    f_tidal = rng.uniform(0.10, 0.25)
+    ratio = math.exp(rng.uniform(0.0, math.log(6.0)))  # primary / secondary flux
+    f_tidal = rng.uniform(0.04, 0.22)
     f1 = (1.0 - f_tidal) * ratio / (1.0 + ratio)
     f2 = (1.0 - f_tidal) / (1.0 + ratio)
     w1 = f1 / (f1 + f2)
@@ -489,6 +492,27 @@ def _make_merger(rng, grid, mag_r):
 _MAKERS = (_make_spiral, _make_elliptical, _make_merger)
 
 
+def _neighbours(seed, index):
+    """Unrelated faint field galaxies in the stamp (any class, 25% of stamps).
+
+    Returns components whose weights are fluxes relative to the main galaxy's r-band flux.
+    They come from their own random stream, so they do not change the main galaxy.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, _STREAM_NEIGHBOUR]))
+    comps = []
+    if rng.uniform() >= 0.25:
+        return comps
+    for _ in range(int(rng.choice([1, 1, 2]))):
+        rad = rng.uniform(3.5, 9.0)
+        phi = rng.uniform(0, 2 * math.pi)
+        weight = 10.0 ** (-0.4 * rng.uniform(1.5, 4.0))
+        comps.append(("gs", _colour(rng, "field"), weight,
+                      _sersic(_round_n(rng.uniform(1.0, 4.0)), rng.uniform(0.25, 0.8),
+                              rng.uniform(0.4, 1.0), rng.uniform(0, math.pi),
+                              rad * math.cos(phi), rad * math.sin(phi))))
+    return comps
+
+
 def _psf(fwhm, e1, e2):
     import galsim
 
@@ -504,28 +528,29 @@ def _render(seed, index, label, size):
     grid = _Grid(size)
     mag_r = rng.uniform(18.5, 22.5)
     comps, params = _MAKERS[label](rng, grid, mag_r)
-    # colours per component, then band fluxes in electron/s
+    # colour (g - r, r - i) of each component of the galaxy, then its unrelated neighbours
+    comps = [(kind, _colour(rng, ckey), weight, obj, True) for kind, ckey, weight, obj in comps]
+    n_main = len(comps)
     zp = np.array([BAND_PARAMS[b]["zeropoint"] for b in BANDS])
     flux_r_total = 10.0 ** (-0.4 * (mag_r - zp[1]))
-    colours = {}
     # seeing per galaxy (coadd PSF): r-band FWHM and a chromatic lambda^-0.2 scaling
     seeing_r = float(np.clip(rng.lognormal(math.log(0.78), 0.12), 0.6, 1.0))
     lam = {"g": 477.0, "r": 622.0, "i": 755.0}
     seeing = np.array([np.clip(seeing_r * (lam[b] / 622.0) ** -0.2 * rng.normal(1.0, 0.02),
                                0.55, 1.1) for b in BANDS])
     psf_e = rng.normal(0.0, 0.015, size=(3, 2))
+    comps += [(kind, col, weight, obj, False) for kind, col, weight, obj in
+              _neighbours(seed, index)]
     out = np.zeros((3, size, size))
     band_flux = np.zeros(3)
     for bi, band in enumerate(BANDS):
         gs_parts = []
         np_img = None
-        for ci, (kind, ckey, weight, obj) in enumerate(comps):
-            if ci not in colours:
-                colours[ci] = _colour(rng, ckey)
-            gr, ri = colours[ci]
+        for kind, (gr, ri), weight, obj, main in comps:
             dm = {"g": gr, "r": 0.0, "i": -ri}[band]
             flux = weight * flux_r_total * 10.0 ** (-0.4 * dm) * 10.0 ** (0.4 * (zp[bi] - zp[1]))
-            band_flux[bi] += flux
+            if main:
+                band_flux[bi] += flux
             if flux <= 0:
                 continue
             if kind == "gs":
@@ -549,7 +574,7 @@ def _render(seed, index, label, size):
     np.clip(out, 0.0, None, out=out)
     mags = zp - 2.5 * np.log10(band_flux)
     params = dict(params)
-    params.update({"mag": mags, "seeing": seeing})
+    params.update({"mag": mags, "seeing": seeing, "n_neighbours": len(comps) - n_main})
     return out, params
 
 
@@ -581,7 +606,10 @@ class SimData:
     meta : astropy.table.Table
         One row per galaxy: ``index``, ``id``, ``label``, ``class``, ``depth``, per-band
         ``gain``, ``exptime``, ``sky``, ``zeropoint``, ``seeing`` (N, 3), true ``mag`` (N, 3)
-        and the structural parameters (NaN where they do not apply). ``meta.meta`` holds
+        and the structural parameters (NaN where they do not apply): ``half_light_radius``
+        (arcsec), ``axis_ratio``, ``sersic_n``, ``bulge_fraction``, ``n_arms``,
+        ``pitch_angle`` (deg), ``separation`` (arcsec), ``flux_ratio``, ``tidal_fraction``,
+        ``tidal_features``, ``n_neighbours`` (unrelated field galaxies in the stamp). ``meta.meta`` holds
         ``seed``, ``depth``, ``bands``, ``pixscale``.
     depth : str
         'y10' or 'y1'.
@@ -600,7 +628,7 @@ class SimData:
 
 
 _PARAM_COLUMNS = ("half_light_radius", "axis_ratio", "sersic_n", "bulge_fraction", "n_arms",
-                  "pitch_angle", "separation", "flux_ratio", "tidal_fraction")
+                  "pitch_angle", "separation", "flux_ratio", "tidal_fraction", "n_neighbours")
 
 
 def _worker_init():
@@ -742,6 +770,7 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
         meta["mag"] = np.array([q["mag"] for q in params]).reshape(n, 3)
         for col in _PARAM_COLUMNS:
             meta[col] = np.array([float(q.get(col, np.nan)) for q in params])
+        meta["n_neighbours"] = meta["n_neighbours"].astype(np.int64)
         meta["tidal_features"] = np.array([q.get("tidal_features", "") for q in params],
                                           dtype="U24")
         meta.meta.update({"seed": seed, "depth": d.upper(), "bands": ",".join(BANDS),
