@@ -1,0 +1,523 @@
+"""Batch checking of many FITS cutouts: input expansion, chunk scheduling (in this process, a
+local process pool or a Dask cluster) and the resumable journal.
+
+This is the engine behind ``galguard check``. The client process reads the inputs in order with
+`galguard.io.iter_cutouts` (bounded memory: a few chunks at a time), hands each chunk with its
+global row offset to an executor, and writes each finished chunk to the journal
+(`galguard.catalog.Journal`). When every chunk is in, the catalog is assembled in input order and
+written atomically.
+
+Results are keyed on the global row index (every random draw of `galguard.check` is keyed on
+(seed, row, realisation/generation)), so the catalog does not depend on the executor, the number
+of workers or the order in which chunks finish. Workers need no access to the input files: the
+client sends them the chunk data and, once, the loaded model.
+"""
+
+import concurrent.futures as cf
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GalguardValueError
+from .flags import Flag
+
+__all__ = ["expand_inputs", "run_batch", "BatchResult", "check_chunk", "catalog_columns",
+           "config_hash", "OutputExists"]
+
+log = logging.getLogger(__name__)
+
+
+class OutputExists(GalguardValueError):
+    """The catalog exists and neither overwriting nor resuming was asked for."""
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """What `run_batch` did.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The catalog written.
+    n_rows : int
+        Rows in the catalog (one per input cutout).
+    n_bad : int
+        Rows flagged BAD_INPUT.
+    n_fragile : int
+        Rows with ``fragile`` set.
+    n_chunks : int
+        Chunks in the run.
+    n_resumed : int
+        Chunks taken from the journal of an earlier, interrupted run.
+    seconds : float
+        Wall-clock time of the run.
+    """
+
+    path: Path
+    n_rows: int
+    n_bad: int
+    n_fragile: int
+    n_chunks: int
+    n_resumed: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def _fits_files(directory, recursive):
+    from .io import FITS_SUFFIXES
+
+    out = []
+    if recursive:
+        for root, dirs, files in os.walk(directory):
+            dirs.sort()
+            out.extend(os.path.join(root, f) for f in files if f.lower().endswith(FITS_SUFFIXES))
+    else:
+        with os.scandir(directory) as it:
+            out = [e.path for e in it if e.is_file() and e.name.lower().endswith(FITS_SUFFIXES)]
+    return sorted(out)
+
+
+def _list_file(path):
+    if not os.path.isfile(path):
+        raise GalguardValueError(f"input list {path!r} does not exist")
+    base = os.path.dirname(path)
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(line if os.path.isabs(line) else os.path.join(base, line))
+    return out
+
+
+def expand_inputs(inputs, *, input_lists=(), recursive=False):
+    """Expand command-line inputs into an ordered list of FITS file paths.
+
+    Parameters
+    ----------
+    inputs : sequence of str
+        Each is a FITS file; a directory (its FITS files, sorted by name; with ``recursive``
+        its whole tree); a glob such as ``'survey/*/*.fits'`` (quoted so that the shell leaves
+        it alone; matches sorted); or ``@LIST``, a text file of paths, one a line (relative
+        paths are relative to the list file; blank lines and ``#`` comments are skipped).
+        Entries of a list file are taken as given: a missing one becomes an error row.
+    input_lists : sequence of str, optional
+        More list files (``--input-list``), read after ``inputs``.
+    recursive : bool, optional
+        Descend into sub-directories (and let ``**`` in globs recurse).
+
+    Returns
+    -------
+    list of str
+        In the order given. A path that does not exist is kept (it becomes a BAD_INPUT row).
+
+    Raises
+    ------
+    GalguardValueError
+        When no input is given, a glob matches nothing, a directory holds no FITS file or a
+        list file is missing.
+    """
+    from .io import FITS_SUFFIXES
+
+    out = []
+    items = [(s, False) for s in inputs] + [("@" + os.fspath(s), True) for s in input_lists]
+    for item, _ in items:
+        s = os.fspath(item)
+        if s.startswith("@") and not os.path.exists(s):
+            out.extend(_list_file(s[1:]))
+        elif os.path.isdir(s):
+            files = _fits_files(s, recursive)
+            if not files:
+                raise GalguardValueError(
+                    f"input {s!r} is a directory with no FITS files ({', '.join(FITS_SUFFIXES)})")
+            out.extend(files)
+        elif not os.path.exists(s) and glob.has_magic(s):
+            files = sorted(p for p in glob.iglob(s, recursive=recursive) if not os.path.isdir(p))
+            if not files:
+                raise GalguardValueError(f"input {s!r}: the glob matched no files")
+            out.extend(files)
+        else:
+            out.append(s)
+    if not out:
+        raise GalguardValueError("inputs must name at least one FITS file, directory, glob or "
+                                 "@list, got none")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# one chunk
+# --------------------------------------------------------------------------------------------
+def catalog_columns():
+    """Columns of a batch catalog: `galguard.check.COLUMNS` with ``hdu`` and ``row`` after
+    ``source`` (where each cutout came from) and ``true_label`` at the end (-1 unknown)."""
+    from .check import COLUMNS
+
+    cols = list(COLUMNS)
+    i = cols.index("source") + 1
+    return tuple(cols[:i] + ["hdu", "row"] + cols[i:] + ["true_label"])
+
+
+def check_chunk(chunk, config, model, *, offset, device=None):
+    """Check one chunk of cutouts; the rows of the batch catalog.
+
+    Parameters
+    ----------
+    chunk : galguard.io.Cutouts
+    config : galguard.check.CheckConfig
+    model : galguard.models.GalaxyClassifier
+    offset : int
+        Global row index of the chunk's first cutout (keys every random draw).
+    device : str, optional
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns `catalog_columns`.
+    """
+    from .check import check_cutouts
+
+    n_classes = len(getattr(model, "classes", ())) or None
+    t = check_cutouts(chunk, config, model, offset=offset, device=device, n_classes=n_classes)
+    meta = chunk.meta
+    n = len(t)
+    t["hdu"] = np.asarray(meta["hdu"]).astype(str) if n else np.zeros(0, "U1")
+    t["row"] = np.asarray(meta["row"], np.int64)
+    t["true_label"] = (np.asarray(meta["true_label"], np.int64) if "true_label" in meta.colnames
+                       else np.full(n, -1, np.int64))
+    for name in ("source", "hdu", "error"):  # fixed-width unicode even for empty chunks
+        if t[name].dtype.kind != "U":
+            t[name] = np.asarray(t[name]).astype(str)
+    return t[list(catalog_columns())]
+
+
+_WORKER = {}
+
+
+def _init_worker(model, device, threads):
+    import torch
+    torch.set_num_threads(int(threads))
+    _WORKER["model"] = model.to(device) if device else model
+    _WORKER["device"] = device
+
+
+def _pool_task(chunk, config, offset):
+    return check_chunk(chunk, config, _WORKER["model"], offset=offset,
+                       device=_WORKER["device"])
+
+
+def _dask_task(chunk, config, model, offset, device):
+    return check_chunk(chunk, config, model, offset=offset, device=device)
+
+
+def _set_torch_threads(n):
+    import torch
+    torch.set_num_threads(int(n))
+    return int(n)
+
+
+# --------------------------------------------------------------------------------------------
+# executors: submit(k, chunk, offset) -> future; all return concurrent/Dask futures
+# --------------------------------------------------------------------------------------------
+class _Immediate:
+    slots = 1
+
+    def __init__(self, model, config, device):
+        self.model, self.config, self.device = model, config, device
+
+    def submit(self, chunk, offset):
+        f = cf.Future()
+        try:
+            f.set_result(check_chunk(chunk, self.config, self.model, offset=offset,
+                                     device=self.device))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            f.set_exception(exc)
+        return f
+
+    def wait(self, pending):
+        return list(pending), []
+
+    def close(self):
+        pass
+
+
+class _Pool:
+    def __init__(self, model, config, device, workers, threads):
+        self.slots = 2 * workers
+        self.config = config
+        ctx = multiprocessing.get_context("spawn")
+        self.ex = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                         initializer=_init_worker,
+                                         initargs=(model, device, threads))
+
+    def submit(self, chunk, offset):
+        return self.ex.submit(_pool_task, chunk, self.config, offset)
+
+    def wait(self, pending):
+        done, rest = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        return list(done), list(rest)
+
+    def close(self):
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+class _Dask:
+    def __init__(self, model, config, device, *, address=None, local_workers=None, threads=1):
+        from distributed import Client, LocalCluster
+
+        self.cluster = None
+        if address is None:
+            quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+            self.cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
+                                        processes=True, host="127.0.0.1",
+                                        dashboard_address=None,
+                                        silence_logs=logging.WARNING if quiet else False)
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(address)
+        try:
+            self.client.run(_set_torch_threads, threads)
+            n = sum(self.client.nthreads().values())
+            if not n:
+                raise GalguardValueError(f"the Dask cluster at {address!r} has no workers")
+            self.slots = 2 * n
+            self.config, self.device = config, device
+            self.model = self.client.scatter(model, broadcast=True)
+            log.info("Dask cluster %s: %d worker threads", self.client.scheduler.address, n)
+        except BaseException:
+            self.close()
+            raise
+
+    def submit(self, chunk, offset):
+        return self.client.submit(_dask_task, chunk, self.config, self.model, offset,
+                                  self.device, pure=False)
+
+    def wait(self, pending):
+        from distributed import wait
+        res = wait(pending, return_when="FIRST_COMPLETED")
+        return list(res.done), list(res.not_done)
+
+    def close(self):
+        try:
+            self.client.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+def config_hash(config, model_sha256):
+    """sha256 of what decides the catalog rows: the config (but ``batch_size``, which changes
+    only speed) and the model weights."""
+    d = config.to_dict()
+    d.pop("batch_size", None)
+    doc = json.dumps({"config": d, "model_sha256": model_sha256}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _resolved(p):
+    try:
+        return os.path.realpath(p)
+    except OSError:
+        return os.path.abspath(p)
+
+
+def run_batch(paths, output, *, config, model="default", device=None, format=None, workers=1,
+              dask_scheduler=None, dask_local=False, resume=False, overwrite=False,
+              progress=False):
+    """Check the cutouts of ``paths`` and write the catalog ``output`` (resumable).
+
+    Parameters
+    ----------
+    paths : list of str
+        Input FITS files in order (see `expand_inputs`).
+    output : str or path-like
+        Catalog path; ``output + '.partial'`` is the journal directory while the run goes on.
+    config : galguard.check.CheckConfig
+    model : str or path-like, optional
+        Model name or path (`galguard.models.load`).
+    device : str, optional
+        Where to compute ("cpu", "cuda", "cuda:1"); default CPU.
+    format : {"fits", "parquet", "ecsv", "csv"}, optional
+        Default: from the suffix of ``output``.
+    workers : int, optional
+        Worker processes on this machine (1: in this process). With ``dask_local`` the number
+        of Dask workers.
+    dask_scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``): chunks go to its workers.
+    dask_local : bool, optional
+        Start a local Dask cluster of ``workers`` processes (loopback only).
+    resume : bool, optional
+        Continue from the journal of an interrupted run with the same inputs and options.
+    overwrite : bool, optional
+        Replace an existing catalog (and any old journal).
+    progress : bool, optional
+        Show a progress bar (tqdm, on stderr) with rate and ETA.
+
+    Returns
+    -------
+    BatchResult
+
+    Raises
+    ------
+    OutputExists
+        ``output`` exists and neither ``overwrite`` nor ``resume`` was given, or ``resume`` was
+        given for a finished catalog.
+    GalguardValueError
+        ``output`` is one of the inputs; invalid options; a journal that belongs to another run.
+    """
+    from .catalog import CatalogWriter, Journal, format_from_path, hash_inputs, journal_dir
+    from .check import _table_meta, resolve_model
+    from .io import iter_cutouts
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    fmt = format_from_path(output, format)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise GalguardValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if dask_scheduler and dask_local:
+        raise GalguardValueError("dask_scheduler and dask_local exclude each other; got both")
+    if resume and overwrite:
+        raise GalguardValueError("resume and overwrite exclude each other; got both")
+    out_real = _resolved(output)
+    for p in paths:
+        if _resolved(p) == out_real or _resolved(p) == _resolved(journal_dir(output)):
+            raise GalguardValueError(f"output {str(output)!r} is one of the inputs; refusing to "
+                                     f"write over an input")
+    if output.is_dir():
+        raise GalguardValueError(f"output {str(output)!r} is a directory; give a file name")
+    if not output.parent.exists():
+        raise GalguardValueError(f"output {str(output)!r}: the directory "
+                                 f"{str(output.parent)!r} does not exist")
+    jdir = journal_dir(output)
+    if output.exists() and not overwrite:
+        if not resume:
+            raise OutputExists(f"output {str(output)!r} exists; use --overwrite to replace it "
+                               f"or --resume to continue an interrupted run")
+        if not (jdir / "manifest.json").exists():
+            raise OutputExists(f"output {str(output)!r} exists and has no journal "
+                               f"({str(jdir)!r}): that run finished; use --overwrite to "
+                               f"compute it again")
+
+    module, name, sha = resolve_model(model, device=device)
+    read_kwargs = {"size": int(module.input_size), "bands": tuple(module.bands)}
+    inputs_hash = hash_inputs(paths)
+    meta = _table_meta(config, name, sha, module)
+    meta["inputs_hash"] = inputs_hash
+    meta["n_input_files"] = len(paths)
+    manifest = {"config_hash": config_hash(config, sha), "inputs_hash": inputs_hash,
+                "chunk_size": int(config.chunk_size), "n_input_files": len(paths),
+                "columns": list(catalog_columns())}
+    journal = Journal(output, manifest=manifest)
+    done = journal.open(resume=resume)
+    if resume:
+        log.info("resuming: %d finished chunk(s) in %s", len(done), journal.dir)
+
+    if dask_scheduler or dask_local:
+        threads = 1
+        executor = _Dask(module, config, device, address=dask_scheduler or None,
+                         local_workers=workers, threads=threads)
+    elif workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        executor = _Pool(module, config, device, workers, threads)
+    else:
+        executor = _Immediate(module, config, device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(paths), unit="cutout", desc="galguard check", file=sys.stderr,
+                   dynamic_ncols=True, smoothing=0.1)
+    n_rows = n_bad = n_fragile = 0
+    n_chunks = 0
+    pending = {}
+    cs = int(config.chunk_size)
+
+    def finish(futures):
+        nonlocal n_bad, n_fragile
+        for f in futures:
+            k, n = pending.pop(f)
+            table = f.result()
+            if len(table) != n:
+                raise RuntimeError(f"chunk {k}: {len(table)} rows back for {n} sent")
+            journal.write_chunk(k, table)
+            if bar is not None:
+                bar.update(n)
+            log.debug("chunk %d journaled (%d rows)", k, n)
+
+    try:
+        reader = iter_cutouts(paths, chunk_size=cs, **read_kwargs)
+        for k, chunk in enumerate(reader):
+            n = len(chunk)
+            n_chunks += 1
+            n_rows += n
+            if bar is not None and n_rows > bar.total:
+                bar.total = n_rows
+                bar.refresh()
+            if k in done:
+                if bar is not None:
+                    bar.update(n)
+                continue
+            if bar is None:
+                log.info("chunk %d: rows %d-%d", k, k * cs, k * cs + n - 1)
+            pending[executor.submit(chunk, k * cs)] = (k, n)
+            del chunk
+            while len(pending) >= executor.slots:
+                got, _ = executor.wait(list(pending))
+                finish(got)
+        while pending:
+            got, _ = executor.wait(list(pending))
+            finish(got)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        for f in list(pending):
+            try:
+                f.cancel()
+            except Exception:  # noqa: BLE001
+                pass
+        executor.close()
+        log.error("interrupted; finished chunks are kept in %s: run again with --resume to "
+                  "continue", journal.dir)
+        raise
+    executor.close()
+    if bar is not None:
+        bar.total = n_rows
+        bar.refresh()
+        bar.close()
+
+    stale = sorted(k for k in journal.finished() if k >= n_chunks)
+    if stale:
+        raise GalguardValueError(f"the journal {str(journal.dir)!r} holds chunks {stale[:5]} "
+                                 f"beyond the {n_chunks} chunks of the inputs")
+    from .check import CheckConfig  # noqa: F401 - config type documented above
+    writer = CatalogWriter(output, meta=meta, format=fmt)
+    try:
+        for k in range(n_chunks):
+            table = journal.read_chunk(k)
+            n_bad += int(np.count_nonzero(np.asarray(table["flags"]) & int(Flag.BAD_INPUT)))
+            n_fragile += int(np.count_nonzero(np.asarray(table["fragile"])))
+            writer.write(table)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    journal.remove()
+    seconds = time.perf_counter() - t0
+    log.info("wrote %s: %d rows (%d bad, %d fragile) in %.1f s", output, n_rows, n_bad,
+             n_fragile, seconds)
+    return BatchResult(path=output, n_rows=n_rows, n_bad=n_bad, n_fragile=n_fragile,
+                       n_chunks=n_chunks, n_resumed=len(done & set(range(n_chunks))),
+                       seconds=seconds)
