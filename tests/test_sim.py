@@ -269,3 +269,26 @@ def test_mosaic(tmp_path, small):
         sim.make_mosaic([1, 2], tmp_path / "x.png")
     with pytest.raises(GalguardValueError, match="max_per_class must be >= 1, got 0"):
         sim.make_mosaic(small, tmp_path / "x.png", max_per_class=0)
+
+
+def test_galguard_io_reads_simulated_files(tmp_path, small):
+    from galguard.io import read_cutouts
+
+    d = small["y1"]
+    one = sim.write_fits(d, tmp_path / "one")
+    (stack,) = sim.write_fits(d, tmp_path / "stack", stack=True)
+    p = sim.depth_params("y1")
+    for cut in (read_cutouts([str(f) for f in one]), read_cutouts(str(stack))):
+        np.testing.assert_array_equal(cut.data, d.images)
+        assert tuple(cut.bands) == sim.BANDS
+        assert list(cut.meta["true_label"]) == list(d.labels)
+        assert list(cut.meta["id"]) == list(range(6))
+        np.testing.assert_allclose(cut.meta["gain"], np.tile(p["gain"], (6, 1)))
+        np.testing.assert_allclose(cut.meta["sky"], np.tile(p["sky"], (6, 1)))
+        np.testing.assert_allclose(cut.meta["zeropoint"], np.tile(p["zeropoint"], (6, 1)))
+        assert np.all(cut.meta["flags"] == 0)
+    # the compressed shipped sample too
+    files = sorted(sim.sample_path("y10").glob("gal_*.fits.fz"))
+    cut = read_cutouts([str(f) for f in files])
+    assert len(cut) == 33 and np.all(cut.meta["flags"] == 0)
+    assert np.bincount(cut.meta["true_label"], minlength=3).tolist() == [11, 11, 11]
