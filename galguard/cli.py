@@ -23,10 +23,26 @@ EXIT_BAD_INPUTS = 3  #: the command ran, but some inputs were bad (their rows ca
 _SUBCOMMANDS = ["simulate", "train", "evaluate", "check", "report", "demo"]
 
 
+_EPILOG = f"""\
+exit status:
+  {EXIT_OK}  success: every input was good
+  {EXIT_FAILURE}  failure: the command could not complete (galguard check keeps its journal:
+     rerun with --resume)
+  {EXIT_USAGE}  usage error: bad arguments, an existing output without --overwrite/--resume, an
+     output that is one of the inputs
+  {EXIT_BAD_INPUTS}  done, but some inputs were bad: the catalog holds their rows with the
+     BAD_INPUT flag and an error message
+
+Start with `galguard demo`; `galguard COMMAND --help` describes each command.
+"""
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="galguard",
         description="Flag galaxy-morphology classifications that should not be trusted.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"galguard {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
