@@ -292,3 +292,23 @@ def test_galguard_io_reads_simulated_files(tmp_path, small):
     cut = read_cutouts([str(f) for f in files])
     assert len(cut) == 33 and np.all(cut.meta["flags"] == 0)
     assert np.bincount(cut.meta["true_label"], minlength=3).tolist() == [11, 11, 11]
+
+
+def test_cli_bad_values(tmp_path, capsys):
+    from galguard.cli import main
+
+    assert main(["simulate", "--n", "-2", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "--n and --start must be >= 0, got -2 and 0" in capsys.readouterr().err
+    assert main(["simulate", "--n", "1", "--size", "4", "--out", str(tmp_path),
+                 "--no-progress"]) == 2
+    assert "size must be >= 16, got 4" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_progress_bar_and_empty(capsys):
+    a = sim.simulate(2, seed=9, size=24, depths=("y1",), progress=True)
+    assert "simulate" in capsys.readouterr().err
+    b = sim.simulate(2, seed=9, size=24, depths=("y1",))
+    np.testing.assert_array_equal(a["y1"].images, b["y1"].images)
+    empty = sim.simulate(0, size=24)
+    assert empty["y10"].images.shape == (0, 3, 24, 24) and len(empty["y1"].meta) == 0

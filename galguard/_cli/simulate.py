@@ -56,10 +56,14 @@ def _targets(args, depths):
 def run(args):
     """Run ``galguard simulate``; returns an exit code."""
     from .. import sim
-    from ..cli import EXIT_FAILURE, EXIT_OK
+    from ..cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
     from ..errors import GalguardValueError
 
     depths = ("y10", "y1") if args.depth == "both" else (args.depth,)
+    if args.n < 0 or args.start < 0:
+        print(f"galguard simulate: --n and --start must be >= 0, got {args.n} and {args.start}",
+              file=sys.stderr)
+        return EXIT_USAGE
     if not args.overwrite:
         existing = [t for t in _targets(args, depths) if t.exists()]
         if args.mosaic is not None and args.mosaic.exists():
@@ -74,7 +78,7 @@ def run(args):
                            class_fractions=args.classes)
     except GalguardValueError as exc:
         print(f"galguard simulate: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_USAGE
     written = 0
     try:
         for d in depths:
