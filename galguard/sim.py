@@ -18,6 +18,7 @@ and the noise of each depth comes from its own stream keyed on ``(seed, index, d
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.resources
 import logging
@@ -631,8 +632,25 @@ _PARAM_COLUMNS = ("half_light_radius", "axis_ratio", "sersic_n", "bulge_fraction
                   "pitch_angle", "separation", "flux_ratio", "tidal_fraction", "n_neighbours")
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_thread_env():
+    old = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _worker_init():
-    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.update({k: "1" for k in _THREAD_VARS})
     try:  # pragma: no cover - optional
         from threadpoolctl import threadpool_limits
 
@@ -745,8 +763,10 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
             ctx = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(
                     max_workers=n_jobs, mp_context=ctx, initializer=_worker_init) as pool:
-                futs = {pool.submit(_render_chunk, seed, indices[s:s + chunk],
-                                    labels[s:s + chunk], size, depths): s for s in starts}
+                # workers start during the submissions: they inherit one-thread settings
+                with _single_thread_env():
+                    futs = {pool.submit(_render_chunk, seed, indices[s:s + chunk],
+                                        labels[s:s + chunk], size, depths): s for s in starts}
                 for fut in concurrent.futures.as_completed(futs):
                     _store(futs[fut], fut.result())
     finally:
