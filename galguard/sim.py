@@ -75,6 +75,7 @@ _DEPTH_CODE = {"y10": 10, "y1": 1}
 #: Class fractions of the DeepAdversaries data set (spiral 43%, elliptical 24%, merger 33%).
 PAPER_CLASS_FRACTIONS = (0.43, 0.24, 0.33)
 
+_MIN_PER_WORKER = 32  # fewer galaxies per worker process are rendered in this process
 _OVERSAMPLE = 3  # numpy patterns are drawn on a grid this many times finer than the pixels
 _STREAM_GALAXY = 0
 _STREAM_NOISE = 1
@@ -688,7 +689,9 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
     size : int, optional
         Stamp side in pixels (0.2 arcsec each); >= 16.
     n_jobs : int, optional
-        Worker processes (-1: all cores). Workers run with one thread each.
+        Worker processes (-1: all cores). Workers run with one thread each; fewer workers are
+        started when there are fewer than 32 galaxies per worker (a worker takes seconds to
+        start). Results do not depend on ``n_jobs``.
     progress : bool, optional
         Show a tqdm progress bar.
     class_fractions : None, 'balanced', 'paper' or sequence of 3 floats, optional
@@ -738,6 +741,8 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
     images = {d: np.empty((n, 3, size, size), dtype=np.float32) for d in depths}
     params = [None] * n
 
+    # a worker costs a few seconds to start (imports): give each at least _MIN_PER_WORKER
+    n_jobs = max(1, min(n_jobs, n // _MIN_PER_WORKER))
     chunk = max(1, min(16, math.ceil(n / max(1, 4 * n_jobs))))
     starts = list(range(0, n, chunk))
     bar = None

@@ -43,7 +43,8 @@ def test_deterministic_per_seed_and_index(small):
     assert not np.array_equal(other["y10"].images, part["y10"].images)
 
 
-def test_parallel_matches_serial(small):
+def test_parallel_matches_serial(small, monkeypatch):
+    monkeypatch.setattr(sim, "_MIN_PER_WORKER", 1)  # really start 2 workers for 6 galaxies
     par = sim.simulate(6, seed=7, size=SIZE, n_jobs=2, depths=("y10",))
     np.testing.assert_array_equal(par["y10"].images, small["y10"].images)
 
