@@ -313,3 +313,16 @@ def test_progress_bar_and_empty(capsys):
     np.testing.assert_array_equal(a["y1"].images, b["y1"].images)
     empty = sim.simulate(0, size=24)
     assert empty["y10"].images.shape == (0, 3, 24, 24) and len(empty["y1"].meta) == 0
+
+
+def test_class_labels_arguments_and_no_mutation():
+    idx = np.array([5, 1, 4], dtype=np.int64)
+    lab = sim.class_labels(idx, seed=2)
+    assert idx.tolist() == [5, 1, 4]
+    np.testing.assert_array_equal(lab, sim.class_labels(np.arange(6), seed=2)[[5, 1, 4]])
+    with pytest.raises(GalguardValueError, match="indices must be >= 0, got min -1"):
+        sim.class_labels([-1, 2])
+    with pytest.raises(GalguardValueError, match="class_fractions must be .* got 'lots'"):
+        sim.class_labels([0], class_fractions="lots")
+    custom = sim.class_labels(np.arange(100), class_fractions=(0.5, 0.5, 0.0))
+    assert np.bincount(custom, minlength=3).tolist() == [50, 50, 0]
