@@ -267,6 +267,7 @@ def test_cutouts_indexing_concatenation_torch(rng):
     sub = cut[np.array([True, False] * 3)]
     assert list(sub.meta["index"]) == [0, 2, 4]
     assert list(cut[[5, 0]].meta["index"]) == [5, 0]
+    assert len(cut[[]]) == 0
     both = Cutouts.concatenate([cut[:2], cut[4:]])
     assert len(both) == 4 and list(both.meta["index"]) == [0, 1, 2, 3]
     np.testing.assert_array_equal(both.data[2:], arr[4:])

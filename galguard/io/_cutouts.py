@@ -141,6 +141,8 @@ class Cutouts:
             key = slice(k % n, k % n + 1)
         elif not isinstance(key, slice):
             key = np.asarray(key)
+            if key.size == 0 and key.dtype != bool:
+                key = key.astype(np.int64)
             if key.dtype == bool:
                 if key.shape != (len(self),):
                     raise GalguardValueError(
