@@ -9,9 +9,9 @@ Every flag table is compared with `galguard.check` run in this process on the sa
 integer, boolean and string columns exactly, the float columns to rtol 1e-5 (the same
 computation; only floating-point summation order could differ between processes).
 
-The model is a small untrained ConvNet (16 x 16 pixel input) saved in a temporary directory, so
-the tests do not depend on the shipped weights and stay fast; the checks use the "default"
-attack preset and 4 noise realisations.
+The model is a small ConvNet (16 x 16 pixel input) trained for a few seconds and saved in a
+temporary directory, so the tests do not depend on the shipped weights and stay fast; the checks
+use the "default" attack preset and 4 noise realisations.
 """
 
 import dataclasses
@@ -69,20 +69,34 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    """A small untrained ConvNet with latent statistics, saved as .safetensors + .json card."""
+    """A small ConvNet trained for a few seconds to name the brightest band of a blob.
+
+    A trained model has confident, input-dependent predictions, so the attack and the noise
+    check have real decisions to make (an untrained network gives every cutout the same flat
+    probabilities, and its attack results hinge on rounding). Saved as .safetensors + .json.
+    """
     import torch
     from galguard import models
 
     torch.manual_seed(0)
+    train = make_images(48, seed=99)
+    labels = torch.from_numpy(train.sum(axis=(2, 3)).argmax(axis=1))
     net = models.build_network("convnet", in_channels=3, n_classes=3, input_size=SIZE,
                                latent_dim=16)
-    train = make_images(24, seed=99)
     model = models.GalaxyClassifier(net, models.Preprocess.from_data(train),
                                     classes=("spiral", "elliptical", "merger"),
                                     bands=("g", "r", "i"), input_size=SIZE)
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
+    x = torch.from_numpy(train)
+    model.train()
+    for _ in range(40):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(model(x)[1], labels).backward()
+        optimiser.step()
+    model.eval()
     with torch.no_grad():
-        latent, _ = model(torch.from_numpy(train))
-    model.set_latent_stats(models.fit_latent_stats(latent.numpy(), np.arange(24) % 3, 3))
+        latent, _ = model(x)
+    model.set_latent_stats(models.fit_latent_stats(latent.numpy(), labels.numpy(), 3))
     path, _ = models.save(model, tmp_path_factory.mktemp("model") / "tiny.safetensors")
     return str(path)
 
@@ -301,6 +315,20 @@ def test_split_cutouts_table_broadcasts_and_keeps_input():
     assert list(rows.ids) == ["a", "b", "c"] and rows.good.all()
     rows.images[:] = 0.0  # a private copy: the table is untouched
     np.testing.assert_array_equal(table["image"], before)
+
+
+def test_make_cutouts_table_band_names_and_errors():
+    images = make_images(2, seed=1)
+    for bands in ("gri", "g,r,i", ("g", "r", "i")):
+        assert list(make_cutouts_table(images, bands=bands)["band"]) == ["g,r,i"] * 2
+    with pytest.raises(GalguardValueError,
+                       match=r"bands must name one band per image plane \(3\), got \('g', 'r'\)"):
+        make_cutouts_table(images, bands="g,r")
+    with pytest.raises(GalguardValueError, match=r"images must have shape \(N, C, H, W\), "
+                                                 r"got \(3, 16, 16\)"):
+        make_cutouts_table(images[0])
+    with pytest.raises(GalguardValueError, match=r"ids must have shape \(2,\), got \(3,\)"):
+        make_cutouts_table(images, ids=[1, 2, 3])
 
 
 def test_split_cutouts_table_ragged_rows_become_errors():

@@ -258,8 +258,9 @@ def make_cutouts_table(images, *, ids=None, gain=None, sky=None, exptime=None, b
         (N,) identifiers; default ``0 .. N-1``.
     gain, sky, exptime : array_like, optional
         Scalar, (N,) or (N, C) values (see the module docstring).
-    bands : sequence of str, optional
-        Band names of the C planes, e.g. ``("g", "r", "i")``.
+    bands : str or sequence of str, optional
+        Band names of the C planes: ``("g", "r", "i")``, ``"g,r,i"`` or, for one-letter names,
+        ``"gri"``.
 
     Returns
     -------
@@ -287,7 +288,9 @@ def make_cutouts_table(images, *, ids=None, gain=None, sky=None, exptime=None, b
             arr = np.full((n, channels), float(arr))
         table[name] = _per_band_array(name, arr, n, channels)
     if bands is not None:
-        bands = tuple(bands)
+        if isinstance(bands, str):
+            bands = bands.split(",") if "," in bands else list(bands)
+        bands = tuple(str(b).strip() for b in bands)
         if len(bands) != channels:
             raise GalguardValueError(
                 f"bands must name one band per image plane ({channels}), got {bands}")
