@@ -193,6 +193,159 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
   }
 }
 
+// ---- binomial ------------------------------------------------------------------------------
+
+// BTRS for Binomial(n, q) (q <= 1/2, n q >= 10) from Philox block `it`, deciding as
+// binomial_draw does for that block: k (accepted, before the p > 1/2 flip), kRejected or
+// kScalar (a Stirling tail below 10 needs the table). Branch-free so that it vectorises.
+GG_CLONES void btrs_pass(const double* __restrict__ nn, const double* __restrict__ qq,
+                         const uint32_t* __restrict__ row, const uint32_t* __restrict__ elem,
+                         int count, Key key, uint32_t realisation, uint32_t it,
+                         double* __restrict__ k_out) {
+  const uint32_t c3 = stream_word(kStreamBinomial, it);
+  for (int j = 0; j < count; ++j) {
+    const double n = nn[j];
+    const BtrsConstants t = btrs_constants(n, qq[j]);
+    const U32x4 r = philox4x32_10(row[j], realisation, elem[j], c3, key.k0, key.k1);
+    double us, v;
+    const double k = btrs_proposal(t, r, &us, &v);
+    const bool outside = (k < 0.0) | (k > n);
+    const bool squeeze = (us >= 0.07) & (v <= t.v_r);
+    const double nm = n - t.mode, nk = n - k;
+    const bool series = (t.mode >= 10.0) & (nm >= 10.0) & (k >= 10.0) & (nk >= 10.0);
+    const bool exact = btrs_exact(t, n, k, us, v, stirling_series(t.mode), stirling_series(nm),
+                                  stirling_series(k), stirling_series(nk));
+    k_out[j] = outside ? kRejected
+                       : (squeeze ? k : (series ? (exact ? k : kRejected) : kScalar));
+  }
+}
+
+// Inversion for Binomial(n, q), n q < 10, from Philox block 0, run in lock step: k, or kScalar
+// where the search passed its cap (binomial_draw restarts with the next block).
+GG_CLONES void binomial_inversion_pass(const double* __restrict__ nn,
+                                       const double* __restrict__ qq,
+                                       const uint32_t* __restrict__ row,
+                                       const uint32_t* __restrict__ elem, int count, Key key,
+                                       uint32_t realisation, double* __restrict__ k_out) {
+  double u[kChunk], pk[kChunk], s[kChunk], cap[kChunk], stop[kChunk];
+  const uint32_t c3 = stream_word(kStreamBinomial, 0u);
+  for (int j = 0; j < count; ++j) {
+    const double n = nn[j], q = qq[j];
+    const U32x4 r = philox4x32_10(row[j], realisation, elem[j], c3, key.k0, key.k1);
+    u[j] = u01_open(r.v[0], r.v[1]);
+    pk[j] = binomial_p0(n, q);
+    s[j] = q / (1.0 - q);
+    cap[j] = binomial_cap(n, n * q);
+    stop[j] = 0.0;
+    k_out[j] = 0.0;
+  }
+  for (;;) {
+    int active = 0;
+    for (int j = 0; j < count; ++j) {
+      const bool go = (u[j] > pk[j]) & (stop[j] == 0.0);
+      const double uj = u[j] - pk[j];
+      const double kj = k_out[j] + 1.0;
+      const bool over = kj > cap[j];
+      const double pj = pk[j] * (s[j] * (nn[j] - kj + 1.0) / kj);
+      u[j] = go ? uj : u[j];
+      k_out[j] = go ? kj : k_out[j];
+      stop[j] = (go & over) ? 1.0 : stop[j];
+      pk[j] = (go & !over) ? pj : pk[j];
+      active += go & !over;
+    }
+    if (active == 0) break;
+  }
+  for (int j = 0; j < count; ++j) k_out[j] = stop[j] == 0.0 ? k_out[j] : kScalar;
+}
+
+template <typename T>
+void binomial_chunk(const T* counts, const double* p, double p_scalar, T* out, int64_t start,
+                    int count, int64_t row_size, const int64_t* index, Key key,
+                    uint32_t realisation) {
+  uint32_t row[kChunk], elem[kChunk];
+  double n[kChunk], pp[kChunk], q[kChunk], k[kChunk];
+  int pos[kChunk];
+  uint32_t prow[kChunk], pelem[kChunk];
+  double pn[kChunk], pq[kChunk], pk[kChunk];
+  int64_t r = start / row_size;
+  int64_t e = start - r * row_size;
+  for (int j = 0; j < count; ++j) {
+    n[j] = static_cast<double>(counts[start + j]);
+    pp[j] = p ? p[start + j] : p_scalar;
+  }
+  if (e + count <= row_size) {
+    const uint32_t rid = static_cast<uint32_t>(index ? index[r] : r);
+    const uint32_t e0 = static_cast<uint32_t>(e);
+    for (int j = 0; j < count; ++j) {
+      row[j] = rid;
+      elem[j] = e0 + static_cast<uint32_t>(j);
+    }
+  } else {
+    for (int j = 0; j < count; ++j) {
+      row[j] = static_cast<uint32_t>(index ? index[r] : r);
+      elem[j] = static_cast<uint32_t>(e);
+      if (++e == row_size) {
+        e = 0;
+        ++r;
+      }
+    }
+  }
+  // k: the draw before the p > 1/2 flip, or kScalar (special cases, fallbacks)
+  for (int j = 0; j < count; ++j) {
+    const double pj = pp[j];
+    q[j] = pj > 0.5 ? 1.0 - pj : pj;
+    k[j] = kScalar;
+  }
+  // inversion (n q < 10) in lock step
+  int m = 0;
+  for (int j = 0; j < count; ++j) {  // branch-free compaction
+    pos[m] = j;
+    prow[m] = row[j];
+    pelem[m] = elem[j];
+    pn[m] = n[j];
+    pq[m] = q[j];
+    m += (n[j] > 0.0) & (pp[j] > 0.0) & (pp[j] < 1.0) & (n[j] * q[j] < 10.0);
+  }
+  if (m) {
+    binomial_inversion_pass(pn, pq, prow, pelem, m, key, realisation, pk);
+    for (int i = 0; i < m; ++i) k[pos[i]] = pk[i];
+  }
+  // BTRS (n q >= 10), passes over the elements whose proposals were all rejected so far
+  m = 0;
+  for (int j = 0; j < count; ++j) {
+    pos[m] = j;
+    prow[m] = row[j];
+    pelem[m] = elem[j];
+    pn[m] = n[j];
+    pq[m] = q[j];
+    m += (n[j] > 0.0) & (pp[j] > 0.0) & (pp[j] < 1.0) & (n[j] * q[j] >= 10.0);
+  }
+  for (uint32_t it = 0; it < kVectorPasses && m > 0; ++it) {
+    btrs_pass(pn, pq, prow, pelem, m, key, realisation, it, pk);
+    int m2 = 0;
+    for (int i = 0; i < m; ++i) {
+      k[pos[i]] = pk[i];
+      pos[m2] = pos[i];
+      prow[m2] = prow[i];
+      pelem[m2] = pelem[i];
+      pn[m2] = pn[i];
+      pq[m2] = pq[i];
+      m2 += pk[i] == kRejected;
+    }
+    m = m2;
+  }
+  for (int j = 0; j < count; ++j) {
+    double kj = k[j];
+    const bool regular = (n[j] > 0.0) & (pp[j] > 0.0) & (pp[j] < 1.0);
+    if (regular && kj >= 0.0) {
+      kj = pp[j] > 0.5 ? n[j] - kj : kj;
+    } else {
+      kj = binomial_draw(n[j], pp[j], key, row[j], realisation, elem[j]);
+    }
+    out[start + j] = static_cast<T>(kj);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -216,14 +369,12 @@ void binomial_thin(const T* counts, const double* p, double p_scalar, T* out, in
   const int64_t n = rows * row_size;
   if (n == 0) return;
   const Key key = make_key(seed);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = i / row_size;
-    const uint32_t e = static_cast<uint32_t>(i - r * row_size);
-    const uint32_t row = static_cast<uint32_t>(index ? index[r] : r);
-    const double pi = p ? p[i] : p_scalar;
-    out[i] = static_cast<T>(
-        binomial_draw(static_cast<double>(counts[i]), pi, key, row, realisation, e));
+  for (int64_t ci = 0; ci < chunks; ++ci) {
+    const int64_t start = ci * kChunk;
+    const int count = static_cast<int>(n - start < kChunk ? n - start : kChunk);
+    binomial_chunk<T>(counts, p, p_scalar, out, start, count, row_size, index, key, realisation);
   }
 }
 

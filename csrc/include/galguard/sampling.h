@@ -14,7 +14,8 @@
 // Binomial(n, p):  p >= 1 -> n;  n == 0 -> 0; with q = min(p, 1 - p) and m = n q:
 //   m < 10 -> inversion (sequential search); m >= 10 -> BTRS (Hoermann 1993, "The generation of
 //   binomial random variates"); p > 1/2 uses n - Binomial(n, 1 - p).
-// gg_log(k!) is computed by the Stirling series with the exact tail for k < 10, in double.
+// log(k!) is computed by the Stirling series with the exact tail for k < 10, in double; log and
+// exp are our own (fmath.h) so that every backend gives the same bits.
 #pragma once
 
 #include <math.h>
@@ -25,8 +26,8 @@
 
 namespace galguard {
 
-// gg_log(k!) - [(k + 1/2) gg_log(k + 1) - (k + 1) + gg_log(2 pi) / 2]; exact table for k < 10, series
-// (to the (k+1)^-9 term) beyond.
+// log(k!) - [(k + 1/2) log(k + 1) - (k + 1) + log(2 pi) / 2]: the series (to the (k+1)^-9
+// term) for k >= 10, and an exact table below (stirling_tail).
 GG_HOST_DEVICE GG_FORCEINLINE double stirling_series(double k) {
   const double n = k + 1.0;
   const double n2 = 1.0 / (n * n);
@@ -133,12 +134,7 @@ GG_HOST_DEVICE inline double poisson_draw_from(double lam, Key key, uint32_t row
     const double k = ptrs_proposal(c, lam, r, &us, &v);
     if (us >= 0.07 && v <= c.v_r) return k;
     if (k < 0.0 || (us < 0.013 && v > us)) continue;
-    // log f(k) = k gg_log(lam) - lam - gg_log(k!), written to avoid cancellation:
-    //   k gg_log(lam / (k + 1)) - gg_log(k + 1) / 2 + (k + 1 - lam) - gg_log(2 pi) / 2 - tail(k)
-    const double kp1 = k + 1.0;
-    const double log_f = k * gg_log1p((lam - kp1) / kp1) - 0.5 * gg_log(kp1) + (kp1 - lam) -
-                         0.91893853320467274 - stirling_tail(k);
-    if (gg_log(v * c.inv_alpha / (c.a / (us * us) + c.b)) <= log_f) return k;
+    if (ptrs_log_hat(c, us, v) <= ptrs_log_f(lam, k, stirling_tail(k))) return k;
   }
 }
 
@@ -153,6 +149,59 @@ GG_HOST_DEVICE inline double poisson_draw(double lam, Key key, uint32_t row, uin
 // ---------------------------------------------------------------------------------------------
 // Binomial
 // ---------------------------------------------------------------------------------------------
+// Constants of BTRS for Binomial(n, q), q <= 1/2, n q >= 10 (Hoermann 1993).
+struct BtrsConstants {
+  double a, b, c, v_r, alpha, lpq, mode;
+};
+GG_HOST_DEVICE GG_FORCEINLINE BtrsConstants btrs_constants(double n, double q) {
+  BtrsConstants t;
+  const double m = n * q;
+  const double spq = sqrt(m * (1.0 - q));
+  t.b = 1.15 + 2.53 * spq;
+  t.a = -0.0873 + 0.0248 * t.b + 0.01 * q;
+  t.c = m + 0.5;
+  t.v_r = 0.92 - 4.2 / t.b;
+  t.alpha = (2.83 + 5.1 / t.b) * spq;
+  t.lpq = gg_log(q / (1.0 - q));
+  t.mode = floor((n + 1.0) * q);
+  return t;
+}
+
+GG_HOST_DEVICE GG_FORCEINLINE double btrs_proposal(const BtrsConstants& t, U32x4 r,
+                                                   double* us_out, double* v_out) {
+  const double u = u01_open(r.v[0], r.v[1]) - 0.5;
+  const double v = u01_open(r.v[2], r.v[3]);
+  const double us = 0.5 - fabs(u);
+  *us_out = us;
+  *v_out = v;
+  return floor((2.0 * t.a / us + t.b) * u + t.c);
+}
+
+// The exact test: log of the scaled hat <= log[f(k) / f(mode)], with
+//   log[f(k) / f(mode)] = log[mode! (n - mode)! / (k! (n - k)!)] + (k - mode) log(q / (1 - q))
+// by Stirling's formula, given the tails of mode, n - mode, k and n - k.
+GG_HOST_DEVICE GG_FORCEINLINE bool btrs_exact(const BtrsConstants& t, double n, double k,
+                                              double us, double v, double tail_mode,
+                                              double tail_n_mode, double tail_k,
+                                              double tail_n_k) {
+  const double lhs = gg_log(v * t.alpha / (t.a / (us * us) + t.b));
+  const double mode = t.mode;
+  const double bound = (mode + 0.5) * gg_log((mode + 1.0) / (n - mode + 1.0)) -
+                       (k + 0.5) * gg_log((k + 1.0) / (n - k + 1.0)) +
+                       (n + 1.0) * gg_log((n - mode + 1.0) / (n - k + 1.0)) +
+                       (k - mode) * t.lpq + tail_mode + tail_n_mode - tail_k - tail_n_k;
+  return lhs <= bound;
+}
+
+// Inversion constants for Binomial(n, q), n q < 10: P(0), the ratio q / (1 - q), the cap.
+GG_HOST_DEVICE GG_FORCEINLINE double binomial_p0(double n, double q) {
+  return gg_exp(n * gg_log1p(-q));
+}
+GG_HOST_DEVICE GG_FORCEINLINE double binomial_cap(double n, double m) {
+  const double c = 10.0 * m + 64.0;
+  return n < c ? n : c;
+}
+
 GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t row,
                                            uint32_t real, uint32_t elem) {
   if (!(n > 0.0)) return 0.0;
@@ -165,9 +214,9 @@ GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t
   double k;
   if (m < 10.0) {
     // inversion: P(0) = (1 - q)^n, P(k) = P(k - 1) * (n - k + 1) / k * q / (1 - q)
-    const double p0 = gg_exp(n * gg_log1p(-q));
+    const double p0 = binomial_p0(n, q);
     const double s = q / (1.0 - q);
-    const double cap = fmin(n, 10.0 * m + 64.0);
+    const double cap = binomial_cap(n, m);
     for (;;) {
       const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamBinomial, it), key.k0,
                                     key.k1);
@@ -189,32 +238,19 @@ GG_HOST_DEVICE inline double binomial_draw(double n, double p, Key key, uint32_t
     }
   } else {
     // BTRS
-    const double spq = sqrt(m * (1.0 - q));
-    const double b = 1.15 + 2.53 * spq;
-    const double a = -0.0873 + 0.0248 * b + 0.01 * q;
-    const double c = m + 0.5;
-    const double v_r = 0.92 - 4.2 / b;
-    const double alpha = (2.83 + 5.1 / b) * spq;
-    const double lpq = gg_log(q / (1.0 - q));
-    const double mode = floor((n + 1.0) * q);
+    const BtrsConstants t = btrs_constants(n, q);
     for (;;) {
       const U32x4 r = philox4x32_10(row, real, elem, stream_word(kStreamBinomial, it), key.k0,
                                     key.k1);
       ++it;
-      const double u = u01_open(r.v[0], r.v[1]) - 0.5;
-      double v = u01_open(r.v[2], r.v[3]);
-      const double us = 0.5 - fabs(u);
-      k = floor((2.0 * a / us + b) * u + c);
+      double us, v;
+      k = btrs_proposal(t, r, &us, &v);
       if (k < 0.0 || k > n) continue;
-      if (us >= 0.07 && v <= v_r) break;
-      v = gg_log(v * alpha / (a / (us * us) + b));
-      // log[f(k) / f(mode)] = log[mode! (n - mode)! / (k! (n - k)!)] + (k - mode) gg_log(q / (1 - q))
-      const double bound = (mode + 0.5) * gg_log((mode + 1.0) / (n - mode + 1.0)) -
-                           (k + 0.5) * gg_log((k + 1.0) / (n - k + 1.0)) +
-                           (n + 1.0) * gg_log((n - mode + 1.0) / (n - k + 1.0)) +
-                           (k - mode) * lpq + stirling_tail(mode) + stirling_tail(n - mode) -
-                           stirling_tail(k) - stirling_tail(n - k);
-      if (v <= bound) break;
+      if (us >= 0.07 && v <= t.v_r) break;
+      if (btrs_exact(t, n, k, us, v, stirling_tail(t.mode), stirling_tail(n - t.mode),
+                     stirling_tail(k), stirling_tail(n - k))) {
+        break;
+      }
     }
   }
   return flip ? n - k : k;
