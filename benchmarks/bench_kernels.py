@@ -91,6 +91,37 @@ def bench_poisson(args):
         print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.2f}x | {r[5]:.2f}x |")
 
 
+def bench_binomial(args):
+    n = 16 if args.quick else 64
+    counts = np.round(galaxy_means(n)).astype(np.float32)
+    counts64 = counts.astype(np.int64)
+    gen = np.random.default_rng(5)
+    tc = torch.from_numpy(counts)
+    tp = torch.full_like(tc, 0.1)
+    contenders = {
+        "galguard, 1 thread": (1, lambda: kernels.binomial_thin(counts, 0.1, seed=1)),
+        f"galguard, {args.threads} threads": (args.threads, lambda: kernels.binomial_thin(counts, 0.1, seed=1)),
+        "numpy Generator.binomial": (None, lambda: gen.binomial(counts64, 0.1)),
+        f"torch.binomial ({args.threads} threads)": (None, lambda: torch.binomial(tc, tp)),
+    }
+    res = {k: [np.inf, np.inf] for k in contenders}
+    for _ in range(args.repeats):
+        for key, (threads, fn) in contenders.items():
+            if threads is not None:
+                kernels.set_num_threads(threads)
+            w, c = timed(fn, 1)
+            res[key][0] = min(res[key][0], w)
+            res[key][1] = min(res[key][1], c)
+    kernels.set_num_threads(args.threads)
+    nw, nc = res["numpy Generator.binomial"]
+    print(f"\n## Binomial thinning, p = 0.1, of galaxy counts ({n}x3x100x100)")
+    print("| sampler | Mdraws/s (wall) | CPU ns/draw | vs numpy (wall) | vs numpy (CPU time) |")
+    print("|---|---|---|---|---|")
+    for key, (w, c) in res.items():
+        print(f"| {key} | {counts.size / w / 1e6:.1f} | {c / counts.size * 1e9:.1f} | "
+              f"{nw / w:.2f}x | {nc / c:.2f}x |")
+
+
 def convnet():
     try:
         from galguard.models import ConvNet
@@ -174,6 +205,7 @@ def main():
           f" {__import__('os').cpu_count()} CPUs")
     if args.only in (None, "poisson"):
         bench_poisson(args)
+        bench_binomial(args)
     if args.only in (None, "de"):
         bench_de(args)
 

@@ -157,7 +157,9 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
   }
   Scratch scratch;
   ptrs_pass(lam, row, elem, count, key, realisation, 0u, k, scratch);
-  {
+  int small = 0;  // means outside [10, inf): zero or inversion
+  for (int j = 0; j < count; ++j) small += !(lam[j] >= 10.0);
+  if (small) {
     // means in (0, 10): vectorised inversion
     int m = 0;
     for (int j = 0; j < count; ++j) {  // branch-free compaction
