@@ -255,6 +255,7 @@ def test_config_mirrors_checkconfig():
     ("seed", -1), ("noise_realisations", 0), ("depth_fraction", 0.0), ("depth_fraction", 1.5),
     ("pixels", 0), ("low_confidence", 1.01), ("noise_flip_threshold", -0.1),
     ("latent_shift_threshold", -1.0), ("ood_threshold", -0.5), ("batch_size", 0),
+    ("attack_batch_size", 0),
     ("chunk_size", 0), ("preset", "huge"), ("noise_mode", "gauss"), ("bounds", "anything"),
     ("fragile_flags", ["BAD_INPUT"]),
 ])

@@ -7,13 +7,15 @@ result table as ``galguard_flags`` (``ArrowAstropy``). The quantum dimensions de
 "patch"]`` for one quantum per patch.
 """
 
+import dataclasses
+
 import numpy as np
 
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from galguard.flags import Flag
+from galguard.flags import VERDICT_FLAGS, Flag
 
 from .tables import split_cutouts_table
 
@@ -43,23 +45,18 @@ class GalguardCheckConnections(pipeBase.PipelineTaskConnections, dimensions=()):
     def __init__(self, *, config=None):
         dimensions = frozenset(config.dimensions)
         self.dimensions = set(dimensions)
-        self.cutouts = cT.Input(
-            doc=self.cutouts.doc, name=self.cutouts.name,
-            storageClass=self.cutouts.storageClass, dimensions=dimensions)
-        self.flags = cT.Output(
-            doc=self.flags.doc, name=self.flags.name,
-            storageClass=self.flags.storageClass, dimensions=dimensions)
+        self.cutouts = dataclasses.replace(self.cutouts, dimensions=dimensions)
+        self.flags = dataclasses.replace(self.flags, dimensions=dimensions)
 
 
-_VERDICT_NAMES = ("ONEPIXEL_FLIP", "NOISE_UNSTABLE", "LATENT_SHIFT", "OUT_OF_DISTRIBUTION",
-                  "LOW_CONFIDENCE")
+_VERDICT_NAMES = tuple(f.name for f in Flag if f.value and f & VERDICT_FLAGS)
 
 #: Config fields passed to `galguard.check` as keyword options (``model`` and ``device`` are
 #: passed as its own arguments; ``bounds`` and ``fragile_flags`` are converted).
 CHECK_OPTIONS = ("preset", "seed", "noise", "noise_realisations", "depth_fraction", "noise_mode",
                  "onepixel", "pixels", "bounds", "low_confidence", "noise_flip_threshold",
                  "latent_shift_threshold", "ood_threshold", "fragile_flags", "batch_size",
-                 "chunk_size")
+                 "attack_batch_size", "chunk_size")
 
 
 class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
@@ -209,7 +206,15 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
         dtype=int,
         default=256,
         min=1,
-        doc="Images per model call; affects speed and memory only.",
+        doc="Images per model call for predictions and noise; affects speed and memory only.",
+    )
+    attack_batch_size = pexConfig.RangeField(
+        dtype=int,
+        default=None,
+        optional=True,
+        min=1,
+        doc="Candidate images per model call in the one-pixel attack (None: the attack's "
+            "default); affects speed and memory only.",
     )
     chunk_size = pexConfig.RangeField(
         dtype=int,
