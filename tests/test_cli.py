@@ -326,3 +326,59 @@ def test_demo_help_mentions_out_dir(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     assert "current" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+def _model_100(path):
+    """A random ConvNet for the shipped sample's 100x100 g, r, i cutouts."""
+    from galguard.io import read_cutouts
+    from galguard.sim import sample_path
+
+    torch.manual_seed(0)
+    x = read_cutouts(sample_path("y10")).data
+    net = ConvNet(in_channels=3, n_classes=3, input_size=100, latent_dim=8)
+    m = GalaxyClassifier(net, Preprocess.from_data(x), classes=("spiral", "elliptical", "merger"),
+                         bands="gri", input_size=100, name="random100")
+    with torch.no_grad():
+        m.train()
+        m(torch.from_numpy(x))
+        m.eval()
+        lat, _ = m(torch.from_numpy(x))
+    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(len(x)) % 3, 3))
+    return save(m, path)[0]
+
+
+def test_demo_writes_catalog_and_report_and_prints_a_table(tmp_path, capsys, monkeypatch):
+    from galguard._cli.demo import CATALOG_NAME, REPORT_NAME
+    from galguard.sim import sample_path
+
+    model = _model_100(tmp_path / "m" / "random100.safetensors")
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--model", str(model), "--no-onepixel", "--noise-realisations", "3",
+            "--quiet"]
+    assert cli.main(argv) == cli.EXIT_OK  # into the current folder
+    out = capsys.readouterr().out
+    n = len(list(sample_path("y10").iterdir()))
+    t = read_catalog(tmp_path / CATALOG_NAME)
+    assert len(t) == n and np.all(t["error"] == "")
+    assert (tmp_path / REPORT_NAME).read_text().count('class="gallery-entry"') >= 1
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["id", "true", "predicted"]
+    assert sum(1 for ln in lines if ln.split() and ln.split()[0].isdigit()
+               and "cutouts:" not in ln) == n
+    assert f"{n} cutouts:" in out and "accuracy against the simulated truth" in out
+    # --out DIR (created), run twice: the demo replaces its own files
+    for _ in range(2):
+        assert cli.main(argv + ["--out", str(tmp_path / "demo")]) == cli.EXIT_OK
+    assert len(read_catalog(tmp_path / "demo" / CATALOG_NAME)) == n
+
+
+@pytest.mark.slow
+def test_demo_with_the_shipped_default_model(tmp_path, capsys):
+    from galguard.models import available
+    if "default" not in available():
+        pytest.skip("no default model is shipped yet (galguard/models/weights/index.json)")
+    assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_OK
+    assert "cutouts:" in capsys.readouterr().out
