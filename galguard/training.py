@@ -352,7 +352,7 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
           epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999),
           patience=6, warmup_epochs=None, mmd_weight=0.01, grad_clip=10.0, seed=0,
           checkpoint_dir=None, resume=False, progress=True, num_threads=None, name=None,
-          card=None):
+          card=None, bn_samples=1024):
     """Train a `GalaxyClassifier` on labelled source data, optionally adapting to a target domain.
 
     Parameters
@@ -399,6 +399,9 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         Model name for the card.
     card : dict, optional
         Extra card entries (e.g. the command line and the data description).
+    bn_samples : int, optional
+        Training galaxies (per domain) used to recompute the batch-norm statistics after every
+        epoch, before validation (see Notes).
 
     Returns
     -------
@@ -406,6 +409,15 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         The model with the best validation loss, in evaluation mode, with latent statistics
         fitted on the source training set and ``card["training"]`` holding the settings and the
         per-epoch history.
+
+    Notes
+    -----
+    After every epoch the batch-norm running statistics are recomputed from ``bn_samples``
+    fixed training galaxies (source, plus as many target galaxies when the domain loss is on,
+    passed together as in training). With a learning rate of 1e-3 the usual exponential running
+    averages lag behind the weights, and because the preprocessed images are a small signal on
+    a constant 0.5 offset this lag made evaluation-mode predictions far worse than
+    training-mode ones (validation accuracy 0.58 vs 0.81 in a test run).
     """
     from tqdm.auto import tqdm
 
@@ -484,6 +496,7 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                   "patience": int(patience), "warmup_epochs": int(warmup_epochs),
                   "mmd_weight": float(mmd_weight),
                   "grad_clip": None if grad_clip is None else float(grad_clip),
+                  "bn_samples": int(bn_samples),
                   "seed": int(seed), "n_source": int(ns), "n_validation": int(xv.shape[0]),
                   "n_target": 0 if xt is None else int(xt.shape[0])}
         history, start_epoch = [], 0
@@ -507,6 +520,11 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                                      f"checkpoint; pass resume=True or use a new directory")
 
         steps = max(1, ns // batch_size)
+        # fixed galaxies for the batch-norm recalibration before each validation
+        brng = np.random.default_rng([seed, 11])
+        bn_order = (torch.from_numpy(brng.permutation(ns)[:bn_samples]),
+                    None if xt is None else
+                    torch.from_numpy(brng.permutation(xt.shape[0])[:bn_samples]))
         t0 = time.time()
         stopped = best["bad"] >= patience
         for epoch in range(start_epoch, epochs):
@@ -562,6 +580,7 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                 sums["n"] += len(idx)
                 bar.set_postfix(ce=f"{float(ce):.3f}", dom=f"{float(dom):.3g}")
             bar.close()
+            _recalibrate_bn(model, xs, xt if use_da else None, bn_order, batch_size)
             val_loss, val_acc = _validate(model, xv, yv, class_weights, batch_size)
             rec = {"epoch": epoch, "train_ce": sums["ce"] / sums["n"],
                    "train_domain": sums["domain"] / sums["n"],
@@ -636,6 +655,39 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
     model.card = out_card
     model.name = out_card["name"]
     return model
+
+
+@torch.no_grad()
+def _recalibrate_bn(model, xs, xt, order, batch_size):
+    """Recompute the batch-norm running statistics with the final weights of the epoch.
+
+    The running averages kept during an epoch lag behind weights that change quickly (lr 1e-3):
+    the preprocessed images sit on a constant 0.5 offset with a small signal, so a small lag in
+    the running mean is large compared with the batch standard deviation, and evaluation-mode
+    outputs drift away from training-mode ones. Recomputing the statistics as a plain average
+    over fixed training batches (the same source/target mix as in training) removes the lag
+    ("precise batch norm").
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    try:
+        src, tgt = order
+        for i in range(0, len(src), batch_size):
+            xb = xs[src[i:i + batch_size]]
+            if xt is not None:
+                xb = torch.cat([xb, xt[tgt[i:i + batch_size]]], 0)
+            model(xb)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
 
 
 @torch.inference_mode()
