@@ -34,6 +34,7 @@ void check_f32(const Imported& t, int ndim) {
 
 void de_init(py::object ids_o, py::object lo_o, py::object hi_o, py::object pop_o, int pixels,
              int channels, int height, int width, uint64_t seed, std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   Imported ids(ids_o, "ids", false), lo(lo_o, "lo", false), hi(hi_o, "hi", false);
   Imported pop(pop_o, "pop", true);
   check_f32(pop, 3);
@@ -68,6 +69,7 @@ void de_mutate(py::object pop_o, py::object ids_o, py::object best_o, py::object
                py::object hi_o, py::object trial_o, uint32_t generation, float F, float CR,
                int strategy, int oob, int height, int width, uint64_t seed,
                std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   Imported pop(pop_o, "pop", false), ids(ids_o, "ids", false);
   auto best = optional_import(best_o, "best", false);
   Imported lo(lo_o, "lo", false), hi(hi_o, "hi", false), trial(trial_o, "trial", true);
@@ -116,6 +118,7 @@ void de_mutate(py::object pop_o, py::object ids_o, py::object best_o, py::object
 
 void de_write_candidates(py::object images_o, py::object members_o, py::object out_o,
                          std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   Imported images(images_o, "images", false), members(members_o, "members", false);
   Imported out(out_o, "out", true);
   check_f32(images, 4);
@@ -155,6 +158,7 @@ template <typename T>
 void run_select(const Imported& pop, const Imported& fit, const Imported& trial,
                 const Imported& tfit, Imported& out_pop, Imported& out_fit, Imported& best,
                 std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   const int64_t B = pop.shape(0), P = pop.shape(1);
   const int G = static_cast<int>(pop.shape(2));
   if (pop.is_cuda()) {
@@ -179,6 +183,7 @@ void run_select(const Imported& pop, const Imported& fit, const Imported& trial,
 void de_select(py::object pop_o, py::object fit_o, py::object trial_o, py::object tfit_o,
                py::object out_pop_o, py::object out_fit_o, py::object best_o,
                std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   Imported pop(pop_o, "pop", false), fit(fit_o, "fitness", false), trial(trial_o, "trial", false),
       tfit(tfit_o, "trial_fitness", false), out_pop(out_pop_o, "out_pop", true),
       out_fit(out_fit_o, "out_fitness", true), best(best_o, "best", true);

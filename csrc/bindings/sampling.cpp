@@ -28,6 +28,7 @@ void check_rows(const Imported& x, const Imported& out, const Imported* index) {
 template <typename T>
 void run_poisson(const Imported& mean, Imported& out, const Imported* index, uint64_t seed,
                  uint32_t realisation, std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   const int64_t rows = mean.shape(0);
   const int64_t row_size = rows ? mean.numel() / rows : 0;
   const int64_t* idx = index ? index->data<int64_t>() : nullptr;
@@ -50,6 +51,7 @@ void run_poisson(const Imported& mean, Imported& out, const Imported* index, uin
 
 void poisson(py::object mean_o, py::object out_o, py::object index_o, uint64_t seed,
              uint32_t realisation, std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   Imported mean(mean_o, "mean", false);
   Imported out(out_o, "out", true);
   auto index = optional_import(index_o, "index", false);
@@ -69,6 +71,7 @@ template <typename T>
 void run_binomial(const Imported& counts, const Imported* p, double p_scalar, Imported& out,
                   const Imported* index, uint64_t seed, uint32_t realisation,
                   std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   const int64_t rows = counts.shape(0);
   const int64_t row_size = rows ? counts.numel() / rows : 0;
   const int64_t* idx = index ? index->data<int64_t>() : nullptr;
@@ -95,6 +98,7 @@ void run_binomial(const Imported& counts, const Imported* p, double p_scalar, Im
 void binomial_thin(py::object counts_o, py::object p_o, double p_scalar, py::object out_o,
                    py::object index_o, uint64_t seed, uint32_t realisation,
                    std::uintptr_t stream) {
+  (void)stream;  // used by the CUDA path only
   Imported counts(counts_o, "counts", false);
   auto p = optional_import(p_o, "p", false);
   Imported out(out_o, "out", true);

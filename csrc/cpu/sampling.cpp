@@ -12,6 +12,11 @@
 #include "galguard/kernels.h"
 #include "galguard/sampling.h"
 
+// The chunk arrays are filled for [0, count) before use; GCC cannot see it through the clones.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define GG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
