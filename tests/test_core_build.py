@@ -1,6 +1,5 @@
 """The compiled core: what was built, Philox known answers, and the reference fallback."""
 
-import importlib
 import os
 import subprocess
 import sys
