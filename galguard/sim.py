@@ -456,6 +456,16 @@ def _make_merger(rng, grid, mag_r):
     comps.append(("gs", "red", f1 * nuc, _sersic(3.0, max(0.15, 0.2 * hlr1), 0.9, pa1, x1, y1)))
     comps.append(("gs", "mixed", f2 * (1 - nuc), _sersic(n2, hlr2, q2, pa2, x2, y2)))
     comps.append(("gs", "red", f2 * nuc, _sersic(3.0, max(0.15, 0.2 * hlr2), 0.9, pa2, x2, y2)))
+    disturbed = rng.uniform() < 0.6
+    if disturbed:  # a lopsided common envelope of stripped stars: light moved off both galaxies
+        f_env = rng.uniform(0.1, 0.25)
+        comps = [(k, c, w * (1.0 - f_env), o) for k, c, w, o in comps]
+        off = sep * rng.uniform(0.2, 0.6)
+        off_ang = ang + rng.normal(0.0, 0.8)
+        comps.append(("gs", "mixed", (f1 + f2) * f_env,
+                      _sersic(1.0, max(hlr1, sep * rng.uniform(0.7, 1.3)), rng.uniform(0.35, 0.8),
+                              ang + rng.normal(0.0, 0.4), xc + off * math.cos(off_ang),
+                              yc + off * math.sin(off_ang))))
     # tidal tails: antisymmetric pair, same sense of rotation
     sense = rng.choice([-1.0, 1.0])
     tails = np.zeros((grid.n, grid.n))
@@ -484,6 +494,8 @@ def _make_merger(rng, grid, mag_r):
         b = _gauss_blur(grid.splat(xs, ys, np.ones(200)), rng.uniform(0.3, 0.5), grid)
         tails += b / max(b.sum(), 1e-30) * 0.3
         feature += "+bridge"
+    if disturbed:
+        feature += "+envelope"
     comps.append(("np", "tidal", f_tidal, tails))
     params = {"half_light_radius": hlr1, "axis_ratio": q1, "sersic_n": n1,
               "separation": sep, "flux_ratio": ratio, "tidal_fraction": f_tidal,
@@ -797,7 +809,7 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
             meta[col] = np.array([float(q.get(col, np.nan)) for q in params])
         meta["n_neighbours"] = meta["n_neighbours"].astype(np.int64)
         meta["tidal_features"] = np.array([q.get("tidal_features", "") for q in params],
-                                          dtype="U24")
+                                          dtype="U40")
         meta.meta.update({"seed": seed, "depth": d.upper(), "bands": ",".join(BANDS),
                           "pixscale": PIXEL_SCALE})
         out[d] = SimData(images=images[d], labels=labels.copy(), meta=meta, depth=d, seed=seed)
