@@ -149,12 +149,6 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _describe(x):
-    if _is_torch(x) or isinstance(x, np.ndarray):
-        return f"{type(x).__module__.split('.')[0]} {x.dtype} array of shape {tuple(x.shape)}"
-    return f"{type(x).__name__} {x!r}"[:120]
-
-
 def _validate_array(x, name, dtypes, *, ndim=None, min_ndim=None):
     if not (isinstance(x, np.ndarray) or _is_torch(x)):
         raise GalguardValueError(
