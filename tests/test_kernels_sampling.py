@@ -264,3 +264,22 @@ def test_empty_and_multidimensional():
     np.testing.assert_array_equal(x.reshape(2, -1), flat)
     one_d = kernels.poisson(np.full(5, 7.0), seed=0)  # (N,): rows of one element
     assert one_d.shape == (5,)
+
+
+def test_parity_in_edge_regimes():
+    """Where the vectorised CPU passes hand over to the scalar code (PTRS proposals below 10,
+    BTRS tails below 10, inversion near the thresholds): identical to the reference."""
+    rng = np.random.default_rng(42)
+    lam = np.concatenate(
+        [rng.uniform(9.5, 12, 150_000), rng.uniform(0, 10, 50_000), 10 ** rng.uniform(1, 7, 50_000)]
+    ).reshape(25, -1)
+    np.testing.assert_array_equal(kernels.poisson(lam, seed=5), _reference.poisson(lam, seed=5))
+    n = np.concatenate(
+        [rng.integers(18, 25, 100_000), rng.integers(0, 200, 100_000), rng.integers(0, 2**31, 50_000)]
+    ).astype(np.int64).reshape(25, -1)
+    p = np.concatenate(
+        [rng.uniform(0.4, 0.6, 100_000), rng.uniform(1e-9, 1, 100_000), rng.uniform(1e-9, 1, 50_000)]
+    ).reshape(25, -1)
+    np.testing.assert_array_equal(
+        kernels.binomial_thin(n, p, seed=5), _reference.binomial_thin(n, p, seed=5)
+    )
