@@ -127,3 +127,41 @@ def test_core_takes_versioned_and_unversioned_capsules():
     with pytest.raises(ValueError, match="out must be writable, got a read-only array"):
         _core.poisson(lam.__dlpack__(max_version=(1, 0)), ro.__dlpack__(max_version=(1, 0)),
                       None, 9, 0, 0)
+
+
+def test_reference_without_numba_agrees(tmp_path):
+    """The plain-Python reference (numba absent) gives the same results as the core."""
+    script = (
+        "import sys\n"
+        "sys.modules['numba'] = None  # import numba -> ImportError\n"
+        "import numpy as np\n"
+        "from galguard import _reference as R\n"
+        "assert not R.HAVE_NUMBA\n"
+        "lam = np.array([[0.0, 0.3, 7.0, 10.0, 55.0, 3e4, 1e7]])\n"
+        "counts = np.array([[0, 5, 40, 1000, 2**31 - 1, 17, 3]])\n"
+        "lo = np.zeros((2, 3), np.float32); hi = np.ones((2, 3), np.float32)\n"
+        "pop = R.de_init(np.array([4, 9]), 5, pixels=1, channels=3, height=6, width=7, lo=lo,\n"
+        "                hi=hi, seed=3)\n"
+        "trial = R.de_mutate(pop, ids=np.array([4, 9]), generation=2, F=1.5, CR=0.5,\n"
+        "                    height=6, width=7, lo=lo, hi=hi, seed=3)\n"
+        "np.save(sys.argv[1], np.concatenate([R.poisson(lam, seed=8).ravel(),\n"
+        "        R.binomial_thin(counts, 0.3, seed=8).ravel(), pop.ravel(), trial.ravel()]))\n"
+    )
+    import numpy as np
+
+    path = str(tmp_path / "ref.npy")
+    subprocess.run([sys.executable, "-c", script, path], check=True, timeout=120,
+                   capture_output=True)
+    got = np.load(path)
+    lam = np.array([[0.0, 0.3, 7.0, 10.0, 55.0, 3e4, 1e7]])
+    counts = np.array([[0, 5, 40, 1000, 2**31 - 1, 17, 3]])
+    lo = np.zeros((2, 3), np.float32)
+    hi = np.ones((2, 3), np.float32)
+    pop = kernels.de_init([4, 9], 5, pixels=1, channels=3, height=6, width=7, lo=lo, hi=hi,
+                          seed=3)
+    trial = kernels.de_mutate(pop, ids=[4, 9], generation=2, F=1.5, CR=0.5, height=6, width=7,
+                              lo=lo, hi=hi, seed=3)
+    expect = np.concatenate([kernels.poisson(lam, seed=8).ravel(),
+                             kernels.binomial_thin(counts, 0.3, seed=8).ravel(), pop.ravel(),
+                             trial.ravel()])
+    np.testing.assert_array_equal(got, expect)
