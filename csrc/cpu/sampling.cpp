@@ -180,18 +180,28 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
       for (int i = 0; i < m; ++i) k[pos[i]] = pk[i];
     }
   }
-  for (uint32_t it = 1; it < kVectorPasses; ++it) {
-    int m = 0;
-    for (int j = 0; j < count; ++j) {  // branch-free compaction
-      pos[m] = j;
-      prow[m] = row[j];
-      pelem[m] = elem[j];
-      plam[m] = lam[j];
-      m += k[j] == kRejected;
-    }
-    if (m == 0) break;
+  // later passes: the elements rejected so far, compacted (first from the chunk, then from
+  // the previous pass's list)
+  int m = 0;
+  for (int j = 0; j < count; ++j) {  // branch-free compaction
+    pos[m] = j;
+    prow[m] = row[j];
+    pelem[m] = elem[j];
+    plam[m] = lam[j];
+    m += k[j] == kRejected;
+  }
+  for (uint32_t it = 1; it < kVectorPasses && m > 0; ++it) {
     ptrs_pass(plam, prow, pelem, m, key, realisation, it, pk, scratch);
-    for (int i = 0; i < m; ++i) k[pos[i]] = pk[i];
+    int m2 = 0;
+    for (int i = 0; i < m; ++i) {
+      k[pos[i]] = pk[i];
+      pos[m2] = pos[i];
+      prow[m2] = prow[i];
+      pelem[m2] = pelem[i];
+      plam[m2] = plam[i];
+      m2 += pk[i] == kRejected;
+    }
+    m = m2;
   }
   for (int j = 0; j < count; ++j) {
     double kj = k[j];
