@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("fits", "parquet", "ecsv", "csv")
 #: File name endings recognised for each format.
 SUFFIXES = {
-    "fits": (".fits", ".fit", ".fits.gz"),
+    "fits": (".fits", ".fit", ".fts"),
     "parquet": (".parquet", ".pq"),
     "ecsv": (".ecsv",),
     "csv": (".csv",),
