@@ -382,3 +382,21 @@ def test_demo_with_the_shipped_default_model(tmp_path, capsys):
         pytest.skip("no default model is shipped yet (galguard/models/weights/index.json)")
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_OK
     assert "cutouts:" in capsys.readouterr().out
+
+
+def test_progress_bar_only_on_a_terminal(files, model_path, tmp_path, capsys):
+    from galguard.batch import run_batch
+    from galguard.check import CheckConfig
+
+    cfg = CheckConfig(model=str(model_path), onepixel=False, noise_realisations=3, chunk_size=3)
+    res = run_batch([str(p) for p in files], tmp_path / "a.parquet", config=cfg,
+                    model=str(model_path), progress=True)
+    err = capsys.readouterr().err
+    assert "galguard check" in err and "cutout/s" in err  # tqdm: rate (and ETA while running)
+    assert f"{len(files)}/{len(files)}" in err
+    assert res.n_rows == len(files) and res.n_chunks == 3 and res.n_bad == 0
+    # The command line turns the bar off when stderr is not a terminal (as under pytest).
+    assert cli.main(["check", str(files[0]), "-o", str(tmp_path / "b.parquet"), "--model",
+                     str(model_path), "--no-onepixel", "--noise-realisations", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "cutout/s" not in err and "1 cutouts, " in err  # only the summary line
