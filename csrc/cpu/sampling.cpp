@@ -212,13 +212,14 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
 
 // ---- binomial ------------------------------------------------------------------------------
 
-// BTRS for Binomial(n, q) (q <= 1/2, n q >= 10) from Philox block `it`, deciding as
-// binomial_draw does for that block: k (accepted, before the p > 1/2 flip), kRejected or
-// kScalar (a Stirling tail below 10 needs the table). Branch-free so that it vectorises.
-GG_CLONES void btrs_pass(const double* __restrict__ nn, const double* __restrict__ qq,
-                         const uint32_t* __restrict__ row, const uint32_t* __restrict__ elem,
-                         int count, Key key, uint32_t realisation, uint32_t it,
-                         double* __restrict__ k_out) {
+// BTRS for Binomial(n, q) (q <= 1/2, n q >= 10) from Philox block `it`, first step: the
+// proposal and the squeeze. k (accepted, before the p > 1/2 flip), kRejected (outside [0, n])
+// or kPending (the exact test decides, btrs_test). Branch-free so that it vectorises.
+GG_CLONES void btrs_propose(const double* __restrict__ nn, const double* __restrict__ qq,
+                            const uint32_t* __restrict__ row, const uint32_t* __restrict__ elem,
+                            int count, Key key, uint32_t realisation, uint32_t it,
+                            double* __restrict__ k_out, double* __restrict__ prop,
+                            double* __restrict__ us_out, double* __restrict__ v_out) {
   const uint32_t c3 = stream_word(kStreamBinomial, it);
   for (int j = 0; j < count; ++j) {
     const double n = nn[j];
@@ -228,13 +229,53 @@ GG_CLONES void btrs_pass(const double* __restrict__ nn, const double* __restrict
     const double k = btrs_proposal(t, r, &us, &v);
     const bool outside = (k < 0.0) | (k > n);
     const bool squeeze = (us >= 0.07) & (v <= t.v_r);
+    prop[j] = k;
+    us_out[j] = us;
+    v_out[j] = v;
+    k_out[j] = outside ? kRejected : (squeeze ? k : kPending);
+  }
+}
+
+// Second step, on the compacted pending proposals: the exact test as binomial_draw does it,
+// k, kRejected or kScalar (a Stirling tail below 10 needs the table).
+GG_CLONES void btrs_test(const double* __restrict__ nn, const double* __restrict__ qq,
+                         const double* __restrict__ prop, const double* __restrict__ us_in,
+                         const double* __restrict__ v_in, int count,
+                         double* __restrict__ k_out) {
+  for (int j = 0; j < count; ++j) {
+    const double n = nn[j], k = prop[j];
+    const BtrsConstants t = btrs_constants(n, qq[j]);
     const double nm = n - t.mode, nk = n - k;
     const bool series = (t.mode >= 10.0) & (nm >= 10.0) & (k >= 10.0) & (nk >= 10.0);
-    const bool exact = btrs_exact(t, n, k, us, v, stirling_series(t.mode), stirling_series(nm),
-                                  stirling_series(k), stirling_series(nk));
-    k_out[j] = outside ? kRejected
-                       : (squeeze ? k : (series ? (exact ? k : kRejected) : kScalar));
+    const bool exact = btrs_exact(t, n, k, us_in[j], v_in[j], stirling_series(t.mode),
+                                  stirling_series(nm), stirling_series(k), stirling_series(nk));
+    k_out[j] = series ? (exact ? k : kRejected) : kScalar;
   }
+}
+
+struct BtrsScratch {
+  int pos[kChunk];
+  double prop[kChunk], us[kChunk], v[kChunk];
+  double tn[kChunk], tq[kChunk], tprop[kChunk], tus[kChunk], tv[kChunk], tk[kChunk];
+};
+
+void btrs_pass(const double* nn, const double* qq, const uint32_t* row, const uint32_t* elem,
+               int count, Key key, uint32_t realisation, uint32_t it, double* k_out,
+               BtrsScratch& s) {
+  btrs_propose(nn, qq, row, elem, count, key, realisation, it, k_out, s.prop, s.us, s.v);
+  int m = 0;
+  for (int j = 0; j < count; ++j) {  // branch-free compaction
+    s.pos[m] = j;
+    s.tn[m] = nn[j];
+    s.tq[m] = qq[j];
+    s.tprop[m] = s.prop[j];
+    s.tus[m] = s.us[j];
+    s.tv[m] = s.v[j];
+    m += k_out[j] == kPending;
+  }
+  if (m == 0) return;
+  btrs_test(s.tn, s.tq, s.tprop, s.tus, s.tv, m, s.tk);
+  for (int i = 0; i < m; ++i) k_out[s.pos[i]] = s.tk[i];
 }
 
 // Inversion for Binomial(n, q), n q < 10, from Philox block 0, run in lock step: k, or kScalar
@@ -337,8 +378,9 @@ void binomial_chunk(const T* counts, const double* p, double p_scalar, T* out, i
     pq[m] = q[j];
     m += (n[j] > 0.0) & (pp[j] > 0.0) & (pp[j] < 1.0) & (n[j] * q[j] >= 10.0);
   }
+  BtrsScratch scratch;
   for (uint32_t it = 0; it < kVectorPasses && m > 0; ++it) {
-    btrs_pass(pn, pq, prow, pelem, m, key, realisation, it, pk);
+    btrs_pass(pn, pq, prow, pelem, m, key, realisation, it, pk, scratch);
     int m2 = 0;
     for (int i = 0; i < m; ++i) {
       k[pos[i]] = pk[i];
