@@ -37,7 +37,7 @@ from .models.classifier import GalaxyClassifier, Preprocess, as_tensor, fit_late
 from .models.networks import build_network
 
 __all__ = ["train", "evaluate", "classification_metrics", "mmd2", "sinkhorn_divergence",
-           "plot_evaluation", "load_sim_split", "DA_METHODS", "MMD_BANDWIDTHS", "CLASSES",
+           "plot_evaluation", "load_sim_split", "dim_and_observe", "DA_METHODS", "MMD_BANDWIDTHS", "CLASSES",
            "BANDS"]
 
 log = logging.getLogger(__name__)
@@ -245,12 +245,79 @@ def plot_evaluation(results, path, *, title=None):
 # ------------------------------------------------------------------------------------------------
 # Simulated data, cached
 # ------------------------------------------------------------------------------------------------
-def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1, progress=False):
+_STREAM_DIM = 0x6D31  # random stream of the dimming (magnitude shift and photon draws)
+_DEPTH_CODE = {"y10": 10, "y1": 1}
+
+
+def dim_and_observe(images_y10, indices, *, seed, dm_range, depth, gain_y10, gain, sky):
+    r"""Make galaxies fainter by a random magnitude shift and observe them at a depth, exactly.
+
+    From a Y10 image in the counts model of ``docs/contracts.md`` (``k = g10 (f + s)``
+    electrons, Poisson), galaxy ``i`` is made fainter by ``dm_i`` magnitudes
+    (``a_i = 10^(-0.4 dm_i)``) and observed at a depth of gain (exposure) ``g <= g10``:
+
+    .. math::
+
+        k' = \mathrm{Binomial}(k, a g / g_{10}) + \mathrm{Poisson}(g (1 - a) s),\qquad
+        f' = k' / g - s,
+
+    which is exactly ``Poisson(g (a f + s))``: the same galaxy, ``dm`` magnitudes fainter, under
+    the same sky, at the new depth. (Y1 photons are a subset of the Y10 photons, as in a real
+    survey whose first-year coadd is part of the ten-year one.)
+
+    Parameters
+    ----------
+    images_y10 : numpy.ndarray (N, C, H, W)
+        Y10 images, sky-subtracted electron/s. Not modified.
+    indices : array-like of int (N,)
+        Global galaxy indices: the shift and the photon draws of galaxy ``i`` come from
+        ``numpy.random.SeedSequence([seed, i, stream, depth])`` and do not depend on batching.
+    seed : int
+    dm_range : (float, float)
+        ``dm`` is uniform in this range (the same ``dm`` for a galaxy at every depth).
+    depth : {"y10", "y1"}
+    gain_y10, gain, sky : array-like (C,)
+        Y10 gain, target-depth gain (electrons per data unit) and sky (data units) per band.
+
+    Returns
+    -------
+    (numpy.ndarray float32 (N, C, H, W), numpy.ndarray float64 (N,) the shifts dm)
+    """
+    x = np.asarray(images_y10)
+    g10 = np.asarray(gain_y10, float)[:, None, None]
+    g = np.asarray(gain, float)[:, None, None]
+    s = np.asarray(sky, float)[:, None, None]
+    if np.any(g > g10):
+        raise GalguardValueError(f"gain must be <= gain_y10 in every band, got {g.ravel()} and "
+                                 f"{g10.ravel()}")
+    lo, hi = map(float, dm_range)
+    if not 0 <= lo <= hi:
+        raise GalguardValueError(f"dm_range must satisfy 0 <= lo <= hi, got {dm_range!r}")
+    out = np.empty(x.shape, np.float32)
+    dms = np.empty(x.shape[0])
+    for j, idx in enumerate(np.asarray(indices, dtype=np.int64)):
+        dm = np.random.default_rng(
+            np.random.SeedSequence([seed, int(idx), _STREAM_DIM])).uniform(lo, hi)
+        a = 10.0 ** (-0.4 * dm)
+        rng = np.random.default_rng(
+            np.random.SeedSequence([seed, int(idx), _STREAM_DIM, _DEPTH_CODE[depth]]))
+        k = np.clip(np.rint(g10 * (x[j].astype(np.float64) + s)), 0, None).astype(np.int64)
+        kk = rng.binomial(k, np.broadcast_to(a * g / g10, k.shape))
+        kk = kk + rng.poisson(np.broadcast_to(g * (1.0 - a) * s, k.shape))
+        out[j] = kk / g - s
+        dms[j] = dm
+    return out, dms
+
+
+def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1, progress=False,
+                   dm_range=None):
     """Images and labels of simulated galaxies ``start .. start + n - 1`` at one depth.
 
     Calls :func:`galguard.sim.simulate` (at both depths, so that one rendering serves both) and,
     when ``cache_dir`` is given, keeps the result in
     ``cache_dir/sim_s{seed}_a{start}_n{n}_px{size}.npz`` so that a later call reads it back.
+    With ``dm_range`` the galaxies are made fainter by a random shift in that range and observed
+    at ``depth`` from their Y10 images (see :func:`dim_and_observe`; not cached).
 
     Returns
     -------
@@ -259,6 +326,25 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     depth = str(depth).lower()
     if depth not in ("y10", "y1"):
         raise GalguardValueError(f"depth must be 'y10' or 'y1', got {depth!r}")
+    if dm_range is not None and tuple(map(float, dm_range)) != (0.0, 0.0):
+        from . import sim
+
+        lo, hi = map(float, dm_range)
+        x10, labels = load_sim_split(seed=seed, start=start, n=n, depth="y10", size=size,
+                                     cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+        cpath = None
+        if cache_dir is not None:
+            cpath = Path(cache_dir) / f"sim_s{seed}_a{start}_n{n}_px{size}_dm{lo:g}-{hi:g}_{depth}.npy"
+            if cpath.exists():
+                return np.load(cpath, allow_pickle=False), labels
+        p10, pd = sim.depth_params("y10"), sim.depth_params(depth)
+        x, _ = dim_and_observe(x10, np.arange(start, start + n), seed=seed, dm_range=(lo, hi),
+                               depth=depth, gain_y10=p10["gain"], gain=pd["gain"], sky=pd["sky"])
+        if cpath is not None:
+            tmp = cpath.with_name(cpath.stem + ".tmp.npy")
+            np.save(tmp, x)
+            tmp.replace(cpath)
+        return x, labels
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"sim_s{seed}_a{start}_n{n}_px{size}.npz"

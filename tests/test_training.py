@@ -280,7 +280,48 @@ def test_parse_data_spec():
 
     assert parse_data_spec("T=sim:seed=1,start=5,n=3,depth=Y1") == (
         "T", "sim", {"seed": 1, "start": 5, "n": 3, "depth": "y1", "size": 100})
+    assert parse_data_spec("sim:seed=1,start=5,n=3,depth=y10,dm=0.5:2.5")[2]["dm_range"] == \
+        [0.5, 2.5]
     label, kind, p = parse_data_spec("/data/y1")
     assert (label, kind, str(p)) == ("y1", "path", "/data/y1")
     with pytest.raises(GalguardValueError, match=r"missing \['n'\]"):
         parse_data_spec("sim:seed=1,start=5,depth=y1")
+
+
+# ------------------------------------------------------------------------------------------------
+# Dimming: exact fainter-galaxy observation from Y10 photons
+# ------------------------------------------------------------------------------------------------
+def test_dim_and_observe_statistics():
+    from galguard.training import dim_and_observe
+
+    rng = np.random.default_rng(0)
+    g10, g1, s = np.array([100.0]), np.array([10.0]), np.array([5.0])
+    f = np.full((1, 1, 200, 200), 20.0)
+    k10 = rng.poisson(g10[0] * (f + s[0]))
+    x10 = (k10 / g10[0] - s[0]).astype(np.float32)
+    x10_copy = x10.copy()
+    out, dm = dim_and_observe(x10, [7], seed=1, dm_range=(1.0, 2.0), depth="y1",
+                              gain_y10=g10, gain=g1, sky=s)
+    np.testing.assert_array_equal(x10, x10_copy)  # not mutated
+    a = 10 ** (-0.4 * dm[0])
+    assert 1.0 <= dm[0] <= 2.0
+    n = out.size
+    var = (a * 20.0 + 5.0) / g1[0]  # Poisson(g (a f + s)) / g
+    # mean within 5 sigma of a*f; variance within 5 sigma (sd of a sample variance ~ var*sqrt(2/n))
+    assert abs(out.mean() - a * 20.0) < 5 * np.sqrt(var / n)
+    assert abs(out.var() - var) < 5 * var * np.sqrt(2 / n)
+    # the shift of a galaxy is the same at every depth and whatever the batch
+    _, dm2 = dim_and_observe(np.concatenate([x10, x10]), [3, 7], seed=1, dm_range=(1.0, 2.0),
+                             depth="y10", gain_y10=g10, gain=g10, sky=s)
+    assert dm2[1] == dm[0] and dm2[0] != dm[0]
+    # no dimming at Y10 depth is the identity
+    same, _ = dim_and_observe(x10, [7], seed=1, dm_range=(0.0, 0.0), depth="y10",
+                              gain_y10=g10, gain=g10, sky=s)
+    np.testing.assert_allclose(same, x10, atol=1e-4)
+    with pytest.raises(GalguardValueError, match="gain must be <= gain_y10"):
+        dim_and_observe(x10, [7], seed=1, dm_range=(0, 1), depth="y1", gain_y10=g1, gain=g10,
+                        sky=s)
+    with pytest.raises(GalguardValueError, match=r"dm_range must satisfy 0 <= lo <= hi, got "
+                                                 r"\(2, 1\)"):
+        dim_and_observe(x10, [7], seed=1, dm_range=(2, 1), depth="y1", gain_y10=g10, gain=g1,
+                        sky=s)

@@ -19,8 +19,8 @@ def register(subparsers):
         description=(
             "Evaluate a model on one or more labelled data sets. Each --data is "
             "[LABEL=]SPEC where SPEC is a FITS file or directory (labels from the TRUELAB header "
-            "or catalog column) or sim:seed=S,start=A,n=N,depth=y10|y1[,size=100] for galguard.sim "
-            "galaxies. Without --data, the held-out test galaxies recorded in the model card are "
+            "or catalog column) or sim:seed=S,start=A,n=N,depth=y10|y1[,size=100][,dm=LO:HI] for "
+            "galguard.sim galaxies (dm: made fainter, see galguard train --dm-range). Without --data, the held-out test galaxies recorded in the model card are "
             "used at Y10 and Y1. Writes OUT/evaluation.json, OUT/evaluation.ecsv and "
             "OUT/evaluation.png."),
     )
@@ -52,7 +52,7 @@ def parse_data_spec(spec):
                 raise GalguardValueError(f"data spec {spec!r}: expected key=value, got {item!r}")
             k, v = item.split("=", 1)
             fields[k.strip()] = v.strip()
-        unknown = set(fields) - {"seed", "start", "n", "depth", "size"}
+        unknown = set(fields) - {"seed", "start", "n", "depth", "size", "dm"}
         missing = {"seed", "start", "n", "depth"} - set(fields)
         if unknown or missing:
             raise GalguardValueError(
@@ -62,6 +62,9 @@ def parse_data_spec(spec):
             val = {"seed": int(fields["seed"]), "start": int(fields["start"]),
                    "n": int(fields["n"]), "depth": fields["depth"].lower(),
                    "size": int(fields.get("size", 100))}
+            if "dm" in fields:
+                lo, _, hi = fields["dm"].partition(":")
+                val["dm_range"] = [float(lo), float(hi or lo)]
         except ValueError as exc:
             raise GalguardValueError(f"data spec {spec!r}: {exc}") from None
         return label or val["depth"], "sim", val
@@ -77,7 +80,8 @@ def _load(kind, value, args):
     if kind == "sim":
         return load_sim_split(seed=value["seed"], start=value["start"], n=value["n"],
                               depth=value["depth"], size=value["size"],
-                              cache_dir=args.cache_dir, n_jobs=args.sim_jobs)
+                              cache_dir=args.cache_dir, n_jobs=args.sim_jobs,
+                              dm_range=value.get("dm_range"))
     from ..io import read_cutouts
 
     cut = read_cutouts(value)
@@ -108,8 +112,10 @@ def run(args):
             seed = (model.card.get("training_data") or {}).get("seed")
             if not test:
                 raise GalguardValueError("no --data given and the model card records no test set")
+            dm = (model.card.get("training_data") or {}).get("dm_range")
             specs = [(d.upper(), "sim", {"seed": seed, "start": test["start"], "n": test["n"],
-                                         "depth": d, "size": model.input_size})
+                                         "depth": d, "size": model.input_size,
+                                         **({"dm_range": dm} if dm else {})})
                      for d in test["depths"]]
         data = {label: _load(kind, value, args) for label, kind, value in specs}
         results = evaluate(model, data, batch_size=args.batch_size, n_bins=args.bins)

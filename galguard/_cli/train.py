@@ -43,6 +43,9 @@ def register(subparsers):
     g.add_argument("--test-start", type=int, default=9000)
     g.add_argument("--n-test", type=int, default=2000,
                    help="held-out galaxies evaluated at Y10 and Y1 after training (0: skip)")
+    g.add_argument("--dm-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="make each galaxy fainter by a uniform random LO..HI magnitudes, observed "
+                        "exactly from its Y10 photons (galguard.training.dim_and_observe)")
     g.add_argument("--cache-dir", type=Path, default=None,
                    help="keep simulated arrays here as .npz (keyed by seed, start, n, size)")
     g.add_argument("--sim-jobs", type=int, default=1, help="simulator worker processes")
@@ -80,6 +83,8 @@ def command_line(args):
         if is_flag:
             if v:
                 words.append(opt)
+        elif isinstance(v, (list, tuple)):
+            words += [opt, *map(str, v)]
         elif v is not None:
             words += [opt, str(v)]
     return shlex.join(words)
@@ -90,7 +95,7 @@ def _split(args, start, n, depth):
 
     return load_sim_split(seed=args.sim_seed, start=start, n=n, depth=depth, size=args.size,
                           cache_dir=args.cache_dir, n_jobs=args.sim_jobs,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, dm_range=args.dm_range)
 
 
 def run(args):
@@ -127,6 +132,10 @@ def run(args):
             "simulator": "galguard.sim.simulate", "galguard": __version__,
             "galsim": galsim.__version__, "seed": args.sim_seed, "size": args.size,
             "class_fractions": "balanced",
+            "dm_range": args.dm_range,
+            "dimming": ("each galaxy made fainter by dm ~ U(dm_range) magnitudes and observed at "
+                        "its depth from its Y10 photons (binomial thinning + Poisson sky), "
+                        "galguard.training.dim_and_observe" if args.dm_range else None),
             "source": {"depth": "y10", "start": args.source_start, "n": args.n_source,
                        "labelled": True,
                        "class_counts": np.bincount(ys, minlength=3).tolist()},
