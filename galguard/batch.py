@@ -442,6 +442,7 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
                    dynamic_ncols=True, smoothing=0.1)
     n_rows = n_bad = n_fragile = 0
     n_chunks = 0
+    fi = 0  # index in paths of the file the reader has reached
     pending = {}
     cs = int(config.chunk_size)
 
@@ -463,9 +464,18 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
             n = len(chunk)
             n_chunks += 1
             n_rows += n
-            if bar is not None and n_rows > bar.total:
-                bar.total = n_rows
-                bar.refresh()
+            if bar is not None and n:
+                # Rows per file so far -> estimated total, for the ETA (exact for files of one
+                # cutout; stacks are only known once opened).
+                last = str(chunk.meta["source"][-1])
+                try:
+                    fi = paths.index(last, fi)
+                except ValueError:
+                    pass
+                est = max(n_rows, int(round(n_rows / (fi + 1) * len(paths))))
+                if est != bar.total:
+                    bar.total = est
+                    bar.refresh()
             if k in done:
                 if bar is not None:
                     bar.update(n)
