@@ -422,6 +422,24 @@ def test_run_matches_galguard_check(model_path):
         np.testing.assert_array_equal(table[name], before[name])
 
 
+def test_default_config_with_the_shipped_model():
+    """The task's defaults (model "default", preset "default") on simulated 100 x 100 cutouts."""
+    from galguard import sim
+    data = sim.simulate(3, seed=21, size=100, depths=("y10",))["y10"]
+    meta = data.meta
+    table = make_cutouts_table(data.images, ids=np.asarray(meta["id"]),
+                               gain=np.asarray(meta["gain"]), sky=np.asarray(meta["sky"]),
+                               exptime=np.asarray(meta["exptime"]), bands="gri")
+    flags = GalguardCheckTask(config=GalguardCheckConfig()).run(table).flags
+    want = check(data.images, read_kwargs={"bands": "g,r,i", "meta": Table(
+        {"id": meta["id"], "gain": table["gain"], "sky": table["sky"],
+         "exptime": table["exptime"]})})
+    assert_same_flags(flags, want)
+    assert flags.meta["model_name"] == want.meta["model_name"]
+    assert json.loads(flags.meta["config"]) == CheckConfig().to_dict()
+    assert (flags["error"] == "").all() and (flags["pred_label"] >= 0).all()
+
+
 def test_run_same_seed_same_flags_other_seed_other_attack(model_path):
     table = make_table(3, seed=6)
     a = make_task(model_path, seed=3).run(table).flags
