@@ -627,3 +627,48 @@ def test_missing_hdu_and_empty_sources(tmp_path, rng):
     empty = read_cutouts([], bands="g,r", size=(4, 6))
     assert len(empty) == 0 and empty.data.shape == (0, 2, 4, 6) and empty.bands == ("g", "r")
     assert [len(c) for c in iter_cutouts([])] == [0]
+
+
+@pytest.mark.parametrize("backend", ["fitsio", "astropy"])
+def test_stack_is_read_in_slices(tmp_path, rng, monkeypatch, backend):
+    """iter_cutouts never asks the file for more than chunk_size rows at a time."""
+    import galguard.io._fits as fa
+
+    d = rng.normal(size=(40, 3, 8, 8)).astype(np.float32)
+    p = _write_stack(tmp_path / "s.fits", d)
+    cls = fa.FitsioAccess if backend == "fitsio" else fa.AstropyAccess
+    calls = []
+    orig = cls.read_image
+
+    def spy(self, i, start=None, stop=None):
+        calls.append((start, stop))
+        return orig(self, i, start, stop)
+
+    monkeypatch.setattr(cls, "read_image", spy)
+    got = Cutouts.concatenate(list(iter_cutouts(p, chunk_size=16, backend=backend)))
+    np.testing.assert_array_equal(got.data, d)
+    assert calls == [(0, 16), (16, 32), (32, 40)]
+
+
+def test_subtract_sky_policy():
+    rng = np.random.default_rng(5)
+    raw = rng.poisson(300.0, size=(2, 32, 32)).astype(np.float32)
+    auto = read_cutouts(raw, layout="stack", meta={"GAIN": 1.0, "EXPTIME": 1.0})
+    assert auto.meta["sky_removed"].all() and abs(np.median(auto.data)) < 2
+    never = read_cutouts(raw, layout="stack", meta={"GAIN": 1.0, "EXPTIME": 1.0}, subtract_sky=False)
+    assert not never.meta["sky_removed"].any()
+    np.testing.assert_array_equal(never.data[:, 0], raw)
+    # sky-subtracted data are left alone by "auto" but forced by True
+    flat = (raw - 300.0).astype(np.float32)
+    assert not read_cutouts(flat, layout="stack", meta={"GAIN": 1.0}).meta["sky_removed"].any()
+    assert read_cutouts(flat, layout="stack", meta={"GAIN": 1.0}, subtract_sky=True).meta["sky_removed"].all()
+
+
+def test_extensions_of_different_shapes_are_separate_items(tmp_path, rng):
+    a, b = _cube(rng, 1, 8, 8)[0], _cube(rng, 1, 12, 12)[0]
+    hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(a, name="A"), fits.ImageHDU(b, name="B")])
+    cut = read_cutouts(hdul, fill={"gain": 1, "sky": 1, "exptime": 1})
+    assert len(cut) == 2 and list(cut.meta["hdu"]) == ["1", "2"]
+    np.testing.assert_array_equal(cut.data[0, 0], a)
+    assert cut.meta["flags"][1] == Flag.RESIZED  # cropped to the first item's 8 x 8
+    np.testing.assert_array_equal(cut.data[1, 0], b[2:10, 2:10])
