@@ -95,10 +95,11 @@ class RawHeader(dict):
         return v
 
     def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        v = dict.get(self, key, default)
+        if type(v) is _Raw:
+            v = _card_value(v.text)
+            dict.__setitem__(self, key, v)
+        return v
 
     def items(self):
         return [(k, self[k]) for k in self.keys()]
@@ -200,6 +201,19 @@ def names_single_band(hv):
     return any(hv.get(k) is not None for k in SCALAR_KEYS["band"])
 
 
+_KEYS_CACHE = {}
+
+
+def _plane_keys(nplanes):
+    keys = _KEYS_CACHE.get(nplanes)
+    if keys is None:
+        keys = {name: [tmpl.format(n=n) for n in range(1, nplanes + 1)]
+                for name, tmpl in PLANE_KEYS.items()}
+        if nplanes <= 64:
+            _KEYS_CACHE[nplanes] = keys
+    return keys
+
+
 def plane_info(hv, nplanes):
     """Per-plane values from a header.
 
@@ -212,9 +226,9 @@ def plane_info(hv, nplanes):
     """
     out = {}
     get = hv.get
-    planes = range(1, nplanes + 1)
-    for name, tmpl in PLANE_KEYS.items():
-        vals = [get(tmpl.format(n=n)) for n in planes]
+    keys = _plane_keys(nplanes)
+    for name in PLANE_KEYS:
+        vals = [get(k) for k in keys[name]]
         if None in vals:
             if name == "band":
                 bnames = _bands_keyword(hv, nplanes)
