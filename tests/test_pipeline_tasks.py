@@ -473,6 +473,25 @@ def test_run_bad_cutouts_become_error_rows(model_path):
     np.testing.assert_array_equal(flags["probs"][[0, 2]], good["probs"])
 
 
+def test_run_all_cutouts_bad_and_masked_pixels(model_path):
+    column = np.empty(2, dtype=object)
+    column[0], column[1] = "not an image", np.zeros((4, 4))
+    table = Table({"id": [1, 2], "image": column, "gain": np.ones((2, 3))})
+    flags = make_task(model_path).run(table).flags
+    assert ((flags["flags"] & int(Flag.BAD_INPUT)) != 0).all()
+    assert "not numeric" in flags["error"][0] and "shape (C, H, W)" in flags["error"][1]
+
+    images = make_table(2, seed=15)
+    masked = Table(images, masked=True)
+    masked["image"].mask[0, 1, 3:5, 3:5] = True
+    masked["image"].mask[1] = True
+    rows = split_cutouts_table(masked)
+    assert rows.mask.sum() == 4 + rows.mask[1].size and rows.good.all()
+    flags = make_task(model_path).run(masked).flags
+    assert flags["error"][0] == "" and flags["error"][1] != ""
+    assert list((flags["flags"] & int(Flag.BAD_INPUT)) != 0) == [False, True]
+
+
 def test_run_cutouts_of_the_wrong_size_are_resized(model_path):
     images = make_images(2, seed=8, size=SIZE + 4)
     table = make_cutouts_table(images, gain=2.0, sky=50.0, exptime=30.0, bands="gri")

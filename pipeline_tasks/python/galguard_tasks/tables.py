@@ -67,14 +67,17 @@ class CutoutRows:
         Band names of the C planes, or None when the table has no ``band`` column.
     errors : numpy.ndarray
         (N,) str; empty where the row is usable, otherwise why it is not.
+    mask : numpy.ndarray
+        (N, C, H, W) bool, True for pixels masked in a masked ``image`` column.
     """
 
-    def __init__(self, ids, images, per_band, bands, errors):
+    def __init__(self, ids, images, per_band, bands, errors, mask=None):
         self.ids = ids
         self.images = images
         self.per_band = per_band
         self.bands = bands
         self.errors = errors
+        self.mask = np.zeros(images.shape, bool) if mask is None else mask
 
     def __len__(self):
         return len(self.ids)
@@ -104,7 +107,7 @@ class CutoutRows:
         model's is centre-cropped or padded and flagged ``RESIZED``.
         """
         n = len(self)
-        mask = np.zeros(self.images.shape, dtype=bool)
+        mask = self.mask.copy()
         mask[~self.good] = True
         meta = Table()
         meta["id"] = np.arange(n, dtype=np.int64)
@@ -147,8 +150,10 @@ def _image_rows(column, n):
         if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
             raise GalguardValueError(
                 f"cutouts['image'] must hold numbers, got dtype {data.dtype}")
-        # Always a copy: callers zero bad rows and non-finite pixels in place.
-        return np.array(data, dtype=np.float32, order="C", copy=True), errors
+        # Always a copy: callers zero bad rows in place.
+        images = np.array(data, dtype=np.float32, order="C", copy=True)
+        mask = np.ma.getmaskarray(column) if np.ma.isMaskedArray(column) else None
+        return images, errors, mask
 
     rows = [None] * n
     shapes = {}
@@ -164,7 +169,7 @@ def _image_rows(column, n):
         rows[i] = arr
         shapes[arr.shape] = shapes.get(arr.shape, 0) + 1
     if not shapes:
-        return np.zeros((n, 1, 1, 1), np.float32), errors
+        return np.zeros((n, 1, 1, 1), np.float32), errors, None
     # The most common shape; on a tie, the one seen first (dicts keep insertion order).
     shape = max(shapes, key=shapes.get)
     images = np.zeros((n, *shape), np.float32)
@@ -175,7 +180,7 @@ def _image_rows(column, n):
             errors[i] = f"image has shape {arr.shape}, expected {shape} like the other cutouts"
             continue
         images[i] = arr
-    return images, errors
+    return images, errors, None
 
 
 def split_cutouts_table(table):
@@ -204,8 +209,11 @@ def split_cutouts_table(table):
         raise GalguardValueError(
             f"cutouts must have an 'image' column, got columns {table.colnames}")
     n = len(table)
-    images, errors = _image_rows(table[IMAGE_COLUMN], n)
+    images, errors, mask = _image_rows(table[IMAGE_COLUMN], n)
     channels = images.shape[1]
+    # With no usable image the plane count is unknown: nothing to check the other columns
+    # against, and every row is already an error row.
+    any_good = bool(np.any(errors == ""))
 
     if ID_COLUMN in table.colnames:
         ids = np.array(table[ID_COLUMN])
@@ -220,7 +228,8 @@ def split_cutouts_table(table):
             values = table[name]
             if getattr(values, "mask", None) is not None and np.any(values.mask):
                 values = values.filled(np.nan)
-            per_band[name] = _per_band_array(name, values, n, channels)
+            if any_good:
+                per_band[name] = _per_band_array(name, values, n, channels)
 
     bands = None
     if BAND_COLUMN in table.colnames:
@@ -235,7 +244,7 @@ def split_cutouts_table(table):
                 if v != values[0]:
                     errors[i] = (f"band {v!r} differs from {values[0]!r} of the first cutout; "
                                  "put cutouts of different bands in separate datasets")
-        if values:
+        if values and any_good:
             bands = tuple(b.strip() for b in values[0].split(",") if b.strip())
             if len(bands) != channels:
                 raise GalguardValueError(
@@ -244,7 +253,7 @@ def split_cutouts_table(table):
 
     for i in np.flatnonzero(errors != ""):
         images[i] = 0.0
-    return CutoutRows(ids, images, per_band, bands, errors.astype(str))
+    return CutoutRows(ids, images, per_band, bands, errors.astype(str), mask=mask)
 
 
 def make_cutouts_table(images, *, ids=None, gain=None, sky=None, exptime=None, bands=None):
