@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-import galguard
 from galguard.check import CheckConfig, check
 from galguard.errors import GalguardValueError
 from galguard.flags import Flag
