@@ -277,7 +277,8 @@ class _Grid:
 
 
 def _disk_coords(grid, x0, y0, pa, q):
-    """Disk-plane coordinates (u, v) for a thin disc at (x0, y0), position angle pa, axis ratio q."""
+    """Disc-plane coordinates (u, v) of a thin disc at (x0, y0), position angle pa, axis ratio q.
+    """
     dx = grid.x - x0
     dy = grid.y - y0
     c, s = math.cos(pa), math.sin(pa)
@@ -593,7 +594,11 @@ def _render(seed, index, label, size):
 
 
 def _observe(noiseless, depth, seed, index):
-    """One noisy realisation of a noiseless (3, H, W) image at ``depth`` (electron/s, sky-subtracted)."""
+    """One noisy realisation of a noiseless (3, H, W) image at ``depth``.
+
+    Returns sky-subtracted electron/s: ``k / gain - sky`` with ``k ~ Poisson(gain * (f + sky))``
+    drawn from the stream keyed on ``(seed, index, depth)``.
+    """
     p = depth_params(depth)
     rng = np.random.default_rng(
         np.random.SeedSequence([seed, index, _STREAM_NOISE, _DEPTH_CODE[depth]]))
@@ -623,8 +628,8 @@ class SimData:
         and the structural parameters (NaN where they do not apply): ``half_light_radius``
         (arcsec), ``axis_ratio``, ``sersic_n``, ``bulge_fraction``, ``n_arms``,
         ``pitch_angle`` (deg), ``separation`` (arcsec), ``flux_ratio``, ``tidal_fraction``,
-        ``tidal_features``, ``n_neighbours`` (unrelated field galaxies in the stamp). ``meta.meta`` holds
-        ``seed``, ``depth``, ``bands``, ``pixscale``.
+        ``tidal_features``, ``n_neighbours`` (unrelated field galaxies in the stamp).
+        ``meta.meta`` holds ``seed``, ``depth``, ``bands``, ``pixscale``.
     depth : str
         'y10' or 'y1'.
     seed : int
@@ -1004,6 +1009,17 @@ def make_mosaic(sims, path, *, max_per_class=6, dpi=100):
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    GalguardValueError
+        If ``sims`` is not a `SimData` or a dict of them, or ``max_per_class`` < 1.
+
+    Notes
+    -----
+    Bands are brought to a common AB flux unit, then i, r, g are shown as red, green, blue
+    with an arcsinh stretch (Q = 10) set from each galaxy's first-depth r-band image, so the
+    depths of one galaxy share a display scale.
     """
     import matplotlib
 
