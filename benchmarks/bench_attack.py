@@ -262,7 +262,10 @@ def section_latent(args, res):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--n", type=int, default=6, help="galaxies (from the shipped Y10 sample)")
+    p.add_argument("--n", type=int, default=6, help="galaxies")
+    p.add_argument("--data", choices=("sample", "sim"), default="sample",
+                   help="the shipped sample (33 galaxies) or fresh galguard.sim galaxies "
+                        "(indices from --sim-start)")
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--depth", default="y10")
     p.add_argument("--threads", type=int, default=1)
@@ -299,12 +302,21 @@ def main(argv=None):
                 fh.write(json.dumps(res, indent=2))
         return
     model = load_model(args.model).eval()
-    cut = read_cutouts(sample_path(args.depth))[args.start:args.start + args.n]
-    x = torch.from_numpy(cut.data.copy())
+    if args.data == "sample":
+        cut = read_cutouts(sample_path(args.depth))[args.start:args.start + args.n]
+        x = torch.from_numpy(cut.data.copy())
+        truth = np.asarray(cut.meta["true_label"])
+    else:
+        from galguard.sim import simulate
+        sim = simulate(args.n, seed=args.sim_seed, start=args.sim_start + args.start,
+                       depths=(args.depth,))[args.depth]
+        x = torch.from_numpy(sim.images)
+        truth = sim.labels
     labels = predict(model, x).argmax(1)
     res = dict(model=str(getattr(model, "name", args.model)), threads=args.threads,
                kernels_backend=kernels.backend(), torch=torch.__version__, n=len(x),
-               labels=labels.tolist(), true_labels=np.asarray(cut.meta["true_label"]).tolist())
+               labels=labels.tolist(), true_labels=np.asarray(truth).tolist(),
+               data=args.data)
     sections = args.sections.split(",")
     if "equal" in sections:
         section_equal(model, x, labels, args, res)

@@ -17,7 +17,7 @@ from galguard.models.networks import ConvNet
 
 SIZE = 16
 N = 6
-FAST = dict(preset="default", noise_realisations=3)
+FAST = dict(preset="fast", noise_realisations=3)
 
 
 def galaxies(n=N, seed=0):
@@ -101,7 +101,7 @@ def test_columns_rows_meta_and_flags(model):
     assert t.meta["model_name"] == "tiny-test"
     assert t.meta["model_sha256"] == "0" * 64
     assert t.meta["seed"] == 3
-    assert cfg.seed == 3 and cfg.preset == "default" and cfg.noise_realisations == 3
+    assert cfg.seed == 3 and cfg.preset == "fast" and cfg.noise_realisations == 3
     assert json.loads(t.meta["flag_bits"])["ONEPIXEL_FLIP"] == int(Flag.ONEPIXEL_FLIP)
 
 
