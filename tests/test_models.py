@@ -95,6 +95,14 @@ def test_preprocess_constants_and_formula():
     assert y.max() <= (np.arcsinh(0.85) + 1) / 2 + 1e-6  # ~0.88, as in the paper
 
 
+def test_preprocess_inverse():
+    pre = Preprocess.from_data(_images(10, 16, seed=4))
+    x = torch.from_numpy(_images(3, 16, seed=6))
+    x = torch.maximum(torch.minimum(x, pre.hi.view(1, -1, 1, 1)), pre.lo.view(1, -1, 1, 1))
+    torch.testing.assert_close(pre.inverse(pre(x)), x, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pre.inverse(torch.full((3,), 0.5)), torch.zeros(3))
+
+
 def test_preprocess_is_frozen_and_per_galaxy():
     """A galaxy's prediction does not depend on the other galaxies in its batch."""
     m = _model()

@@ -95,6 +95,16 @@ class Preprocess(nn.Module):
         x = torch.clamp(x, self.lo.view(shape), self.hi.view(shape))
         return (torch.asinh(self.scale.view(shape) * x) + 1.0) / 2.0
 
+    def inverse(self, y):
+        """Raw flux that maps to preprocessed value ``y``: ``sinh(2 y - 1) / scale``.
+
+        Exact for ``y`` in the image of ``[lo, hi]``; values outside it invert to flux beyond the
+        clip limits (which the forward map would clip). ``y`` is a tensor (N, C, H, W) or (C,).
+        """
+        y = torch.as_tensor(y, dtype=self.scale.dtype, device=self.scale.device)
+        shape = (1, -1, 1, 1) if y.ndim == 4 else (-1,)
+        return torch.sinh(2.0 * y - 1.0) / self.scale.view(shape)
+
     def constants(self):
         """The constants as plain lists (for the model card)."""
         return {"clip_lo": self.lo.tolist(), "clip_hi": self.hi.tolist(),
