@@ -61,16 +61,17 @@ GG_CLONES void ptrs_propose(const double* __restrict__ lam, const uint32_t* __re
 
 // The rest of poisson_draw_from's decision for proposals the squeeze did not accept:
 // k (accepted), kRejected (next block) or kScalar (k < 10 needs the tail table).
-GG_CLONES void ptrs_test(const double* __restrict__ lam, const double* __restrict__ prop,
-                         const double* __restrict__ us_in, const double* __restrict__ v_in,
-                         int count, double* __restrict__ k_out) {
-  for (int j = 0; j < count; ++j) {
+GG_CLONES void ptrs_test(const int* __restrict__ pos, int count, const double* __restrict__ lam,
+                         const double* __restrict__ prop, const double* __restrict__ us_in,
+                         const double* __restrict__ v_in, double* __restrict__ k_out) {
+  for (int i = 0; i < count; ++i) {
+    const int j = pos[i];
     const double l = lam[j], k = prop[j], us = us_in[j], v = v_in[j];
     const PtrsConstants pc = ptrs_constants(l);
     const bool reject = (k < 0.0) | ((us < 0.013) & (v > us));
     const bool exact = ptrs_log_hat(pc, us, v) <= ptrs_log_f(l, k, stirling_series(k));
     const bool big = k >= 10.0;
-    k_out[j] = reject ? kRejected : (big ? (exact ? k : kRejected) : kScalar);
+    k_out[i] = reject ? kRejected : (big ? (exact ? k : kRejected) : kScalar);
   }
 }
 
@@ -78,24 +79,19 @@ GG_CLONES void ptrs_test(const double* __restrict__ lam, const double* __restric
 // elements the squeeze left undecided. k_out as in ptrs_test, or k from the squeeze.
 struct Scratch {
   int pos[kChunk];
-  double prop[kChunk], us[kChunk], v[kChunk];
-  double tlam[kChunk], tprop[kChunk], tus[kChunk], tv[kChunk], tk[kChunk];
+  double prop[kChunk], us[kChunk], v[kChunk], tk[kChunk];
 };
 
 void ptrs_pass(const double* lam, const uint32_t* row, const uint32_t* elem, int count, Key key,
                uint32_t realisation, uint32_t it, double* k_out, Scratch& s) {
   ptrs_propose(lam, row, elem, count, key, realisation, it, k_out, s.prop, s.us, s.v);
   int m = 0;
-  for (int j = 0; j < count; ++j) {  // branch-free compaction
+  for (int j = 0; j < count; ++j) {  // branch-free compaction of the undecided indices
     s.pos[m] = j;
-    s.tlam[m] = lam[j];
-    s.tprop[m] = s.prop[j];
-    s.tus[m] = s.us[j];
-    s.tv[m] = s.v[j];
     m += k_out[j] == kPending;
   }
   if (m == 0) return;
-  ptrs_test(s.tlam, s.tprop, s.tus, s.tv, m, s.tk);
+  ptrs_test(s.pos, m, lam, s.prop, s.us, s.v, s.tk);
   for (int i = 0; i < m; ++i) k_out[s.pos[i]] = s.tk[i];
 }
 
