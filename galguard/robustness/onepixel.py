@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 #: DE rand/1 with F = 0.5, no crossover). ``fast`` and ``default`` are screening presets (DE
 #: best/1 with binomial crossover CR = 0.9, which converges much faster on one-pixel problems);
 #: their recall against ``paper`` is measured in BENCHMARKS.md: on 100 simulated galaxies and the
-#: paper's ConvNet, ``fast`` (at most 1.6% of paper's evaluations per galaxy) and ``default``
-#: (9.1%) found about 92% and 97% of the flips ``paper`` found. ``default`` is what
-#: `galguard.check` uses; with the ConvNet it costs at most 3661 evaluations (~0.6 s on one
-#: core) per galaxy that does not flip.
+#: paper's ConvNet, ``fast`` found 93% of the flips ``paper`` found with 1.9% of its model
+#: evaluations, ``default`` 100% with 9.2%. ``default`` is what `galguard.check` uses; with the
+#: ConvNet it costs at most 3661 evaluations (under a second on one core) per galaxy that does
+#: not flip. Prefer ``fast`` for models without incremental evaluation (e.g. ResNet18) on a CPU.
 PRESETS = {
     "paper": dict(popsize=400, max_iter=100, F=0.5, crossover=None, strategy="rand1",
                   init="random"),
