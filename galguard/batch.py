@@ -447,7 +447,6 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     cs = int(config.chunk_size)
 
     def finish(futures):
-        nonlocal n_bad, n_fragile
         for f in futures:
             k, n = pending.pop(f)
             table = f.result()
@@ -512,7 +511,6 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     if stale:
         raise GalguardValueError(f"the journal {str(journal.dir)!r} holds chunks {stale[:5]} "
                                  f"beyond the {n_chunks} chunks of the inputs")
-    from .check import CheckConfig  # noqa: F401 - config type documented above
     writer = CatalogWriter(output, meta=meta, format=fmt)
     try:
         for k in range(n_chunks):
