@@ -181,7 +181,11 @@ class IncrementalEvaluator:
                 sy, sx = oy, ox
             inp = _gather(clean, b, gy, gx, gh, gw)       # (n, Cin, gh, gw)
             inp = _overwrite(inp, win, sy - gy, sx - gx)
-            win = F.conv2d(inp, m.weight, m.bias) if kind == "conv" else F.max_pool2d(inp, 2)
+            if kind == "conv":
+                win = F.conv2d(inp, m.weight, m.bias)
+            else:  # 2 x 2 max pool of an even-sized window
+                nn_, cc = inp.shape[:2]
+                win = inp.reshape(nn_, cc, gh // 2, 2, gw // 2, 2).amax(dim=(3, 5))
             oy, ox = noy, nox
         # Bottleneck: clean latent + W[:, window] @ (new - clean). Candidates sharing a final
         # window origin share the weight block, so they go through one matrix product.
@@ -207,10 +211,11 @@ class IncrementalEvaluator:
 def _gather(maps, b, oy, ox, h, w):
     """Windows maps[b, :, oy:oy+h, ox:ox+w] for each candidate -> (n, C, h, w)."""
     dev = maps.device
-    rows = oy[:, None] + torch.arange(h, device=dev)     # (n, h)
-    cols = ox[:, None] + torch.arange(w, device=dev)     # (n, w)
-    return maps[b[:, None, None, None], torch.arange(maps.shape[1], device=dev)[None, :, None, None],
-                rows[:, None, :, None], cols[:, None, None, :]]
+    _, C, H, W = maps.shape
+    base = (b * (C * H * W) + oy * W + ox)[:, None, None, None]
+    offs = (torch.arange(C, device=dev) * (H * W))[:, None, None] \
+        + (torch.arange(h, device=dev) * W)[:, None] + torch.arange(w, device=dev)
+    return torch.take(maps, base + offs)
 
 
 def _overwrite(inp, win, dy, dx):
@@ -225,7 +230,9 @@ def _overwrite(inp, win, dy, dx):
     ty = torch.where((ty >= 0) & (ty < H), ty, torch.full_like(ty, H))
     tx = torch.where((tx >= 0) & (tx < W), tx, torch.full_like(tx, W))
     big = F.pad(inp, (0, 1, 0, 1))
-    big[torch.arange(n, device=dev)[:, None, None, None],
-        torch.arange(Cc, device=dev)[None, :, None, None],
-        ty[:, None, :, None], tx[:, None, None, :]] = win
+    Hb, Wb = H + 1, W + 1
+    flat = (torch.arange(n, device=dev) * (Cc * Hb * Wb))[:, None, None, None] \
+        + (torch.arange(Cc, device=dev) * (Hb * Wb))[None, :, None, None] \
+        + (ty * Wb)[:, None, :, None] + tx[:, None, None, :]
+    big.view(-1)[flat.reshape(-1)] = win.reshape(-1)
     return big[:, :, :H, :W]
