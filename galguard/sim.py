@@ -244,6 +244,7 @@ class _Grid:
         self.os = _OVERSAMPLE
         self.n = size * self.os
         self.scale = PIXEL_SCALE / self.os
+        self.width = size * PIXEL_SCALE
         c = (np.arange(self.n) + 0.5) * self.scale - size * PIXEL_SCALE / 2.0
         self.x = c[None, :]
         self.y = c[:, None]
@@ -331,10 +332,32 @@ def _round_n(n):
     return round(n * 2.0) / 2.0
 
 
-def _sersic(n, hlr, q, pa, x0, y0):
+_R0_PER_HLR = {}  # Sersic scale radius / half-light radius, per index n
+_TRUNC_HLR = 30.0  # truncate Sersic profiles (n >= 2) whose 30 x hlr exceeds the stamp width
+
+
+def _sersic(n, hlr, q, pa, x0, y0, *, width):
+    """Sersic profile of unit untruncated flux, truncated beyond the stamp.
+
+    Large profiles (n >= 2, ``30 * hlr`` > ``width``) are truncated at ``trunc`` >= 1.2 ``width``:
+    the profile is the untruncated one within ``trunc``, so the pixels of the
+    stamp are unchanged (to ~1e-6 of the peak) while GalSim's FFT grid shrinks (up to 30x faster
+    for large, high-n profiles). It is built in units of its scale radius with ``trunc`` rounded
+    up to a power of sqrt(2), then dilated, so that GalSim's per-(n, trunc) tables are reused.
+    """
     import galsim
 
-    prof = galsim.Sersic(n=_round_n(n), half_light_radius=hlr)
+    n = _round_n(n)
+    if n < 2.0 or hlr * _TRUNC_HLR < width:
+        # the profile's extent (as GalSim sizes its FFT) already fits: no truncation needed
+        prof = galsim.Sersic(n=n, half_light_radius=hlr)
+    else:
+        if n not in _R0_PER_HLR:
+            _R0_PER_HLR[n] = galsim.Sersic(n=n, half_light_radius=1.0).scale_radius
+        r0 = _R0_PER_HLR[n] * hlr
+        rmax = 2.0 ** (math.ceil(2.0 * math.log2(1.2 * width / r0)) / 2.0)
+        prof = galsim.Sersic(n=n, scale_radius=1.0, flux=1.0, trunc=rmax,
+                             flux_untruncated=True).dilate(r0)
     if q < 0.999:
         prof = prof.shear(q=q, beta=pa * galsim.radians)
     return prof.shift(x0, y0)
@@ -345,6 +368,7 @@ def _centre_jitter(rng):
 
 
 def _make_spiral(rng, grid, mag_r):
+    w = grid.width  # truncation scale of the Sersic components
     comps = []
     x0, y0 = _centre_jitter(rng)
     pa = rng.uniform(0, math.pi)
@@ -355,14 +379,16 @@ def _make_spiral(rng, grid, mag_r):
     hlr_bulge = float(np.clip(rng.uniform(0.1, 0.25) * hlr_disk, 0.2, 0.7))
     n_bulge = rng.choice([2.0, 2.5, 3.0, 3.5, 4.0])
     comps.append(("gs", "red", bt,
-                  _sersic(n_bulge, hlr_bulge, min(1.0, q + rng.uniform(0.2, 0.4)), pa, x0, y0)))
+                  _sersic(n_bulge, hlr_bulge, min(1.0, q + rng.uniform(0.2, 0.4)), pa, x0, y0,
+                          width=w)))
     has_bar = rng.uniform() < 0.3
     bar_len = 0.0
     if has_bar:
         bar_len = rng.uniform(0.6, 1.2) * h
         bar_pa = rng.uniform(0, math.pi)
         comps.append(("gs", "red", rng.uniform(0.04, 0.08),
-                      _sersic(0.5, bar_len * 0.6, rng.uniform(0.2, 0.35), bar_pa, x0, y0)))
+                      _sersic(0.5, bar_len * 0.6, rng.uniform(0.2, 0.35), bar_pa, x0, y0,
+                              width=w)))
     m = int(rng.choice([2, 2, 3, 4]))
     pitch = math.radians(rng.uniform(15.0, 32.0) + 3.0 * (m - 2))
     phase = rng.uniform(0, 2 * math.pi)
@@ -402,36 +428,42 @@ def _make_spiral(rng, grid, mag_r):
 
 
 def _make_elliptical(rng, grid, mag_r):
+    w = grid.width  # truncation scale of the Sersic components
     x0, y0 = _centre_jitter(rng)
     pa = rng.uniform(0, math.pi)
     q = rng.uniform(0.55, 1.0)
     n = _round_n(rng.uniform(3.0, 5.0))
     hlr = _size_for_mag(rng, mag_r, 1.2, 0.5, 3.0)
-    comps = [("gs", "early", 1.0, _sersic(n, hlr, q, pa, x0, y0))]
+    comps = [("gs", "early", 1.0, _sersic(n, hlr, q, pa, x0, y0, width=w))]
     params = {"half_light_radius": hlr, "axis_ratio": q, "sersic_n": n}
     return comps, params
 
 
-def _curve(rng, grid, x0, y0, phi0, r0, length, curl, width, n_pts=400, decay=0.6):
-    """A curved stream starting at radius r0 from (x0, y0) towards angle phi0, blurred."""
+def _curve(rng, x0, y0, phi0, r0, length, curl, n_pts=400, decay=0.6):
+    """Points (x, y, w) of a curved stream from radius r0 around (x0, y0), weights sum to 1."""
     t = np.linspace(0.0, 1.0, n_pts)
     rad = r0 + length * t
     phi = phi0 + curl * t
-    x = x0 + rad * np.cos(phi)
-    y = y0 + rad * np.sin(phi)
     w = np.exp(-t / decay) * (1.0 + 0.3 * rng.normal(size=n_pts)).clip(0.2)
-    return _gauss_blur(grid.splat(x, y, w), width, grid)
+    return x0 + rad * np.cos(phi), y0 + rad * np.sin(phi), w / w.sum()
 
 
-def _shell(grid, x0, y0, radius, centre_angle, half_open, width, n_pts=300):
+def _shell(x0, y0, radius, centre_angle, half_open, n_pts=300):
+    """Points (x, y, w) of a shell arc around (x0, y0), brightest at its middle; sum(w) = 1."""
     a = np.linspace(-half_open, half_open, n_pts)
-    x = x0 + radius * np.cos(centre_angle + a)
-    y = y0 + radius * np.sin(centre_angle + a)
     w = np.sqrt(np.clip(np.cos(0.5 * np.pi * a / half_open), 0.0, None)) + 0.05
+    return (x0 + radius * np.cos(centre_angle + a), y0 + radius * np.sin(centre_angle + a),
+            w / w.sum())
+
+
+def _blurred(grid, pieces, width):
+    """Splat the (x, y, w) point sets at once and blur them with a Gaussian of ``width``."""
+    x, y, w = (np.concatenate(v) for v in zip(*pieces))
     return _gauss_blur(grid.splat(x, y, w), width, grid)
 
 
 def _make_merger(rng, grid, mag_r):
+    w = grid.width  # truncation scale of the Sersic components
     comps = []
     xc, yc = _centre_jitter(rng)
     sep = rng.uniform(1.0, 4.0)
@@ -453,10 +485,12 @@ def _make_merger(rng, grid, mag_r):
     pa2 = rng.uniform(0, math.pi)
     # each galaxy: a compact nucleus plus an envelope, so that two nuclei are visible
     nuc = rng.uniform(0.15, 0.3)
-    comps.append(("gs", "mixed", f1 * (1 - nuc), _sersic(n1, hlr1, q1, pa1, x1, y1)))
-    comps.append(("gs", "red", f1 * nuc, _sersic(3.0, max(0.15, 0.2 * hlr1), 0.9, pa1, x1, y1)))
-    comps.append(("gs", "mixed", f2 * (1 - nuc), _sersic(n2, hlr2, q2, pa2, x2, y2)))
-    comps.append(("gs", "red", f2 * nuc, _sersic(3.0, max(0.15, 0.2 * hlr2), 0.9, pa2, x2, y2)))
+    comps.append(("gs", "mixed", f1 * (1 - nuc), _sersic(n1, hlr1, q1, pa1, x1, y1, width=w)))
+    comps.append(("gs", "red", f1 * nuc,
+                  _sersic(3.0, max(0.15, 0.2 * hlr1), 0.9, pa1, x1, y1, width=w)))
+    comps.append(("gs", "mixed", f2 * (1 - nuc), _sersic(n2, hlr2, q2, pa2, x2, y2, width=w)))
+    comps.append(("gs", "red", f2 * nuc,
+                  _sersic(3.0, max(0.15, 0.2 * hlr2), 0.9, pa2, x2, y2, width=w)))
     disturbed = rng.uniform() < 0.6
     if disturbed:  # a lopsided common envelope of stripped stars: light moved off both galaxies
         f_env = rng.uniform(0.1, 0.25)
@@ -466,38 +500,37 @@ def _make_merger(rng, grid, mag_r):
         comps.append(("gs", "mixed", (f1 + f2) * f_env,
                       _sersic(1.0, max(hlr1, sep * rng.uniform(0.7, 1.3)), rng.uniform(0.35, 0.8),
                               ang + rng.normal(0.0, 0.4), xc + off * math.cos(off_ang),
-                              yc + off * math.sin(off_ang))))
-    # tidal tails: antisymmetric pair, same sense of rotation
+                              yc + off * math.sin(off_ang), width=w)))
+    # tidal tails: antisymmetric pair, same sense of rotation; point sets are blurred together
     sense = rng.choice([-1.0, 1.0])
-    tails = np.zeros((grid.n, grid.n))
+    streams = []
     n_tails = int(rng.choice([1, 2, 2]))
-    for k, (xa, ya, hl, base) in enumerate(((x1, y1, hlr1, ang + math.pi),
-                                            (x2, y2, hlr2, ang))[:n_tails]):
+    for xa, ya, hl, base in ((x1, y1, hlr1, ang + math.pi), (x2, y2, hlr2, ang))[:n_tails]:
         phi0 = base + sense * rng.uniform(0.3, 1.2)
         length = rng.uniform(2.5, 7.0)
         curl = sense * rng.uniform(0.6, 1.8)
-        width = rng.uniform(0.25, 0.6)
-        t = _curve(rng, grid, xa, ya, phi0, 0.7 * hl, length, curl, width)
-        tails += t / max(t.sum(), 1e-30) * rng.uniform(0.6, 1.0)
+        x, y, w = _curve(rng, xa, ya, phi0, 0.7 * hl, length, curl)
+        streams.append((x, y, w * rng.uniform(0.6, 1.0)))
     feature = "tails"
-    if rng.uniform() < 0.4:  # shells around the primary
-        n_sh = int(rng.integers(2, 5))
-        base = rng.uniform(0, 2 * math.pi)
-        for j in range(n_sh):
-            rad = hlr1 * (1.3 + 0.9 * j) + rng.uniform(0, 0.4)
-            s = _shell(grid, x1, y1, rad, base + math.pi * j + rng.normal(0, 0.3),
-                       rng.uniform(0.6, 1.3), rng.uniform(0.12, 0.25))
-            tails += s / max(s.sum(), 1e-30) * 0.5 * 0.8 ** j
-        feature = "tails+shells"
     if rng.uniform() < 0.5:  # a bridge between the nuclei
         xs = np.linspace(x1, x2, 200) + rng.normal(0, 0.05, 200)
         ys = np.linspace(y1, y2, 200) + rng.normal(0, 0.05, 200)
-        b = _gauss_blur(grid.splat(xs, ys, np.ones(200)), rng.uniform(0.3, 0.5), grid)
-        tails += b / max(b.sum(), 1e-30) * 0.3
+        streams.append((xs, ys, np.full(200, 0.3 / 200)))
         feature += "+bridge"
+    tidal = _blurred(grid, streams, rng.uniform(0.25, 0.6))
+    if rng.uniform() < 0.4:  # sharp-edged shells around the primary
+        shells = []
+        base = rng.uniform(0, 2 * math.pi)
+        for j in range(int(rng.integers(2, 5))):
+            rad = hlr1 * (1.3 + 0.9 * j) + rng.uniform(0, 0.4)
+            x, y, w = _shell(x1, y1, rad, base + math.pi * j + rng.normal(0, 0.3),
+                             rng.uniform(0.6, 1.3))
+            shells.append((x, y, w * 0.5 * 0.8 ** j))
+        tidal += _blurred(grid, shells, rng.uniform(0.12, 0.25))
+        feature += "+shells"
     if disturbed:
         feature += "+envelope"
-    comps.append(("np", "tidal", f_tidal, tails))
+    comps.append(("np", "tidal", f_tidal, tidal))
     params = {"half_light_radius": hlr1, "axis_ratio": q1, "sersic_n": n1,
               "separation": sep, "flux_ratio": ratio, "tidal_fraction": f_tidal,
               "tidal_features": feature}
@@ -507,7 +540,7 @@ def _make_merger(rng, grid, mag_r):
 _MAKERS = (_make_spiral, _make_elliptical, _make_merger)
 
 
-def _neighbours(seed, index):
+def _neighbours(seed, index, width):
     """Unrelated faint field galaxies in the stamp (any class, 25% of stamps).
 
     Returns components whose weights are fluxes relative to the main galaxy's r-band flux.
@@ -524,7 +557,7 @@ def _neighbours(seed, index):
         comps.append(("gs", _colour(rng, "field"), weight,
                       _sersic(_round_n(rng.uniform(1.0, 4.0)), rng.uniform(0.25, 0.8),
                               rng.uniform(0.4, 1.0), rng.uniform(0, math.pi),
-                              rad * math.cos(phi), rad * math.sin(phi))))
+                              rad * math.cos(phi), rad * math.sin(phi), width=width)))
     return comps
 
 
@@ -555,7 +588,7 @@ def _render(seed, index, label, size):
                                0.55, 1.1) for b in BANDS])
     psf_e = rng.normal(0.0, 0.015, size=(3, 2))
     comps += [(kind, col, weight, obj, False) for kind, col, weight, obj in
-              _neighbours(seed, index)]
+              _neighbours(seed, index, grid.width)]
     out = np.zeros((3, size, size))
     band_flux = np.zeros(3)
     for bi, band in enumerate(BANDS):
@@ -569,7 +602,7 @@ def _render(seed, index, label, size):
             if flux <= 0:
                 continue
             if kind == "gs":
-                gs_parts.append(obj.withFlux(flux))
+                gs_parts.append(obj * flux)  # obj has unit untruncated flux
             else:
                 tot = obj.sum()
                 if tot > 0:
