@@ -6,7 +6,8 @@ Measures, in one run:
    and tidal features), and the time to add counts-model noise at Y10 and Y1;
 2. the alternative for the numpy components: wrapping each band's pattern in
    galsim.InterpolatedImage and letting GalSim convolve it with the PSF;
-3. end-to-end throughput of ``simulate(n, depths=("y10", "y1"))`` with 1 and 2 worker processes.
+3. Sersic profiles truncated beyond the stamp versus untruncated (ellipticals);
+4. end-to-end throughput of ``simulate(n, depths=("y10", "y1"))`` with 1 and 2 worker processes.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_sim.py [--n 300]``
 """
@@ -72,6 +73,28 @@ def interpolated_alternative(repeat):
     return _time(ours, repeat), _time(alternative, repeat), rel
 
 
+def truncation(repeat):
+    """Ellipticals with large Sersic profiles truncated beyond the stamp (default) or not."""
+    labels = sim.class_labels(np.arange(400), seed=5)
+    idx = [int(i) for i in np.flatnonzero(labels == 1)[:repeat]]
+    out = {}
+    images = {}
+    saved = sim._TRUNC_HLR
+    try:
+        for name, value in (("truncated", saved), ("untruncated", 0.0)):
+            sim._TRUNC_HLR = value
+            for i in idx[:5]:
+                sim._render(5, i, 1, 100)  # warm caches
+            t0 = time.perf_counter()
+            images[name] = [sim._render(5, i, 1, 100)[0] for i in idx]
+            out[name] = (time.perf_counter() - t0) / len(idx)
+    finally:
+        sim._TRUNC_HLR = saved
+    diff = max(float(np.abs(a - b).max() / b.max())
+               for a, b in zip(images["truncated"], images["untruncated"]))
+    return out, diff
+
+
 def throughput(n):
     out = {}
     for jobs in (1, 2):
@@ -95,8 +118,13 @@ def main():
     print(f"   scipy fftconvolve on the 3x grid  {1e3 * ours:7.2f}")
     print(f"   galsim.InterpolatedImage          {1e3 * alt:7.2f}   ratio {alt / ours:5.1f}x"
           f"   max rel. difference {rel:.3f}")
+    tr, diff = truncation(args.repeat)
+    print("3. noiseless elliptical, Sersic truncated beyond the stamp or not (ms per galaxy)")
+    print(f"   truncated (ours)  {1e3 * tr['truncated']:7.1f}")
+    print(f"   untruncated       {1e3 * tr['untruncated']:7.1f}   ratio "
+          f"{tr['untruncated'] / tr['truncated']:4.2f}x   max difference {diff:.1e} of the peak")
     tp = throughput(args.n)
-    print(f"3. simulate({args.n}, both depths): ms per galaxy (wall)")
+    print(f"4. simulate({args.n}, both depths): ms per galaxy (wall)")
     for jobs, v in tp.items():
         print(f"   n_jobs={jobs}  {1e3 * v:7.1f}   -> 5000 galaxies in {5000 * v / 60:5.1f} min")
     print(f"   speed-up with 2 workers: {tp[1] / tp[2]:.2f}x")
