@@ -326,3 +326,10 @@ def test_class_labels_arguments_and_no_mutation():
         sim.class_labels([0], class_fractions="lots")
     custom = sim.class_labels(np.arange(100), class_fractions=(0.5, 0.5, 0.0))
     assert np.bincount(custom, minlength=3).tolist() == [50, 50, 0]
+
+
+def test_class_labels_rejects_float_indices_and_huge_seed():
+    with pytest.raises(GalguardValueError, match="indices must be integers, got dtype float64"):
+        sim.class_labels([1.5])
+    with pytest.raises(GalguardValueError, match="seed must be <= 9223372036854775807"):
+        sim.simulate(1, seed=2**63)
