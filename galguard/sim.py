@@ -25,6 +25,7 @@ import logging
 import math
 import multiprocessing
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -819,6 +820,7 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
         if bar is not None:
             bar.update(len(pars))
 
+    t0 = time.perf_counter()
     try:
         if n_jobs == 1 or len(starts) <= 1:
             for s in starts:
@@ -837,6 +839,8 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
     finally:
         if bar is not None:
             bar.close()
+    logger.info("rendered %d galaxies (seed %d, from index %d) at %s in %.1f s with %d process(es)",
+                n, seed, start, "+".join(depths), time.perf_counter() - t0, n_jobs)
 
     out = {}
     for d in depths:
@@ -997,6 +1001,7 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
         hdus.append(fits.BinTableHDU.from_columns(cols, name="CATALOG"))
         _atomic_write(hdus, targets[0], overwrite)
         return targets
+    logger.debug("writing %d file(s) to %s", len(targets), outdir)
     for i, t in enumerate(targets):
         hdus = _image_hdus(simdata.images[i], _galaxy_header(simdata, i), compress,
                            1 + int(idx[i]) % 10000)
