@@ -424,6 +424,8 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     done = journal.open(resume=resume)
     if resume:
         log.info("resuming: %d finished chunk(s) in %s", len(done), journal.dir)
+        for stale in output.parent.glob(f".{output.name}.*.tmp"):  # a final write cut short
+            stale.unlink(missing_ok=True)
 
     if dask_scheduler or dask_local:
         threads = 1

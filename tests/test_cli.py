@@ -304,7 +304,10 @@ def test_resume_uses_journaled_chunks_and_refuses_other_runs(files, model_path, 
     assert cli.main(["check", *map(str, files[:4]), "-o", str(out), "--resume",
                      *cheap(model_path)]) == cli.EXIT_USAGE
     assert "inputs_hash" in capsys.readouterr().err
-    # The same run resumes: chunk 0 is not recomputed, the catalog equals the full run.
+    # The same run resumes: chunk 0 is not recomputed, the catalog equals the full run, and a
+    # temporary file of a final write cut short is cleaned up.
+    stale = tmp_path / ".cat.parquet.x1y2.tmp"
+    stale.write_bytes(b"half")
     calls.clear()
 
     def recording(chunk, config, model, *, offset, device=None):
@@ -319,7 +322,7 @@ def test_resume_uses_journaled_chunks_and_refuses_other_runs(files, model_path, 
         batch.check_chunk = real
     assert calls == [3, 6]
     assert_same_rows(t, read_catalog(out))
-    assert not jdir.exists()
+    assert not jdir.exists() and not stale.exists()
 
 
 def test_demo_help_mentions_out_dir(capsys):
