@@ -11,11 +11,15 @@ import dataclasses
 
 import numpy as np
 
+import galguard.check
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
+from galguard.check import CheckConfig
 from galguard.flags import VERDICT_FLAGS, Flag
+from galguard.robustness.noise import MODES
+from galguard.robustness.onepixel import PRESETS
 
 from .tables import split_cutouts_table
 
@@ -51,6 +55,13 @@ class GalguardCheckConnections(pipeBase.PipelineTaskConnections, dimensions=()):
 
 _VERDICT_NAMES = tuple(f.name for f in Flag if f.value and f & VERDICT_FLAGS)
 
+# The defaults are galguard.check's own (CheckConfig), so the task and the library never drift.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CheckConfig)}
+_PRESET_DOCS = {name: ", ".join(f"{k}={v}" for k, v in sorted(p.items()))
+                for name, p in PRESETS.items()}
+_MODE_DOCS = {"thin": "exact binomial thinning of the electron counts",
+              "poisson": "additive Poisson noise (an approximation)"}
+
 #: Config fields passed to `galguard.check` as keyword options (``model`` and ``device`` are
 #: passed as its own arguments; ``bounds`` and ``fragile_flags`` are converted).
 CHECK_OPTIONS = ("preset", "seed", "noise", "noise_realisations", "depth_fraction", "noise_mode",
@@ -77,7 +88,7 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     model = pexConfig.Field(
         dtype=str,
-        default="default",
+        default=_DEFAULTS["model"],
         doc="Model name (see galguard.models.available()) or path to a model's .safetensors "
             "file (its .json card beside it).",
     )
@@ -90,35 +101,31 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     preset = pexConfig.ChoiceField(
         dtype=str,
-        default="default",
+        default=_DEFAULTS["preset"],
         optional=False,
-        allowed={
-            "default": "population 40, 30 generations: suits a CPU",
-            "fast": "population 60, 60 generations",
-            "paper": "the DeepAdversaries budget: population 400, 100 generations",
-        },
+        allowed=_PRESET_DOCS,
         doc="One-pixel attack budget preset (galguard.robustness.PRESETS).",
     )
     seed = pexConfig.RangeField(
         dtype=int,
-        default=0,
+        default=_DEFAULTS["seed"],
         min=0,
         doc="Seed of every random draw (noise and attack); same seed, same flags.",
     )
     noise = pexConfig.Field(
         dtype=bool,
-        default=True,
+        default=_DEFAULTS["noise"],
         doc="Run the noise-stability check (needs per-cutout gain and sky).",
     )
     noise_realisations = pexConfig.RangeField(
         dtype=int,
-        default=10,
+        default=_DEFAULTS["noise_realisations"],
         min=1,
         doc="Shallower-depth noise realisations per cutout.",
     )
     depth_fraction = pexConfig.RangeField(
         dtype=float,
-        default=0.1,
+        default=_DEFAULTS["depth_fraction"],
         min=0.0,
         max=1.0,
         inclusiveMin=False,
@@ -127,28 +134,25 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     noise_mode = pexConfig.ChoiceField(
         dtype=str,
-        default="thin",
+        default=_DEFAULTS["noise_mode"],
         optional=False,
-        allowed={
-            "thin": "exact binomial thinning of the electron counts",
-            "poisson": "additive Poisson noise (an approximation)",
-        },
+        allowed={mode: _MODE_DOCS.get(mode, mode) for mode in MODES},
         doc="How shallower-depth realisations are drawn.",
     )
     onepixel = pexConfig.Field(
         dtype=bool,
-        default=True,
+        default=_DEFAULTS["onepixel"],
         doc="Run the one-pixel attack.",
     )
     pixels = pexConfig.RangeField(
         dtype=int,
-        default=1,
+        default=_DEFAULTS["pixels"],
         min=1,
         doc="Pixels changed by the attack.",
     )
     bounds = pexConfig.ChoiceField(
         dtype=str,
-        default="cutout",
+        default=_DEFAULTS["bounds"],
         optional=False,
         allowed={
             "cutout": "each band's own [min, max] in the cutout: a plausible bad pixel",
@@ -166,7 +170,7 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     low_confidence = pexConfig.RangeField(
         dtype=float,
-        default=0.5,
+        default=_DEFAULTS["low_confidence"],
         min=0.0,
         max=1.0,
         inclusiveMax=True,
@@ -174,7 +178,7 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     noise_flip_threshold = pexConfig.RangeField(
         dtype=float,
-        default=0.2,
+        default=_DEFAULTS["noise_flip_threshold"],
         min=0.0,
         max=1.0,
         inclusiveMax=True,
@@ -183,34 +187,35 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     latent_shift_threshold = pexConfig.RangeField(
         dtype=float,
-        default=1.0,
+        default=_DEFAULTS["latent_shift_threshold"],
         min=0.0,
         doc="LATENT_SHIFT when a latent shift, in units of the model's mean class-centroid "
             "separation, exceeds this.",
     )
     ood_threshold = pexConfig.RangeField(
         dtype=float,
-        default=2.0,
+        default=_DEFAULTS["ood_threshold"],
         min=0.0,
         doc="OUT_OF_DISTRIBUTION when the out-of-distribution score (about 1 for "
             "training-like cutouts) exceeds this.",
     )
     fragile_flags = pexConfig.ListField(
         dtype=str,
-        default=["ONEPIXEL_FLIP", "NOISE_UNSTABLE", "OUT_OF_DISTRIBUTION", "LOW_CONFIDENCE"],
+        default=[name for name in _VERDICT_NAMES
+                 if int(Flag[name]) & int(_DEFAULTS["fragile_flags"])],
         itemCheck=lambda name: name in _VERDICT_NAMES,
         doc=f"Verdict flags (names among {', '.join(_VERDICT_NAMES)}) that make a row "
             "'fragile'.",
     )
     batch_size = pexConfig.RangeField(
         dtype=int,
-        default=256,
+        default=_DEFAULTS["batch_size"],
         min=1,
         doc="Images per model call for predictions and noise; affects speed and memory only.",
     )
     attack_batch_size = pexConfig.RangeField(
         dtype=int,
-        default=None,
+        default=_DEFAULTS["attack_batch_size"],
         optional=True,
         min=1,
         doc="Candidate images per model call in the one-pixel attack (None: the attack's "
@@ -218,7 +223,7 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
     )
     chunk_size = pexConfig.RangeField(
         dtype=int,
-        default=256,
+        default=_DEFAULTS["chunk_size"],
         min=1,
         doc="Cutouts processed together; affects memory only.",
     )
@@ -305,9 +310,6 @@ class GalguardCheckTask(pipeBase.PipelineTask):
             If the table as a whole does not have the cutout layout (no ``image`` column, an
             ``image`` column that is not (N, C, H, W), ...).
         """
-        # Imported here (torch) so that building a quantum graph does not pay for it.
-        from galguard.check import check as galguard_check
-
         if len(cutouts) == 0:
             raise pipeBase.NoWorkFound("the cutout table has no rows")
         rows = split_cutouts_table(cutouts)
@@ -316,7 +318,7 @@ class GalguardCheckTask(pipeBase.PipelineTask):
                              np.count_nonzero(~rows.good), len(rows),
                              rows.errors[~rows.good][0])
         images, read_kwargs = rows.check_input()
-        flags = galguard_check(images, model=self.config.model, device=self.config.device,
+        flags = galguard.check.check(images, model=self.config.model, device=self.config.device,
                                read_kwargs=read_kwargs, **self.config.check_options())
         # The table's own ids (which may be strings), its source, and our reason for each row
         # that could not be used (galguard.io saw those as fully masked cutouts).
