@@ -438,7 +438,8 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
           epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999),
           patience=6, warmup_epochs=None, mmd_weight=0.01, grad_clip=10.0, seed=0,
           checkpoint_dir=None, resume=False, progress=True, num_threads=None, name=None,
-          card=None, bn_samples=1024, loss_weight_lr=None, min_delta=1e-4):
+          card=None, bn_samples=1024, loss_weight_lr=None, min_delta=1e-4,
+          init_loss_weights="data"):
     """Train a `GalaxyClassifier` on labelled source data, optionally adapting to a target domain.
 
     Parameters
@@ -491,6 +492,12 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         Learning rate of SIDDA's loss weights ``e1, e2`` (default ``10 * lr``: with 1e-3 they
         move by ~0.03 per epoch and the Sinkhorn term, free to shrink the latent space, collapsed
         it in a trial run; SIDDA trains everything with lr 1e-2).
+    init_loss_weights : {"data", "ones"}, optional
+        Start of SIDDA's ``e1, e2``: "ones" as in SIDDA, or "data" (default): the square roots
+        of the cross-entropy and Sinkhorn divergence of the first adapted batch, the values the
+        weights move towards. With "ones", the divergence of our 256-d latents (~90 at the start
+        of adaptation against a cross-entropy of ~0.1) swamped the cross-entropy and collapsed
+        the latent space (validation accuracy 0.35).
     bn_samples : int, optional
         Training galaxies (per domain) used to recompute the batch-norm statistics after every
         epoch, before validation (see Notes).
@@ -526,6 +533,9 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         raise GalguardValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
     if warmup_epochs >= epochs and da != "none":
         raise GalguardValueError(f"warmup_epochs ({warmup_epochs}) must be < epochs ({epochs})")
+    if init_loss_weights not in ("data", "ones"):
+        raise GalguardValueError(f"init_loss_weights must be 'data' or 'ones', got "
+                                 f"{init_loss_weights!r}")
     if resume and checkpoint_dir is None:
         raise GalguardValueError("resume=True needs checkpoint_dir")
     classes, bands = tuple(classes), tuple(bands)
@@ -591,6 +601,7 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                   "mmd_weight": float(mmd_weight),
                   "grad_clip": None if grad_clip is None else float(grad_clip),
                   "bn_samples": int(bn_samples),
+                  "init_loss_weights": init_loss_weights if da == "sinkhorn" else None,
                   "loss_weight_lr": (None if da != "sinkhorn" else
                                      10.0 * lr if loss_weight_lr is None else float(loss_weight_lr)),
                   "seed": int(seed), "n_source": int(ns), "n_validation": int(xv.shape[0]),
@@ -616,6 +627,7 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                                      f"checkpoint; pass resume=True or use a new directory")
 
         steps = max(1, ns // batch_size)
+        weights_ready = init_loss_weights == "ones" or start_epoch > warmup_epochs
         # fixed galaxies for the batch-norm recalibration before each validation
         brng = np.random.default_rng([seed, 11])
         bn_order = (torch.from_numpy(brng.permutation(ns)[:bn_samples]),
@@ -655,6 +667,15 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                     loss = ce + mmd_weight * dom
                 elif use_da and da == "sinkhorn":
                     dom, _ = sinkhorn_divergence(zs, zt)
+                    if not weights_ready:
+                        # start each learned weight where it is heading (e_i^2 = L_i minimises
+                        # L_i / (2 e_i^2) + log e_i), so that neither term swamps the other
+                        with torch.no_grad():
+                            loss_w.copy_(torch.stack([ce.detach(), dom.detach()]).clamp_min(
+                                1e-6).sqrt())
+                            loss_w[0].clamp_(min=1e-3)
+                            loss_w[1].clamp_(min=0.25 * float(loss_w[0]))
+                        weights_ready = True
                     e1, e2 = loss_w[0], loss_w[1]
                     loss = ce / (2 * e1 ** 2) + dom / (2 * e2 ** 2) + torch.log(e1.abs() * e2.abs())
                 else:

@@ -157,12 +157,16 @@ def test_train_is_deterministic(data):
 @pytest.mark.parametrize("da", ["mmd", "sinkhorn"])
 def test_domain_adaptation_runs(data, da):
     m = _train(data, da=da, epochs=2, warmup_epochs=1)
+    if da == "sinkhorn":  # SIDDA's own start e1 = e2 = 1 runs too
+        ones = _train(data, da=da, epochs=2, warmup_epochs=1, init_loss_weights="ones")
+        assert ones.card["training"]["config"]["init_loss_weights"] == "ones"
     h = m.card["training"]["history"]
     assert [r["domain_loss_on"] for r in h] == [False, True]
     assert h[0]["train_domain"] == 0.0 and np.isfinite(h[1]["train_domain"])
     assert h[1]["train_domain"] > 0
     assert m.card["training"]["best_epoch"] == 1  # warm-up epochs cannot be selected
     if da == "sinkhorn":
+        assert m.card["training"]["config"]["init_loss_weights"] == "data"
         e1, e2 = h[1]["loss_weights"]
         assert e1 >= 1e-3 and e2 >= 0.25 * e1
         assert m.card["training"]["loss_weights"]["e1"] == e1
@@ -216,6 +220,9 @@ def test_train_validates_arguments(data):
         train(xs, ys[:5], progress=False)
     with pytest.raises(GalguardValueError, match=r"source must have shape \(N, C, H, W\)"):
         train(xs[0], ys, progress=False)
+    with pytest.raises(GalguardValueError, match="init_loss_weights must be 'data' or 'ones', "
+                                                 "got 'zeros'"):
+        train(xs, ys, target=xt, da="sinkhorn", init_loss_weights="zeros")
     with pytest.raises(GalguardValueError, match="epochs must be a positive integer, got 0"):
         train(xs, ys, epochs=0)
     with pytest.raises(GalguardValueError, match=r"target must have shape \(M, 3, 32, 32\)"):

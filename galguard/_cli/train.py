@@ -58,6 +58,9 @@ def register(subparsers):
     g.add_argument("--warmup-epochs", type=int, default=None,
                    help="CE-only epochs before the domain loss (default 0; 3 for sinkhorn)")
     g.add_argument("--mmd-weight", type=float, default=0.01)
+    g.add_argument("--init-loss-weights", choices=["data", "ones"], default="data",
+                   help="start of SIDDA's learned loss weights (default data: sqrt of the first "
+                        "adapted batch's losses; ones: SIDDA's e1 = e2 = 1)")
     g.add_argument("--loss-weight-lr", type=float, default=None,
                    help="learning rate of SIDDA's learned loss weights (default 10 x --lr)")
     g.add_argument("--seed", type=int, default=0, help="training seed")
@@ -154,7 +157,7 @@ def run(args):
             da=args.da, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, patience=args.patience,
             warmup_epochs=args.warmup_epochs, mmd_weight=args.mmd_weight, seed=args.seed,
-            loss_weight_lr=args.loss_weight_lr,
+            loss_weight_lr=args.loss_weight_lr, init_loss_weights=args.init_loss_weights,
             checkpoint_dir=args.checkpoint_dir, resume=args.resume,
             progress=not args.no_progress, num_threads=args.threads, name=args.name,
             card={"name": args.name, "command": command, "training_data": data_card})
