@@ -231,6 +231,7 @@ def save(model, path, *, card=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": CARD_FORMAT})
+    path.chmod(0o644)  # readable like the rest of an installed package
     arch = {"ConvNet": "convnet", "ResNet18": "resnet18"}.get(type(model.network).__name__)
     if card is None:
         card = model.card
