@@ -277,3 +277,15 @@ def test_tensors_stay_on_device(device):
     for name in ("success", "x", "y", "values", "label", "prob", "queries", "images"):
         assert getattr(res, name).device.type == device, name
     assert res.success.all()
+
+
+def test_extremes_init_and_zero_generations():
+    # With max_iter=0 only the initial population is evaluated; every member ties for a model
+    # that ignores its input, so the first (p % 4 == 0: the band maxima) is returned.
+    images = planted_images(2)
+    images[:, 2] *= 5.0
+    res = OnePixelAttack(Constant(), popsize=8, max_iter=0, init="extremes")(
+        images, torch.zeros(2, dtype=torch.int64))
+    assert torch.equal(res.values, images.amax(dim=(2, 3)))
+    assert torch.equal(res.generations, torch.zeros(2, dtype=torch.int64))
+    assert torch.equal(res.queries, torch.full((2,), 8))
