@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Subprocesses started by the tests (``python -c``, ``python -m galguard``) must import the
+# installed galguard, with its compiled core, not the source tree in the current directory.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 
 def _cuda_available():
