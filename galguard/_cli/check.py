@@ -73,8 +73,8 @@ def add_check_options(p):
     g.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="images per model call (default: 256)")
     g.add_argument("--chunk-size", type=int, default=256, metavar="N",
-                   help="cutouts read and checked together; the unit of the journal "
-                        "(default: 256)")
+                   help="cutouts read and checked together; the unit of the journal, so "
+                        "--resume needs the same value (default: 256)")
 
 
 def config_from_args(args):
