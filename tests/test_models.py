@@ -286,11 +286,12 @@ def test_load_errors_name_the_argument(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_shipped_models_listed():
     names = available()
-    for n in ("convnet_none", "convnet_mmd", "convnet_sinkhorn", "default"):
+    for n in ("convnet_none", "convnet_mmd", "convnet_mmd_w1", "convnet_sinkhorn", "default"):
         assert n in names
 
 
-@pytest.mark.parametrize("name", ["convnet_none", "convnet_mmd", "convnet_sinkhorn", "default"])
+@pytest.mark.parametrize("name", ["convnet_none", "convnet_mmd", "convnet_mmd_w1",
+                                  "convnet_sinkhorn", "default"])
 def test_shipped_model_loads_with_complete_card(name):
     m = load(name)
     for key in REQUIRED_CARD_KEYS:
@@ -307,3 +308,4 @@ def test_shipped_model_loads_with_complete_card(name):
     p = m.predict(np.zeros((2, 3, 100, 100), np.float32))
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
     assert {"y10", "y1"} <= set(m.card["metrics"])
+    assert m.card["training_data"]["target"]["labels_used"] is False
