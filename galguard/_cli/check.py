@@ -50,9 +50,11 @@ def add_check_options(p):
 
     g = p.add_argument_group("checks")
     g.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                   help="one-pixel attack budget: 'default' (population 40, 30 generations, "
-                        "sized for a CPU), 'fast', or 'paper' (DeepAdversaries: 400 x 100) "
-                        "(default: %(default)s)")
+                   help="one-pixel attack budget, population x generations: "
+                        + ", ".join(f"'{name}' ({p['popsize']} x {p['max_iter']})"
+                                    for name, p in PRESETS.items())
+                        + "; 'paper' is the DeepAdversaries budget, 'default' is sized for a "
+                          "CPU (default: %(default)s)")
     g.add_argument("--model", default="default",
                    help="shipped model name or path to NAME.safetensors with its NAME.json card "
                         "(default: %(default)s)")
