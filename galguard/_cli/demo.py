@@ -120,10 +120,11 @@ def run(args):
 
     from ..batch import expand_inputs, run_batch
     from ..catalog import read_catalog
-    from ..cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+    from ..cli import EXIT_OK, EXIT_USAGE
     from ..errors import GalguardValueError
     from ..report import make_report
     from ..sim import sample_path
+    from . import call_reporting_errors
     from .check import config_from_args
 
     t0 = time.perf_counter()
@@ -139,20 +140,17 @@ def run(args):
     catalog = out / CATALOG_NAME
     print(f"galguard demo: checking {len(paths)} simulated galaxies from {sample} with model "
           f"{args.model!r}, preset {args.preset!r}", file=sys.stderr)
-    try:
+    def steps():
         res = run_batch(paths, catalog, config=config, model=args.model, device=args.device,
                         overwrite=True, progress=not args.quiet and sys.stderr.isatty())
-        table = read_catalog(catalog)
-        print(summary_table(table))
-        rep = make_report(catalog, out / REPORT_NAME, title="galguard demo",
-                          model=args.model)
-    except GalguardValueError as exc:
-        print(f"galguard demo: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001
-        log.debug("failure", exc_info=True)
-        print(f"galguard demo: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        print(summary_table(read_catalog(catalog)))
+        rep = make_report(catalog, out / REPORT_NAME, title="galguard demo", model=args.model)
+        return res, rep
+
+    done, code = call_reporting_errors("galguard demo", steps)
+    if code is not None:
+        return code
+    res, rep = done
     for note in rep.notes:
         log.warning("%s", note)
     print(f"\nwrote {res.path} and {rep.path} in {time.perf_counter() - t0:.1f} s; next: "

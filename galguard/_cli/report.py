@@ -51,21 +51,16 @@ def register(subparsers):
 
 def run(args):
     """Run ``galguard report``; returns an exit code."""
-    from ..cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-    from ..errors import GalguardValueError
+    from ..cli import EXIT_OK
     from ..report import make_report
+    from . import call_reporting_errors
 
-    try:
-        rep = make_report(args.catalog, args.output, gallery=args.gallery,
-                          max_points=args.max_points, method=args.method, model=args.model,
-                          seed=args.seed, title=args.title)
-    except GalguardValueError as exc:
-        print(f"galguard report: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001
-        log.debug("failure", exc_info=True)
-        print(f"galguard report: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    rep, code = call_reporting_errors(
+        "galguard report", make_report, args.catalog, args.output, gallery=args.gallery,
+        max_points=args.max_points, method=args.method, model=args.model, seed=args.seed,
+        title=args.title)
+    if code is not None:
+        return code
     for note in rep.notes:
         log.warning("%s", note)
     print(f"wrote {rep.path}: {rep.counts['n']} cutouts, {rep.counts['fragile']} fragile, "
