@@ -41,19 +41,27 @@ def galaxies(n, seed=0):
     return out
 
 
-def make_model(path):
+def tiny_classifier(x, *, name, latent_dim=8, tweak=None, **kwargs):
+    """An untrained ConvNet classifier for images ``x`` (N, 3, H, W): batch-norm statistics and
+    latent statistics (labels ``i % 3``) taken from ``x``; ``tweak(model)`` may edit the weights
+    in between. Also used by test_report.py and test_check.py."""
     torch.manual_seed(0)
-    net = ConvNet(in_channels=3, n_classes=3, input_size=SIZE, latent_dim=8)
-    x = galaxies(64, seed=1)
+    net = ConvNet(in_channels=3, n_classes=3, input_size=x.shape[-1], latent_dim=latent_dim)
     m = GalaxyClassifier(net, Preprocess.from_data(x), classes=("spiral", "elliptical", "merger"),
-                         bands="gri", input_size=SIZE, name="tiny-cli")
+                         bands="gri", input_size=x.shape[-1], name=name, **kwargs)
     with torch.no_grad():
         m.train()
         m(torch.from_numpy(x))  # batch-norm statistics on the scale of the data
         m.eval()
+        if tweak is not None:
+            tweak(m)
         lat, _ = m(torch.from_numpy(x))
-    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(64) % 3, 3))
-    return save(m, path)[0]
+    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(len(x)) % 3, 3))
+    return m
+
+
+def make_model(path):
+    return save(tiny_classifier(galaxies(64, seed=1), name="tiny-cli"), path)[0]
 
 
 def write_files(d, n, seed=0):
@@ -339,18 +347,8 @@ def _model_100(path):
     from galguard.io import read_cutouts
     from galguard.sim import sample_path
 
-    torch.manual_seed(0)
     x = read_cutouts(sample_path("y10")).data
-    net = ConvNet(in_channels=3, n_classes=3, input_size=100, latent_dim=8)
-    m = GalaxyClassifier(net, Preprocess.from_data(x), classes=("spiral", "elliptical", "merger"),
-                         bands="gri", input_size=100, name="random100")
-    with torch.no_grad():
-        m.train()
-        m(torch.from_numpy(x))
-        m.eval()
-        lat, _ = m(torch.from_numpy(x))
-    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(len(x)) % 3, 3))
-    return save(m, path)[0]
+    return save(tiny_classifier(x, name="random100"), path)[0]
 
 
 def test_demo_writes_catalog_and_report_and_prints_a_table(tmp_path, capsys, monkeypatch):

@@ -32,23 +32,15 @@ def make_fragile_model(path):
     """The tiny test model with its class logits scaled up and centred, so that single pixels
     and shallower-depth noise flip a good share of its predictions."""
     from galguard.models import save
-    from galguard.models.classifier import GalaxyClassifier, Preprocess, fit_latent_stats
-    from galguard.models.networks import ConvNet
 
-    torch.manual_seed(0)
-    net = ConvNet(in_channels=3, n_classes=3, input_size=_h.SIZE, latent_dim=8)
     x = _h.galaxies(64, seed=1)
-    m = GalaxyClassifier(net, Preprocess.from_data(x), classes=("spiral", "elliptical", "merger"),
-                         bands="gri", input_size=_h.SIZE, name="fragile")
-    with torch.no_grad():
-        m.train()
-        m(torch.from_numpy(x))
-        m.eval()
-        net.classifier.weight.mul_(30.0)
-        lat, logits = m(torch.from_numpy(x))
-        net.classifier.bias.sub_(logits.mean(0))
-    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(64) % 3, 3))
-    return save(m, path)[0]
+
+    def sharpen(m):
+        m.network.classifier.weight.mul_(30.0)
+        _, logits = m(torch.from_numpy(x))
+        m.network.classifier.bias.sub_(logits.mean(0))
+
+    return save(_h.tiny_classifier(x, name="fragile", tweak=sharpen), path)[0]
 
 
 @pytest.fixture(scope="module")
