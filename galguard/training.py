@@ -24,6 +24,7 @@ import copy
 import json
 import logging
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -48,6 +49,23 @@ DA_METHODS = ("none", "mmd", "sinkhorn")
 #: Bandwidths ``s`` of the Gaussian kernels ``exp(-d^2 / (2 s))`` in the DeepAdversaries MMD.
 MMD_BANDWIDTHS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0,
                   35.0, 100.0, 1e3, 1e4, 1e5, 1e6)
+
+
+def _save_atomic(path, write):
+    """Write a cache file through a temporary file unique to this process, then rename it, so that
+    concurrent runs sharing a cache directory never see (or clobber) each other's partial files."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,9 +359,7 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
         x, _ = dim_and_observe(x10, np.arange(start, start + n), seed=seed, dm_range=(lo, hi),
                                depth=depth, gain_y10=p10["gain"], gain=pd["gain"], sky=pd["sky"])
         if cpath is not None:
-            tmp = cpath.with_name(cpath.stem + ".tmp.npy")
-            np.save(tmp, x)
-            tmp.replace(cpath)
+            _save_atomic(cpath, lambda f: np.save(f, x))
         return x, labels
     path = None
     if cache_dir is not None:
@@ -363,9 +379,7 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     labels = np.asarray(out["y10"].labels, dtype=np.int64)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, labels=labels, **arrays)
-        tmp.replace(path)
+        _save_atomic(path, lambda f: np.savez(f, labels=labels, **arrays))
     return arrays[f"images_{depth}"], labels
 
 

@@ -332,3 +332,39 @@ def test_dim_and_observe_statistics():
                                                  r"\(2, 1\)"):
         dim_and_observe(x10, [7], seed=1, dm_range=(2, 1), depth="y1", gain_y10=g10, gain=g1,
                         sky=s)
+
+
+def test_sim_cache_writes_are_atomic_and_private(tmp_path):
+    """Cache files go through a temporary file unique to the writer (two runs sharing a cache
+    directory once raced on one fixed temporary name), and a failed write leaves nothing."""
+    import threading
+
+    from galguard.training import _save_atomic
+
+    target = tmp_path / "cache" / "x.npy"
+    errors = []
+
+    def write(value):
+        try:
+            for _ in range(20):
+                _save_atomic(target, lambda f: np.save(f, np.full(1000, value)))
+        except Exception as exc:  # pragma: no cover - the failure being tested for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in (1.0, 2.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = np.load(target)
+    assert got.shape == (1000,) and np.all(got == got[0]) and got[0] in (1.0, 2.0)
+    assert [p.name for p in target.parent.iterdir()] == ["x.npy"]
+
+    def broken(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _save_atomic(tmp_path / "cache" / "y.npy", broken)
+    assert [p.name for p in target.parent.iterdir()] == ["x.npy"]
