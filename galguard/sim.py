@@ -327,6 +327,22 @@ def _colour(rng, key):
     return rng.normal(gr, sgr), rng.normal(ri, sri)
 
 
+#: Default r-magnitude law of `simulate`: uniform in 18.5-22.5 (bright, well-resolved galaxies).
+R_MAG_RANGE = (18.5, 22.5)
+
+
+def _draw_r_mag(rng, mag_range, counts_slope):
+    """One r magnitude: uniform in ``mag_range`` (slope 0) or from number counts
+    ``dN/dm ~ 10**(counts_slope * m)`` truncated to it. Consumes exactly one uniform draw."""
+    lo, hi = mag_range
+    if counts_slope == 0:
+        return rng.uniform(lo, hi)
+    u = rng.uniform()
+    b = counts_slope
+    # inverse CDF of 10**(b m) on [lo, hi], written relative to hi for numerical range
+    return hi + math.log10(10.0 ** (b * (lo - hi)) + u * (1.0 - 10.0 ** (b * (lo - hi)))) / b
+
+
 def _size_for_mag(rng, mag_r, base, lo, hi, *, slope=0.18, scatter=0.12):
     """Half-light radius (arcsec): ``base`` at r = 20.5, shrinking by ``slope`` dex per mag."""
     lr = math.log10(base) - slope * (mag_r - 20.5) + rng.normal(0.0, scatter)
@@ -572,14 +588,32 @@ def _psf(fwhm, e1, e2):
     return galsim.Kolmogorov(fwhm=fwhm).shear(e1=e1, e2=e2)
 
 
-def _render(seed, index, label, size):
+def _validate_mag_law(mag_range, counts_slope):
+    try:
+        lo, hi = (float(v) for v in mag_range)
+    except (TypeError, ValueError):
+        raise GalguardValueError(
+            f"mag_range must be two numbers (bright, faint), got {mag_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise GalguardValueError(f"mag_range must be finite with bright < faint, got {mag_range!r}")
+    try:
+        b = float(counts_slope)
+    except (TypeError, ValueError):
+        raise GalguardValueError(f"counts_slope must be a number >= 0, got {counts_slope!r}") \
+            from None
+    if not (math.isfinite(b) and 0 <= b <= 2):
+        raise GalguardValueError(f"counts_slope must be in 0..2, got {counts_slope!r}")
+    return (lo, hi), b
+
+
+def _render(seed, index, label, size, mag_law=(R_MAG_RANGE, 0.0)):
     """Noiseless (3, size, size) image in electron/s and the galaxy's parameters."""
     import galsim
     from scipy.signal import fftconvolve
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _STREAM_GALAXY]))
     grid = _Grid(size)
-    mag_r = rng.uniform(18.5, 22.5)
+    mag_r = _draw_r_mag(rng, *mag_law)
     comps, params = _MAKERS[label](rng, grid, mag_r)
     # colour (g - r, r - i) of each component of the galaxy, then its unrelated neighbours
     comps = [(kind, _colour(rng, ckey), weight, obj, True) for kind, ckey, weight, obj in comps]
@@ -715,11 +749,11 @@ def _worker_init():
         pass
 
 
-def _render_chunk(seed, indices, labels, size, depths):
+def _render_chunk(seed, indices, labels, size, depths, mag_law=(R_MAG_RANGE, 0.0)):
     imgs = {d: np.empty((len(indices), 3, size, size), dtype=np.float32) for d in depths}
     params = []
     for k, (index, label) in enumerate(zip(indices, labels)):
-        noiseless, par = _render(seed, int(index), int(label), size)
+        noiseless, par = _render(seed, int(index), int(label), size, mag_law)
         for d in depths:
             imgs[d][k] = _observe(noiseless, d, seed, int(index))
         params.append(par)
@@ -727,7 +761,7 @@ def _render_chunk(seed, indices, labels, size, depths):
 
 
 def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=False,
-             class_fractions=None):
+             class_fractions=None, mag_range=R_MAG_RANGE, counts_slope=0.0):
     """Render ``n`` galaxies (indices ``start`` .. ``start + n - 1``) at one or more depths.
 
     Parameters
@@ -753,6 +787,15 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
         Class mix: balanced (default; exact over every 3 consecutive indices aligned to a
         multiple of 3), 'paper' (43% spiral, 24% elliptical, 33% merger, exact over every
         aligned block of 100 indices) or explicit fractions.
+    mag_range : (float, float), optional
+        Range of the galaxies' total r magnitudes (default 18.5-22.5). Sizes follow the
+        magnitude (fainter galaxies are smaller, down to a floor per class).
+    counts_slope : float, optional
+        0 (default): magnitudes uniform in ``mag_range``. ``b > 0``: drawn from galaxy number
+        counts ``dN/dm ~ 10**(b m)`` within ``mag_range`` (``b`` about 0.3 in r from 21 to 26),
+        so that, as in a magnitude-limited survey sample, most galaxies are near the faint limit.
+        Galaxy ``i`` keeps its class, shape, colours and neighbours whatever the magnitude law
+        (the magnitude is one draw of its random stream).
 
     Returns
     -------
@@ -773,8 +816,9 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
 
     The PSF is a Kolmogorov profile with 1.5% rms ellipticity per band; its r-band FWHM is
     drawn per galaxy (log-normal around 0.78", clipped to 0.6-1.0") and scaled to the other
-    bands as wavelength^-0.2 with 2% jitter. Galaxy r magnitudes are uniform in 18.5-22.5;
-    sizes shrink with magnitude; colours (g - r, r - i) are drawn per stellar population.
+    bands as wavelength^-0.2 with 2% jitter. Galaxy r magnitudes follow ``mag_range`` and
+    ``counts_slope`` (default uniform in 18.5-22.5); sizes shrink with magnitude; colours
+    (g - r, r - i) are drawn per stellar population.
     See ``README.md`` ("Simulated data") for the class models.
 
     Examples
@@ -796,6 +840,7 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
         n_jobs = os.cpu_count() or 1
     depths = _validate_depths(depths)
     fractions = _validate_fractions(class_fractions)
+    mag_law = _validate_mag_law(mag_range, counts_slope)
 
     indices = np.arange(start, start + n, dtype=np.int64)
     labels = class_labels(indices, seed=seed, class_fractions=fractions)
@@ -825,7 +870,7 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
         if n_jobs == 1 or len(starts) <= 1:
             for s in starts:
                 _store(s, _render_chunk(seed, indices[s:s + chunk], labels[s:s + chunk],
-                                        size, depths))
+                                        size, depths, mag_law))
         else:
             ctx = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(
@@ -833,7 +878,8 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
                 # workers start during the submissions: they inherit one-thread settings
                 with _single_thread_env():
                     futs = {pool.submit(_render_chunk, seed, indices[s:s + chunk],
-                                        labels[s:s + chunk], size, depths): s for s in starts}
+                                        labels[s:s + chunk], size, depths, mag_law): s
+                            for s in starts}
                 for fut in concurrent.futures.as_completed(futs):
                     _store(futs[fut], fut.result())
     finally:
@@ -863,7 +909,8 @@ def simulate(n, *, seed=0, start=0, depths=DEPTHS, size=100, n_jobs=1, progress=
         meta["tidal_features"] = np.array([q.get("tidal_features", "") for q in params],
                                           dtype="U40")
         meta.meta.update({"seed": seed, "depth": d.upper(), "bands": ",".join(BANDS),
-                          "pixscale": PIXEL_SCALE})
+                          "pixscale": PIXEL_SCALE, "rmag_lo": mag_law[0][0],
+                          "rmag_hi": mag_law[0][1], "counts_slope": mag_law[1]})
         out[d] = SimData(images=images[d], labels=labels.copy(), meta=meta, depth=d, seed=seed)
     return out
 
@@ -1014,7 +1061,7 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
 # --------------------------------------------------------------------------------------------
 
 def sample_path(depth="y10"):
-    """Directory of the sample shipped in the package (32 galaxies, compressed FITS).
+    """Directory of the sample shipped in the package (33 galaxies, compressed FITS).
 
     Parameters
     ----------
@@ -1023,7 +1070,7 @@ def sample_path(depth="y10"):
     Returns
     -------
     pathlib.Path
-        Directory holding ``gal_{index:07d}.fits.fz`` files (index 0..31, seed 2022).
+        Directory holding ``gal_{index:07d}.fits.fz`` files (index 0..32, seed 2022).
     """
     depth = _validate_depth(depth)
     return Path(str(importlib.resources.files("galguard").joinpath("data", "sample", depth)))

@@ -51,6 +51,26 @@ MMD_BANDWIDTHS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0, 15.0, 20.0,
                   35.0, 100.0, 1e3, 1e4, 1e5, 1e6)
 
 
+def _sim_fingerprint():
+    """First 10 hex digits of a sha256 of galguard/sim.py's code (keys the simulation cache).
+
+    Taken over the syntax tree without docstrings, so that comments, formatting and
+    documentation do not invalidate a cache, while any change to the code does."""
+    import ast
+    import hashlib
+
+    from . import sim
+
+    tree = ast.parse(Path(sim.__file__).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:10]
+
+
 def _save_atomic(path, write):
     """Write a cache file through a temporary file unique to this process, then rename it, so that
     concurrent runs sharing a cache directory never see (or clobber) each other's partial files."""
@@ -328,12 +348,14 @@ def dim_and_observe(images_y10, indices, *, seed, dm_range, depth, gain_y10, gai
 
 
 def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1, progress=False,
-                   dm_range=None):
+                   dm_range=None, mag_range=None, counts_slope=0.0):
     """Images and labels of simulated galaxies ``start .. start + n - 1`` at one depth.
 
     Calls :func:`galguard.sim.simulate` (at both depths, so that one rendering serves both) and,
     when ``cache_dir`` is given, keeps the result in
     ``cache_dir/sim_s{seed}_a{start}_n{n}_px{size}.npz`` so that a later call reads it back.
+    ``mag_range`` and ``counts_slope`` set the simulator's r-magnitude law (see
+    :func:`galguard.sim.simulate`; None: its default).
     With ``dm_range`` the galaxies are made fainter by a random shift in that range and observed
     at ``depth`` from their Y10 images (see :func:`dim_and_observe`; not cached).
 
@@ -344,15 +366,29 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     depth = str(depth).lower()
     if depth not in ("y10", "y1"):
         raise GalguardValueError(f"depth must be 'y10' or 'y1', got {depth!r}")
+    # the simulator's code is part of the key: a cache made by another version is never reused
+    mag_key = f"_v{_sim_fingerprint()}"
+    if mag_range is not None or counts_slope:
+        from . import sim
+
+        (mlo, mhi), slope = sim._validate_mag_law(
+            sim.R_MAG_RANGE if mag_range is None else mag_range, counts_slope)
+        if ((mlo, mhi), slope) != (tuple(sim.R_MAG_RANGE), 0.0):
+            mag_key += f"_r{mlo:g}-{mhi:g}_b{slope:g}"
+        mag_range, counts_slope = (mlo, mhi), slope
+    else:
+        mag_range, counts_slope = None, 0.0
     if dm_range is not None and tuple(map(float, dm_range)) != (0.0, 0.0):
         from . import sim
 
         lo, hi = map(float, dm_range)
         x10, labels = load_sim_split(seed=seed, start=start, n=n, depth="y10", size=size,
-                                     cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
+                                     cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
+                                     mag_range=mag_range, counts_slope=counts_slope)
         cpath = None
         if cache_dir is not None:
-            cpath = Path(cache_dir) / f"sim_s{seed}_a{start}_n{n}_px{size}_dm{lo:g}-{hi:g}_{depth}.npy"
+            cpath = Path(cache_dir) / (f"sim_s{seed}_a{start}_n{n}_px{size}{mag_key}"
+                                       f"_dm{lo:g}-{hi:g}_{depth}.npy")
             if cpath.exists():
                 return np.load(cpath, allow_pickle=False), labels
         p10, pd = sim.depth_params("y10"), sim.depth_params(depth)
@@ -363,15 +399,16 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
         return x, labels
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"sim_s{seed}_a{start}_n{n}_px{size}.npz"
+        path = Path(cache_dir) / f"sim_s{seed}_a{start}_n{n}_px{size}{mag_key}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as f:
                 return f[f"images_{depth}"], f["labels"]
     from . import sim
 
     t0 = time.time()
+    law = {} if mag_range is None else {"mag_range": mag_range, "counts_slope": counts_slope}
     out = sim.simulate(n, seed=seed, start=start, depths=("y10", "y1"), size=size,
-                       n_jobs=n_jobs, progress=progress)
+                       n_jobs=n_jobs, progress=progress, **law)
     log.info("simulated %d galaxies (seed %d, start %d) in %.0f s", n, seed, start,
              time.time() - t0)
     arrays = {f"images_{d}": np.ascontiguousarray(out[d].images, dtype=np.float32)

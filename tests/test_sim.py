@@ -333,3 +333,65 @@ def test_class_labels_rejects_float_indices_and_huge_seed():
         sim.class_labels([1.5])
     with pytest.raises(GalguardValueError, match="seed must be <= 9223372036854775807"):
         sim.simulate(1, seed=2**63)
+
+
+# ------------------------------------------------------------------------------------------------
+# Magnitude law: uniform (default) or galaxy number counts
+# ------------------------------------------------------------------------------------------------
+def test_default_magnitudes_uniform_in_bright_range(small):
+    r = small["y10"].meta["mag"][:, 1]
+    assert np.all((r > 18.3) & (r < 22.7))  # total r of the galaxy (18.5-22.5) +- rounding
+    assert small["y10"].meta.meta["counts_slope"] == 0.0
+
+
+def test_counts_law_distribution():
+    """r magnitudes from dN/dm ~ 10**(b m) in [lo, hi]: compare the empirical CDF with
+    F(m) = (10**(b (m - lo)) - 1) / (10**(b (hi - lo)) - 1)."""
+    rng = np.random.default_rng(3)
+    lo, hi, b = 18.5, 25.5, 0.3
+    m = np.array([sim._draw_r_mag(rng, (lo, hi), b) for _ in range(20000)])
+    assert m.min() >= lo and m.max() <= hi
+    for q in (20.0, 22.5, 24.0, 25.0):
+        expect = (10 ** (b * (q - lo)) - 1) / (10 ** (b * (hi - lo)) - 1)
+        assert abs(np.mean(m < q) - expect) < 0.012, q  # 20000 draws: sd < 0.0036
+    # slope 0 is the plain uniform law
+    u = np.array([sim._draw_r_mag(rng, (20.0, 21.0), 0.0) for _ in range(5000)])
+    assert abs(u.mean() - 20.5) < 0.02
+
+
+def test_counts_law_keeps_each_galaxy_but_its_magnitude():
+    base = sim.simulate(6, seed=4, size=24, depths=("y10",))["y10"]
+    faint = sim.simulate(6, seed=4, size=24, depths=("y10",), mag_range=(18.5, 25.5),
+                         counts_slope=0.3)["y10"]
+    np.testing.assert_array_equal(base.labels, faint.labels)
+    # the magnitude is one draw of the galaxy's stream: the PSF drawn after it is the same
+    np.testing.assert_array_equal(base.meta["seeing"], faint.meta["seeing"])
+    assert not np.array_equal(base.meta["mag"], faint.meta["mag"])
+    assert faint.meta.meta["rmag_hi"] == 25.5 and faint.meta.meta["counts_slope"] == 0.3
+    many = sim.simulate(30, seed=4, size=24, depths=("y10",), mag_range=(23.0, 25.5),
+                        counts_slope=0.3)["y10"]
+    assert np.all(many.meta["mag"][:, 1] > 22.8)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mag_range": (25.0, 20.0)},
+     r"mag_range must be finite with bright < faint, got \(25.0, 20.0\)"),
+    ({"mag_range": "faint"}, "mag_range must be two numbers"),
+    ({"mag_range": (20.0, float("nan"))}, "mag_range must be finite"),
+    ({"counts_slope": -0.1}, r"counts_slope must be in 0..2, got -0.1"),
+    ({"counts_slope": "steep"}, "counts_slope must be a number"),
+])
+def test_magnitude_law_bad_arguments(kwargs, match):
+    with pytest.raises(GalguardValueError, match=match):
+        sim.simulate(1, size=16, **kwargs)
+
+
+def test_cli_magnitude_law(tmp_path):
+    from galguard.cli import main
+
+    rc = main(["simulate", "--n", "3", "--size", "24", "--depth", "y10", "--out",
+               str(tmp_path), "--mag-range", "24", "25", "--counts-slope", "0.3",
+               "--no-progress"])
+    assert rc == 0
+    mags = [fits.getheader(p, 0)["TRUEMAG2"] for p in sorted(tmp_path.glob("gal_*.fits"))]
+    assert len(mags) == 3 and all(23.8 < m < 25.2 for m in mags)

@@ -368,3 +368,24 @@ def test_sim_cache_writes_are_atomic_and_private(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         _save_atomic(tmp_path / "cache" / "y.npy", broken)
     assert [p.name for p in target.parent.iterdir()] == ["x.npy"]
+
+
+def test_sim_cache_key_has_simulator_code_and_magnitude_law(tmp_path):
+    """A cache written by another version of galguard.sim, or for another magnitude law, is never
+    reused (a stale cache once fed old galaxies to training without a word)."""
+    from galguard.training import _sim_fingerprint, load_sim_split
+
+    x0, y0 = load_sim_split(seed=1, start=0, n=3, depth="y10", size=16, cache_dir=tmp_path)
+    x1, y1 = load_sim_split(seed=1, start=0, n=3, depth="y1", size=16, cache_dir=tmp_path,
+                            mag_range=(22.0, 25.0), counts_slope=0.3)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    fp = _sim_fingerprint()
+    assert names == [f"sim_s1_a0_n3_px16_v{fp}.npz", f"sim_s1_a0_n3_px16_v{fp}_r22-25_b0.3.npz"]
+    np.testing.assert_array_equal(y0, y1)
+    # cached read gives the same arrays; the default law written explicitly shares the file
+    xc, _ = load_sim_split(seed=1, start=0, n=3, depth="y10", size=16, cache_dir=tmp_path,
+                           mag_range=(18.5, 22.5), counts_slope=0)
+    np.testing.assert_array_equal(xc, x0)
+    assert len(list(tmp_path.iterdir())) == 2
+    # the faint law makes less flux than the default law for the same galaxies
+    assert x1.sum() < x0.sum()

@@ -19,8 +19,11 @@ def register(subparsers):
         description=(
             "Evaluate a model on one or more labelled data sets. Each --data is "
             "[LABEL=]SPEC where SPEC is a FITS file or directory (labels from the TRUELAB header "
-            "or catalog column) or sim:seed=S,start=A,n=N,depth=y10|y1[,size=100][,dm=LO:HI] for "
-            "galguard.sim galaxies (dm: made fainter, see galguard train --dm-range). Without --data, the held-out test galaxies recorded in the model card are "
+            "or catalog column) or sim:seed=S,start=A,n=N,depth=y10|y1[,size=100]"
+            "[,mag=BRIGHT:FAINT][,slope=B][,dm=LO:HI] for "
+            "galguard.sim galaxies (mag, slope: the r-magnitude law, see galguard train "
+            "--mag-range and --counts-slope; dm: made fainter, see galguard train --dm-range). Without --data, the held-out test galaxies recorded in the "
+            "model card are "
             "used at Y10 and Y1. Writes OUT/evaluation.json, OUT/evaluation.ecsv and "
             "OUT/evaluation.png."),
     )
@@ -52,7 +55,7 @@ def parse_data_spec(spec):
                 raise GalguardValueError(f"data spec {spec!r}: expected key=value, got {item!r}")
             k, v = item.split("=", 1)
             fields[k.strip()] = v.strip()
-        unknown = set(fields) - {"seed", "start", "n", "depth", "size", "dm"}
+        unknown = set(fields) - {"seed", "start", "n", "depth", "size", "dm", "mag", "slope"}
         missing = {"seed", "start", "n", "depth"} - set(fields)
         if unknown or missing:
             raise GalguardValueError(
@@ -65,6 +68,11 @@ def parse_data_spec(spec):
             if "dm" in fields:
                 lo, _, hi = fields["dm"].partition(":")
                 val["dm_range"] = [float(lo), float(hi or lo)]
+            if "mag" in fields:
+                lo, _, hi = fields["mag"].partition(":")
+                val["mag_range"] = [float(lo), float(hi)]
+            if "slope" in fields:
+                val["counts_slope"] = float(fields["slope"])
         except ValueError as exc:
             raise GalguardValueError(f"data spec {spec!r}: {exc}") from None
         return label or val["depth"], "sim", val
@@ -81,7 +89,8 @@ def _load(kind, value, args):
         return load_sim_split(seed=value["seed"], start=value["start"], n=value["n"],
                               depth=value["depth"], size=value["size"],
                               cache_dir=args.cache_dir, n_jobs=args.sim_jobs,
-                              dm_range=value.get("dm_range"))
+                              dm_range=value.get("dm_range"), mag_range=value.get("mag_range"),
+                              counts_slope=value.get("counts_slope", 0.0))
     from ..io import read_cutouts
 
     cut = read_cutouts(value)
@@ -112,10 +121,10 @@ def run(args):
             seed = (model.card.get("training_data") or {}).get("seed")
             if not test:
                 raise GalguardValueError("no --data given and the model card records no test set")
-            dm = (model.card.get("training_data") or {}).get("dm_range")
+            td = model.card.get("training_data") or {}
+            law = {k: td[k] for k in ("dm_range", "mag_range", "counts_slope") if td.get(k)}
             specs = [(d.upper(), "sim", {"seed": seed, "start": test["start"], "n": test["n"],
-                                         "depth": d, "size": model.input_size,
-                                         **({"dm_range": dm} if dm else {})})
+                                         "depth": d, "size": model.input_size, **law})
                      for d in test["depths"]]
         data = {label: _load(kind, value, args) for label, kind, value in specs}
         results = evaluate(model, data, batch_size=args.batch_size, n_bins=args.bins)

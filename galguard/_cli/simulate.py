@@ -31,6 +31,12 @@ def register(subparsers):
     p.add_argument("--size", type=int, default=100, help="stamp size in pixels (default 100)")
     p.add_argument("--classes", default="balanced", choices=["balanced", "paper"],
                    help="class mix: balanced thirds, or the paper's 43/24/33 percent")
+    p.add_argument("--mag-range", type=float, nargs=2, default=None, metavar=("BRIGHT", "FAINT"),
+                   help="range of the galaxies' total r magnitudes (default 18.5 22.5)")
+    p.add_argument("--counts-slope", type=float, default=0.0,
+                   help="draw r magnitudes from galaxy number counts dN/dm ~ 10^(SLOPE m) within "
+                        "--mag-range, most galaxies near the faint limit as in a survey "
+                        "(default 0: uniform; about 0.3 is realistic in r)")
     p.add_argument("--compress", action="store_true",
                    help="tile-compress (RICE_1, reproducible dither); files end in .fits.fz")
     p.add_argument("--mosaic", type=Path, default=None, metavar="PNG",
@@ -75,7 +81,9 @@ def run(args):
     try:
         out = sim.simulate(args.n, seed=args.seed, start=args.start, depths=depths,
                            size=args.size, n_jobs=args.jobs, progress=not args.no_progress,
-                           class_fractions=args.classes)
+                           class_fractions=args.classes,
+                           **({} if args.mag_range is None else {"mag_range": args.mag_range}),
+                           counts_slope=args.counts_slope)
     except GalguardValueError as exc:
         print(f"galguard simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -46,8 +46,15 @@ def register(subparsers):
     g.add_argument("--dm-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="make each galaxy fainter by a uniform random LO..HI magnitudes, observed "
                         "exactly from its Y10 photons (galguard.training.dim_and_observe)")
+    g.add_argument("--mag-range", type=float, nargs=2, default=None, metavar=("BRIGHT", "FAINT"),
+                   help="r-magnitude range of the simulated galaxies (default: galguard.sim's "
+                        "18.5 22.5)")
+    g.add_argument("--counts-slope", type=float, default=0.0,
+                   help="draw r magnitudes from number counts dN/dm ~ 10^(SLOPE m) within "
+                        "--mag-range (default 0: uniform)")
     g.add_argument("--cache-dir", type=Path, default=None,
-                   help="keep simulated arrays here as .npz (keyed by seed, start, n, size)")
+                   help="keep simulated arrays here as .npz (keyed by seed, start, n, size, "
+                        "magnitude law and the simulator's code)")
     g.add_argument("--sim-jobs", type=int, default=1, help="simulator worker processes")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=30)
@@ -100,7 +107,8 @@ def _split(args, start, n, depth):
 
     return load_sim_split(seed=args.sim_seed, start=start, n=n, depth=depth, size=args.size,
                           cache_dir=args.cache_dir, n_jobs=args.sim_jobs,
-                          progress=not args.no_progress, dm_range=args.dm_range)
+                          progress=not args.no_progress, dm_range=args.dm_range,
+                          mag_range=args.mag_range, counts_slope=args.counts_slope)
 
 
 def run(args):
@@ -137,6 +145,7 @@ def run(args):
             "simulator": "galguard.sim.simulate", "galguard": __version__,
             "galsim": galsim.__version__, "seed": args.sim_seed, "size": args.size,
             "class_fractions": "balanced",
+            "mag_range": args.mag_range, "counts_slope": args.counts_slope,
             "dm_range": args.dm_range,
             "dimming": ("each galaxy made fainter by dm ~ U(dm_range) magnitudes and observed at "
                         "its depth from its Y10 photons (binomial thinning + Poisson sky), "
