@@ -214,10 +214,16 @@ def section_recall(model, x, labels, args, res):
     res["recall"] = dict(galaxies=len(x), presets=out)
 
 
+def _pct(values, q=(5, 50, 95, 99)):
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    return [round(float(x), 3) for x in torch.quantile(v, torch.tensor(q, dtype=v.dtype) / 100)]
+
+
 def section_latent(args, res):
     """The paper's latent finding on galguard.sim: latent shift of successful one-pixel attacks
     (and of the Y10 -> Y1 change) for each model in ``--latent-models``."""
     from galguard import models
+    from galguard.robustness.latent import ood_score
     from galguard.sim import simulate
 
     sims = simulate(args.latent_n, seed=args.sim_seed, start=args.sim_start,
@@ -254,6 +260,11 @@ def section_latent(args, res):
             onepixel_shift_median=float(d_adv.median()) if len(d_adv) else float("nan"),
             onepixel_shift_norm_mean=float(d_adv.mean() / sep) if len(d_adv) else float("nan"),
             y1_shift_mean=float(d_y1.mean()), y1_shift_norm_mean=float(d_y1.mean() / sep),
+            # the basis of galguard.check's default thresholds (latent_shift_threshold,
+            # ood_threshold): 5/50/95/99th percentiles
+            y1_shift_norm_pct=_pct(d_y1 / sep),
+            ood_y10_pct=_pct(ood_score(z10, model.latent_stats)),
+            ood_y1_pct=_pct(ood_score(z1, model.latent_stats)),
         )
         log.info("latent %s: %s", name, out["models"][name])
     res["latent"] = out

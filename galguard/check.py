@@ -72,13 +72,13 @@ class CheckConfig:
         NOISE_UNSTABLE when the fraction of noise realisations that flip the class exceeds this.
     latent_shift_threshold : float
         LATENT_SHIFT when a normalised latent shift (noise mean, or the one-pixel version's)
-        exceeds this (1 = the model's mean distance between class centroids). The default 0.5
-        sits near the 99th percentile of the shifts that one Y1-depth realisation of a
-        simulated Y10 galaxy causes with the shipped ConvNets (docs/experiments.md).
+        exceeds this (1 = the model's mean distance between class centroids). The default 0.8
+        is the 99th percentile of the shifts that one Y1-depth realisation of a simulated Y10
+        galaxy causes with the default model (docs/experiments.md).
     ood_threshold : float
         OUT_OF_DISTRIBUTION when the OOD score exceeds this (about 1 for training-like latents;
-        with the shipped ConvNets on simulated Y10 galaxies the 99th percentile is 4.3-6.1, so
-        the default 5.0 flags a few percent). Recalibrate both on your own data.
+        with the shipped ConvNets on simulated Y10 galaxies the 99th percentile is 3.9-5.1, so
+        the default 5.0 flags about one percent). Recalibrate both on your own data.
     fragile_flags : int
         Verdict bits that make a row ``fragile``.
     batch_size : int
@@ -102,7 +102,7 @@ class CheckConfig:
     bounds: object = "cutout"
     low_confidence: float = 0.5
     noise_flip_threshold: float = 0.2
-    latent_shift_threshold: float = 0.5
+    latent_shift_threshold: float = 0.8
     ood_threshold: float = 5.0
     fragile_flags: int = int(Flag.ONEPIXEL_FLIP | Flag.NOISE_UNSTABLE | Flag.OUT_OF_DISTRIBUTION
                              | Flag.LOW_CONFIDENCE)
@@ -494,7 +494,7 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
         ``seed`` (0), ``noise_realisations`` (10), ``depth_fraction`` (0.1), ``noise_mode``
         ("thin"), ``noise`` and ``onepixel`` (True: run that check), ``pixels`` (1), ``bounds``
         ("cutout"), ``low_confidence`` (0.5), ``noise_flip_threshold`` (0.2),
-        ``latent_shift_threshold`` (0.5), ``ood_threshold`` (5.0), ``fragile_flags``,
+        ``latent_shift_threshold`` (0.8), ``ood_threshold`` (5.0), ``fragile_flags``,
         ``batch_size`` (256), ``attack_batch_size`` (None), ``chunk_size`` (256).
 
     Returns
