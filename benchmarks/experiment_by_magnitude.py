@@ -9,7 +9,7 @@ from galguard.models import load
 from galguard.training import load_sim_split
 
 idx = np.arange(9000, 11000)
-r = np.array([sim._draw_r_mag(np.random.default_rng(np.random.SeedSequence([0, int(i), 0])),
+r = np.array([sim._draw_r_mag(np.random.default_rng(np.random.SeedSequence([0, int(i), sim._STREAM_GALAXY])),
                               (18.5, 25.5), 0.3) for i in idx])
 edges = [18.5, 22.5, 23.5, 24.5, 25.0, 25.5]
 k = np.digitize(r, edges[1:-1])
