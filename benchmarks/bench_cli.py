@@ -6,21 +6,25 @@ Each run is a fresh ``python -m galguard check`` subprocess; its peak resident m
 worker processes it reaped, so pool and Dask workers are included). Wall time includes Python
 and torch start-up (~4 s here), which is why rates are also given net of a 1-cutout run.
 
-Inputs: FITS stacks of 1000 simulated-looking 3-band 100x100 cutouts (smooth profiles plus
-Poisson-like noise; what the classifier sees does not change the cost), listed as often as needed
-in an @list file, so that 100k cutouts need only one 120 MB file on disk. The model is the shipped
-default where one exists, otherwise a randomly initialised ConvNet of the same shape (the cost of
-a forward pass does not depend on the weights; the attack's early stop does: an untrained model
-never flips, so every attack runs its full budget, the worst case).
+Inputs (``--inputs``): ``synthetic``, FITS stacks of 1000 3-band 100x100 smooth profiles plus
+noise, listed as often as needed in an @list file, so that 100k cutouts need only one 120 MB
+file on disk; or ``sample``, the 33 simulated Y10 galaxies shipped in the package (one file
+each) listed cyclically up to N, every row with its own global index and random streams: the real
+path, where the one-pixel attack stops early on the galaxies it flips. The model is ``--model``
+(the shipped ``default``).
 
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_cli.py --scratch scratch/bench_cli \
         --scaling 1000 10000 100000 --scaling-checks predict \
         --default-n 100 --executors-n 1000
+    # the default preset on the shipped sample, and the executors on it
+    OMP_NUM_THREADS=2 python benchmarks/bench_cli.py --inputs sample --default-n \
+        --scaling 990 9900 --scaling-checks default --executors-n 990
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -51,31 +55,6 @@ def make_stack(path, n=1000, size=100, seed=0):
                   fits.BinTableHDU(cat, name="CATALOG")]).writeto(path, overwrite=True)
 
 
-def make_model(path, sample):
-    import numpy as np
-    import torch
-
-    from galguard.models import available, save
-    from galguard.models.classifier import GalaxyClassifier, Preprocess, fit_latent_stats
-    from galguard.models.networks import ConvNet
-
-    if "default" in available():
-        return "default"
-    from galguard.io import read_cutouts
-    x = read_cutouts(sample).data[:256]
-    torch.manual_seed(0)
-    net = ConvNet(in_channels=3, n_classes=3, input_size=100, latent_dim=256)
-    m = GalaxyClassifier(net, Preprocess.from_data(x), classes=("spiral", "elliptical", "merger"),
-                         bands="gri", input_size=100, name="random-convnet-100")
-    with torch.no_grad():
-        m.train()
-        m(torch.from_numpy(x))
-        m.eval()
-        lat, _ = m(torch.from_numpy(x))
-    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(len(x)) % 3, 3))
-    return str(save(m, path)[0])
-
-
 CHECKS = {
     "default": [],                                     # noise (10) + one-pixel (default preset)
     "noise": ["--no-onepixel"],                        # noise stability only
@@ -83,17 +62,30 @@ CHECKS = {
 }
 
 
+def sample_files():
+    """The package's shipped Y10 sample, one galaxy per file (found without importing it)."""
+    spec = importlib.util.find_spec("galguard")
+    files = sorted(Path(spec.origin).parent.glob("data/sample/y10/*.fits*"))
+    if not files:
+        raise SystemExit("no shipped sample found under galguard/data/sample/y10")
+    return files
+
+
 def run(n, checks, scratch, model, stack, *, extra=(), tag=""):
     lst = scratch / f"list_{n}.txt"
-    stack = Path(stack).resolve()
-    reps = -(-n // 1000)
-    lst.write_text("".join(f"{stack}\n" for _ in range(reps)))
     out = scratch / f"out_{n}_{checks}{tag}.parquet"
     for p in (out, Path(str(out) + ".partial")):
         if p.exists():
             subprocess.run(["rm", "-rf", str(p)], check=True)
+    if stack is None:  # the shipped sample, cycled
+        files = sample_files()
+        lst.write_text("".join(f"{files[i % len(files)].resolve()}\n" for i in range(n)))
+    else:
+        stack = Path(stack).resolve()
+        reps = -(-n // 1000)
+        lst.write_text("".join(f"{stack}\n" for _ in range(reps)))
     # n not a multiple of 1000: cut the list short by a smaller stack
-    if n % 1000:
+    if stack is not None and n % 1000:
         small = scratch / f"stack_{n % 1000}.fits"
         if not small.exists():
             subprocess.run([sys.executable, __file__, "--setup-stack", str(small),
@@ -127,24 +119,22 @@ def main():
     ap.add_argument("--executors-checks", choices=tuple(CHECKS), default="noise")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--setup-stack", nargs=2, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--setup-model", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--inputs", choices=("synthetic", "sample"), default="synthetic")
+    ap.add_argument("--model", default="default")
     args = ap.parse_args()
     # This process stays small (no numpy/torch): on Linux a child's ru_maxrss includes the
     # parent's resident size copied at fork, so the heavy set-up runs in its own processes.
     if args.setup_stack:
         make_stack(args.setup_stack[0], n=int(args.setup_stack[1]))
         return
-    if args.setup_model:
-        print(make_model(*args.setup_model))
-        return
     args.scratch.mkdir(parents=True, exist_ok=True)
-    stack = args.scratch / "stack_1000.fits"
-    if not stack.exists():
-        subprocess.run([sys.executable, __file__, "--setup-stack", str(stack), "1000"],
-                       check=True)
-    model = subprocess.run([sys.executable, __file__, "--setup-model",
-                            str(args.scratch / "random-convnet-100.safetensors"), str(stack)],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    stack = None
+    if args.inputs == "synthetic":
+        stack = args.scratch / "stack_1000.fits"
+        if not stack.exists():
+            subprocess.run([sys.executable, __file__, "--setup-stack", str(stack), "1000"],
+                           check=True)
+    model = args.model
     print(f"model: {model}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
           f"cores: {os.cpu_count()}; load average: {os.getloadavg()}", flush=True)
     results = []

@@ -226,6 +226,23 @@ def _set_torch_threads(n):
     return int(n)
 
 
+# Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (its default
+# ``distributed.nanny.pre-spawn-environ``). Any explicit value turns off glibc's dynamic mmap
+# threshold, so every tensor above 128 KiB is mapped and unmapped again: in the checks that is
+# millions of page faults and 2.4x the CPU time of the same work in one process (BENCHMARKS.md).
+_TRIM_VAR = "MALLOC_TRIM_THRESHOLD_"
+
+
+def _malloc_trim_threshold():
+    return os.environ.get(_TRIM_VAR)
+
+
+def workers_with_malloc_trim(client):
+    """``{worker address: value}`` of the workers of ``client`` whose environment sets
+    ``MALLOC_TRIM_THRESHOLD_`` (empty when none does)."""
+    return {w: v for w, v in client.run(_malloc_trim_threshold).items() if v is not None}
+
+
 # --------------------------------------------------------------------------------------------
 # executors: submit(k, chunk, offset) -> future; all return concurrent/Dask futures
 # --------------------------------------------------------------------------------------------
@@ -273,20 +290,32 @@ class _Pool:
 
 class _Dask:
     def __init__(self, model, config, device, *, address=None, local_workers=None, threads=1):
+        import dask
         from distributed import Client, LocalCluster
 
         self.cluster = None
         if address is None:
             quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
-            self.cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
-                                        processes=True, host="127.0.0.1",
-                                        dashboard_address=None,
-                                        silence_logs=logging.WARNING if quiet else False)
+            # Our own workers start without Dask's MALLOC_TRIM_THRESHOLD_ (see _TRIM_VAR); one
+            # set in this process's environment is still inherited.
+            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{_TRIM_VAR}": None}):
+                self.cluster = LocalCluster(n_workers=local_workers, threads_per_worker=1,
+                                            processes=True, host="127.0.0.1",
+                                            dashboard_address=None,
+                                            silence_logs=logging.WARNING if quiet else False)
             self.client = Client(self.cluster)
         else:
             self.client = Client(address)
         try:
             self.client.run(_set_torch_threads, threads)
+            trimmed = workers_with_malloc_trim(self.client)
+            if trimmed and address is not None:
+                log.warning("%d of the Dask workers run with %s=%s (Dask's default for workers "
+                            "started by a nanny); it can double the CPU time of the checks. "
+                            "Start the workers with the Dask config "
+                            "distributed.nanny.pre-spawn-environ.%s: null",
+                            len(trimmed), _TRIM_VAR, sorted(set(trimmed.values()))[0],
+                            _TRIM_VAR)
             n = sum(self.client.nthreads().values())
             if not n:
                 raise GalguardValueError(f"the Dask cluster at {address!r} has no workers")

@@ -1,7 +1,12 @@
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Shared test helpers (tests/_tiny.py) import as top-level modules under --import-mode=importlib.
+sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Subprocesses started by the tests (``python -c``, ``python -m galguard``) must import the

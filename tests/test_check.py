@@ -12,47 +12,16 @@ from galguard.check import COLUMNS, CheckConfig, check_cutouts
 from galguard.errors import GalguardValueError
 from galguard.flags import Flag
 from galguard.io import Cutouts, read_cutouts
-from galguard.models.classifier import GalaxyClassifier, Preprocess, fit_latent_stats
-from galguard.models.networks import ConvNet
 
-SIZE = 16
+from _tiny import SIZE, galaxies, tiny_classifier  # tests/ is put on sys.path by conftest.py
+
 N = 6
 FAST = dict(preset="fast", noise_realisations=3)
 
 
-def galaxies(n=N, seed=0):
-    """Blob-like cutouts (n, 3, SIZE, SIZE) in electron/s with noise; gain 4, sky 20."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
-    out = np.empty((n, 3, SIZE, SIZE), np.float32)
-    for i in range(n):
-        width = rng.uniform(1.5, 4.0)
-        amp = rng.uniform(20, 200)
-        ell = rng.uniform(0.3, 1.0)
-        prof = amp * np.exp(-(xx ** 2 + (yy / ell) ** 2) / (2 * width ** 2))
-        for b in range(3):
-            out[i, b] = prof * (0.6 + 0.3 * b) + rng.normal(0, 2.0, (SIZE, SIZE))
-    return out
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = ConvNet(in_channels=3, n_classes=3, input_size=SIZE, latent_dim=8)
-    x = galaxies(64, seed=1)
-    pre = Preprocess.from_data(x)
-    m = GalaxyClassifier(net, pre, classes=("spiral", "elliptical", "merger"), bands="gri",
-                         input_size=SIZE, name="tiny-test", sha256="0" * 64)
-    m.eval()
-    with torch.no_grad():
-        # Put the batch-norm statistics on the scale of the data so predictions vary.
-        m.train()
-        m(torch.from_numpy(x))
-        m.eval()
-        lat, logits = m(torch.from_numpy(x))
-    labels = np.arange(64) % 3
-    m.set_latent_stats(fit_latent_stats(lat.numpy(), labels, 3))
-    return m
+    return tiny_classifier(galaxies(64, seed=1), name="tiny-test", sha256="0" * 64)
 
 
 def cutouts(n=N, seed=0):

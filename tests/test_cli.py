@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from astropy.io import fits
 
 import galguard
@@ -19,45 +18,8 @@ from galguard.catalog import journal_dir, read_catalog
 from galguard.errors import GalguardValueError
 from galguard.flags import Flag
 from galguard.models import save
-from galguard.models.classifier import GalaxyClassifier, Preprocess, fit_latent_stats
-from galguard.models.networks import ConvNet
 
-SIZE = 16
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny data and model (the same recipe as tests/test_check.py)
-# ---------------------------------------------------------------------------------------------
-def galaxies(n, seed=0):
-    """Blob-like cutouts (n, 3, SIZE, SIZE) in electron/s with noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
-    out = np.empty((n, 3, SIZE, SIZE), np.float32)
-    for i in range(n):
-        width, amp, ell = rng.uniform(1.5, 4.0), rng.uniform(20, 200), rng.uniform(0.3, 1.0)
-        prof = amp * np.exp(-(xx ** 2 + (yy / ell) ** 2) / (2 * width ** 2))
-        for b in range(3):
-            out[i, b] = prof * (0.6 + 0.3 * b) + rng.normal(0, 2.0, (SIZE, SIZE))
-    return out
-
-
-def tiny_classifier(x, *, name, latent_dim=8, tweak=None, **kwargs):
-    """An untrained ConvNet classifier for images ``x`` (N, 3, H, W): batch-norm statistics and
-    latent statistics (labels ``i % 3``) taken from ``x``; ``tweak(model)`` may edit the weights
-    in between. Also used by test_report.py and test_check.py."""
-    torch.manual_seed(0)
-    net = ConvNet(in_channels=3, n_classes=3, input_size=x.shape[-1], latent_dim=latent_dim)
-    m = GalaxyClassifier(net, Preprocess.from_data(x), classes=("spiral", "elliptical", "merger"),
-                         bands="gri", input_size=x.shape[-1], name=name, **kwargs)
-    with torch.no_grad():
-        m.train()
-        m(torch.from_numpy(x))  # batch-norm statistics on the scale of the data
-        m.eval()
-        if tweak is not None:
-            tweak(m)
-        lat, _ = m(torch.from_numpy(x))
-    m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(len(x)) % 3, 3))
-    return m
+from _tiny import galaxies, tiny_classifier  # tests/ is put on sys.path by conftest.py
 
 
 def make_model(path):

@@ -2,6 +2,7 @@
 catalog; a run killed with SIGKILL and resumed loses and repeats no row."""
 
 import importlib.util
+import logging
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from galguard import cli
+from galguard import batch, cli
 from galguard.catalog import journal_dir, read_catalog
 
 _spec = importlib.util.spec_from_file_location("_cli_helpers", Path(__file__).with_name(
@@ -77,6 +78,36 @@ def test_dask_scheduler_address_gives_the_single_process_catalog(attack_run):
             torch.set_num_threads(threads)  # the in-process workers set this process's threads
     assert rc == 0
     _same(ref, read_catalog(out))
+
+
+def test_local_dask_workers_start_without_dasks_malloc_trim_threshold(monkeypatch):
+    # Dask's nanny default MALLOC_TRIM_THRESHOLD_=65536 made the checks take 2.4x the CPU time.
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    ex = batch._Dask({"tiny": "model"}, None, None, local_workers=1)
+    try:
+        assert len(ex.client.nthreads()) == 1
+        assert batch.workers_with_malloc_trim(ex.client) == {}
+    finally:
+        ex.close()
+
+
+def test_remote_workers_with_malloc_trim_threshold_are_reported(monkeypatch, caplog):
+    from distributed import LocalCluster
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # seen by in-process workers
+    threads = torch.get_num_threads()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
+                      protocol="tcp://", dashboard_address=None) as cluster:
+        try:
+            with caplog.at_level(logging.WARNING, logger="galguard.batch"):
+                ex = batch._Dask({"tiny": "model"}, None, None,
+                                 address=cluster.scheduler_address)
+                ex.close()
+        finally:
+            torch.set_num_threads(threads)
+    msg = [r.getMessage() for r in caplog.records if "MALLOC_TRIM_THRESHOLD_" in r.getMessage()]
+    assert len(msg) == 1 and "1 of the Dask workers" in msg[0] and "=65536" in msg[0]
+    assert "pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null" in msg[0]
 
 
 def test_kill_9_then_resume_loses_and_repeats_no_row(tmp_path, model_path):
