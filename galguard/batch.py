@@ -314,7 +314,7 @@ class _Dask:
                             "started by a nanny); it can double the CPU time of the checks. "
                             "Start the workers with the Dask config "
                             "distributed.nanny.pre-spawn-environ.%s: null",
-                            len(trimmed), _TRIM_VAR, sorted(set(trimmed.values()))[0],
+                            len(trimmed), _TRIM_VAR, min(trimmed.values()),
                             _TRIM_VAR)
             n = sum(self.client.nthreads().values())
             if not n:
