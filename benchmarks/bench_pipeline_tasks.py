@@ -60,7 +60,7 @@ def main():
     from lsst.pipe.base import Pipeline
     from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 
-    from galguard.check import check
+    from galguard.checks import check
     from galguard_tasks import GalguardCheckConfig, GalguardCheckTask
 
     table = make_table(args.n, seed=5)

@@ -14,20 +14,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from .errors import GalguardError, GalguardValueError, GalguardWarning
 from .flags import Flag
+from .checks import CheckConfig, check
+from .training import train
 
-__all__ = ["__version__", "Flag", "GalguardError", "GalguardValueError", "GalguardWarning"]
+__all__ = ["__version__", "check", "CheckConfig", "Flag", "GalguardError", "GalguardValueError",
+           "GalguardWarning", "train"]
 
-
-
-def __getattr__(name):
-    # `galguard.check` is imported on first use so that `import galguard` stays light (no torch).
-    # The submodule galguard.check is itself callable, so `galguard.check(...)` works whichever
-    # of the function or the submodule the attribute holds.
-    if name == "check":
-        from .check import check
-        globals()["check"] = check
-        return check
-    if name == "train":  # galguard.train(...): the training entry point, also imported lazily
-        from .training import train
-        return train
-    raise AttributeError(f"module 'galguard' has no attribute {name!r}")

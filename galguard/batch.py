@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GalguardValueError
-from .flags import Flag
+from .flags import count_rows
 
 __all__ = ["expand_inputs", "run_batch", "BatchResult", "check_chunk", "catalog_columns",
            "config_hash", "OutputExists"]
@@ -159,9 +159,9 @@ def expand_inputs(inputs, *, input_lists=(), recursive=False):
 # one chunk
 # --------------------------------------------------------------------------------------------
 def catalog_columns():
-    """Columns of a batch catalog: `galguard.check.COLUMNS` with ``hdu`` and ``row`` after
+    """Columns of a batch catalog: `galguard.checks.COLUMNS` with ``hdu`` and ``row`` after
     ``source`` (where each cutout came from) and ``true_label`` at the end (-1 unknown)."""
-    from .check import COLUMNS
+    from .checks import COLUMNS
 
     cols = list(COLUMNS)
     i = cols.index("source") + 1
@@ -174,7 +174,7 @@ def check_chunk(chunk, config, model, *, offset, device=None):
     Parameters
     ----------
     chunk : galguard.io.Cutouts
-    config : galguard.check.CheckConfig
+    config : galguard.CheckConfig
     model : galguard.models.GalaxyClassifier
     offset : int
         Global row index of the chunk's first cutout (keys every random draw).
@@ -185,7 +185,7 @@ def check_chunk(chunk, config, model, *, offset, device=None):
     astropy.table.Table
         Columns `catalog_columns`.
     """
-    from .check import check_cutouts
+    from .checks import check_cutouts
 
     n_classes = len(getattr(model, "classes", ())) or None
     t = check_cutouts(chunk, config, model, offset=offset, device=device, n_classes=n_classes)
@@ -374,7 +374,7 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
         Input FITS files in order (see `expand_inputs`).
     output : str or path-like
         Catalog path; ``output + '.partial'`` is the journal directory while the run goes on.
-    config : galguard.check.CheckConfig
+    config : galguard.CheckConfig
     model : str or path-like, optional
         Model name or path (`galguard.models.load`).
     device : str, optional
@@ -408,7 +408,7 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
         ``output`` is one of the inputs; invalid options; a journal that belongs to another run.
     """
     from .catalog import CatalogWriter, Journal, format_from_path, hash_inputs, journal_dir
-    from .check import _table_meta, resolve_model
+    from .checks import resolve_model, table_meta
     from .io import iter_cutouts
 
     t0 = time.perf_counter()
@@ -443,7 +443,7 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     module, name, sha = resolve_model(model, device=device)
     read_kwargs = {"size": int(module.input_size), "bands": tuple(module.bands)}
     inputs_hash = hash_inputs(paths)
-    meta = _table_meta(config, name, sha, module)
+    meta = table_meta(config, name, sha, module)
     meta["inputs_hash"] = inputs_hash
     meta["n_input_files"] = len(paths)
     manifest = {"config_hash": config_hash(config, sha), "inputs_hash": inputs_hash,
@@ -546,8 +546,9 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     try:
         for k in range(n_chunks):
             table = journal.read_chunk(k)
-            n_bad += int(np.count_nonzero(np.asarray(table["flags"]) & int(Flag.BAD_INPUT)))
-            n_fragile += int(np.count_nonzero(np.asarray(table["fragile"])))
+            counts = count_rows(table)
+            n_bad += counts["bad"]
+            n_fragile += counts["fragile"]
             writer.write(table)
     except BaseException:
         writer.abort()

@@ -36,17 +36,17 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, vstack
 
+from ._files import temporary_path, umask
 from .errors import GalguardValueError
 
 __all__ = ["FORMATS", "SUFFIXES", "format_from_path", "write_catalog", "read_catalog",
            "CatalogWriter", "Journal", "JournalMismatch", "journal_dir", "hash_inputs",
-           "atomic_path"]
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,6 @@ def journal_dir(path):
     """The journal directory of catalog ``path``: ``path`` + ``.partial``."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
-
-
-def atomic_path(path):
-    """A fresh temporary file name in ``path``'s directory (for write + `os.replace`)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def hash_inputs(paths):
@@ -312,7 +304,7 @@ class CatalogWriter:
         self.path = Path(path)
         self.format = format_from_path(self.path, format)
         self.meta = dict(meta)
-        self._tmp = atomic_path(self.path)
+        self._tmp = temporary_path(self.path)
         self._parts = []
         self._writer = None
         self._fh = None
@@ -378,7 +370,7 @@ class CatalogWriter:
                     out.meta.clear()
                     out.meta.update(self.meta)
                     out.write(self._tmp, format="ascii.ecsv", overwrite=True)
-            os.chmod(self._tmp, 0o666 & ~_umask())
+            os.chmod(self._tmp, 0o666 & ~umask())
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
@@ -398,12 +390,6 @@ class CatalogWriter:
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_catalog(table, path, *, format=None, overwrite=False):

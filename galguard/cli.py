@@ -60,8 +60,15 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit status (see the epilog)."""
+    from ._cli import run_command
+
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("galguard: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
@@ -69,7 +76,7 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    return int(args.func(args) or 0)
+    return run_command(f"galguard {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

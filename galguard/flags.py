@@ -23,7 +23,7 @@ bit    name                meaning
 
 import enum
 
-__all__ = ["Flag", "INPUT_FLAGS", "VERDICT_FLAGS", "describe"]
+__all__ = ["Flag", "INPUT_FLAGS", "VERDICT_FLAGS", "describe", "fragile_mask", "count_rows"]
 
 
 class Flag(enum.IntFlag):
@@ -56,3 +56,41 @@ def describe(value):
     """Return the names of the flags set in an integer bitmask, e.g. ``['BAD_INPUT']``."""
     value = int(value)
     return [f.name for f in Flag if f.value and value & f.value]
+
+
+def fragile_mask(flags, fragile_flags):
+    """The one definition of ``fragile``: a verdict bit of ``fragile_flags`` is set, or the row
+    could not be checked (BAD_INPUT): either way its classification is not to be trusted.
+
+    Parameters
+    ----------
+    flags : array-like of int
+        Per-row flag bitmasks.
+    fragile_flags : int
+        The verdict bits that make a row fragile (`CheckConfig.fragile_flags`).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    import numpy as np
+
+    flags = np.asarray(flags, np.int64)
+    return ((flags & int(fragile_flags)) != 0) | ((flags & int(Flag.BAD_INPUT)) != 0)
+
+
+def count_rows(table):
+    """Counts every summary reports (the CLI, ``galguard demo``, the report), from a table's
+    ``flags`` and ``fragile`` columns: ``{"n", "bad", "fragile", "fragile_checked"}``.
+
+    ``fragile`` counts every row of the ``fragile`` column (`fragile_mask`: bad rows
+    included); ``fragile_checked`` the fragile rows that were checked (not BAD_INPUT).
+    """
+    import numpy as np
+
+    flags = np.asarray(table["flags"], np.int64)
+    fragile = np.asarray(table["fragile"], bool)
+    bad = (flags & int(Flag.BAD_INPUT)) != 0
+    return {"n": int(len(flags)), "bad": int(bad.sum()), "fragile": int(fragile.sum()),
+            "fragile_checked": int((fragile & ~bad).sum())}
+

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write
 from .errors import GalguardValueError
-from .flags import VERDICT_FLAGS, Flag
+from .flags import VERDICT_FLAGS, Flag, count_rows
 
 __all__ = ["make_report", "Report", "fragility_score", "METHODS"]
 
@@ -302,8 +303,9 @@ def _counts(table, classes):
     for c, name in enumerate(classes):
         sel = (pred == c) & ~bad
         per_class[name] = {"n": int(sel.sum()), "fragile": int((fragile & sel).sum())}
-    return {"n": len(table), "good": int((~bad).sum()), "bad": int(bad.sum()),
-            "fragile": int((fragile & ~bad).sum()),
+    rows = count_rows(table)
+    return {"n": rows["n"], "good": rows["n"] - rows["bad"], "bad": rows["bad"],
+            "fragile": rows["fragile"], "fragile_checked": rows["fragile_checked"],
             "onepixel_flip": per_flag.get("ONEPIXEL_FLIP", 0),
             "noise_unstable": per_flag.get("NOISE_UNSTABLE", 0),
             "per_flag": per_flag, "per_class": per_class}
@@ -361,7 +363,7 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
     matplotlib.use("Agg", force=False)
     from astropy.table import Table
 
-    from .catalog import atomic_path, read_catalog
+    from .catalog import read_catalog
 
     if method not in METHODS:
         raise GalguardValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -389,7 +391,7 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
     want = meta.get("model_sha256", "")
     spec = model if model is not None else cfg.get("model", meta.get("model_name"))
     try:
-        from .check import resolve_model
+        from .checks import resolve_model
         mod, _, sha = resolve_model(spec)
         if want and sha and sha != want:
             notes.append(f"model {spec!r} has sha256 {sha[:12]}..., not the catalog's "
@@ -475,7 +477,8 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
     rows_html = "".join(
         f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in (
             ("cutouts", counts["n"]), ("good", counts["good"]), ("bad inputs", counts["bad"]),
-            ("fragile (good rows)", counts["fragile"]),
+            ("fragile (bad inputs included)", counts["fragile"]),
+            ("fragile among the checked", counts["fragile_checked"]),
             ("one-pixel flip", counts["onepixel_flip"]),
             ("noise unstable", counts["noise_unstable"])))
     cls_html = "".join(
@@ -520,15 +523,8 @@ exposure, same stretch.</p>
 <div id="latent-map">{map_html or '<p class="note">no latent map</p>'}</div>
 </body></html>
 """
-    output = Path(output)
-    tmp = atomic_path(output)
-    try:
-        tmp.write_text(doc, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    output = atomic_write(output, lambda tmp: tmp.write_text(doc, encoding="utf-8"),
+                          name="output")
     hist = {"edges": edges.tolist(), "counts": hcounts.tolist()}
     return Report(path=output, counts=counts, gallery=entries, histogram=hist,
                   latent_points=latent_points, notes=notes, figures=figures)

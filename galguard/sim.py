@@ -26,11 +26,11 @@ import math
 import multiprocessing
 import os
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write
 from .errors import GalguardValueError
 
 __all__ = [
@@ -956,21 +956,10 @@ def _galaxy_header(simdata, i):
     return hdr
 
 
-def _atomic_write(hdul, path, overwrite):
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    # a unique name in the same directory (created with the default permissions), then an
-    # atomic rename: readers never see a partial file
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        hdul.writeto(tmp, overwrite=True, output_verify="exception")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def _write_hdul(hdul, path, overwrite):
+    return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True,
+                                                       output_verify="exception"),
+                        overwrite=overwrite, name="path")
 
 
 def _image_hdus(data, header, compress, dither_seed):
@@ -1046,13 +1035,13 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
                           ("EXPTIME", "exptime"), ("SEEING", "seeing"), ("TRUEMAG", "mag")):
             cols.append(fits.Column(name, "3D", array=np.asarray(m[col], dtype=np.float64)))
         hdus.append(fits.BinTableHDU.from_columns(cols, name="CATALOG"))
-        _atomic_write(hdus, targets[0], overwrite)
+        _write_hdul(hdus, targets[0], overwrite)
         return targets
     logger.debug("writing %d file(s) to %s", len(targets), outdir)
     for i, t in enumerate(targets):
         hdus = _image_hdus(simdata.images[i], _galaxy_header(simdata, i), compress,
                            1 + int(idx[i]) % 10000)
-        _atomic_write(hdus, t, overwrite)
+        _write_hdul(hdus, t, overwrite)
     return targets
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._files import atomic_write
 from .errors import GalguardValueError
 from .models.classifier import GalaxyClassifier, Preprocess, as_tensor, fit_latent_stats
 from .models.networks import build_network
@@ -69,23 +70,6 @@ def _sim_fingerprint():
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:10]
-
-
-def _save_atomic(path, write):
-    """Write a cache file through a temporary file unique to this process, then rename it, so that
-    concurrent runs sharing a cache directory never see (or clobber) each other's partial files."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,6 +264,12 @@ def plot_evaluation(results, path, *, title=None):
     return Path(path)
 
 
+def _to_file(path, save, *args, **kwargs):
+    """numpy's ``save(file, ...)`` into an open file (so no suffix is added to ``path``)."""
+    with open(path, "wb") as fh:
+        save(fh, *args, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------
 # Simulated data, cached
 # ------------------------------------------------------------------------------------------------
@@ -395,7 +385,7 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
         x, _ = dim_and_observe(x10, np.arange(start, start + n), seed=seed, dm_range=(lo, hi),
                                depth=depth, gain_y10=p10["gain"], gain=pd["gain"], sky=pd["sky"])
         if cpath is not None:
-            _save_atomic(cpath, lambda f: np.save(f, x))
+            atomic_write(cpath, lambda tmp: _to_file(tmp, np.save, x), name="cache file")
         return x, labels
     path = None
     if cache_dir is not None:
@@ -416,7 +406,8 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     labels = np.asarray(out["y10"].labels, dtype=np.int64)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(path, lambda f: np.savez(f, labels=labels, **arrays))
+        atomic_write(path, lambda tmp: _to_file(tmp, np.savez, labels=labels, **arrays),
+                     name="cache file")
     return arrays[f"images_{depth}"], labels
 
 

@@ -1,6 +1,9 @@
 """Tests of galguard.check(): the per-galaxy robustness table."""
 
 import json
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import torch
 from astropy.io import fits
 
 import galguard
-from galguard.check import COLUMNS, CheckConfig, check_cutouts
+from galguard.checks import COLUMNS, CheckConfig, check_cutouts
 from galguard.errors import GalguardValueError
 from galguard.flags import Flag
 from galguard.io import Cutouts, read_cutouts
@@ -204,7 +207,13 @@ def test_check_bad_options(model):
         galguard.check(cutouts(1), model=3)
 
 
-def test_galguard_check_is_callable():
-    import galguard.check as mod
-    assert callable(galguard.check)
-    assert callable(mod)
+def test_galguard_check_is_a_function_whatever_the_import_order():
+    # In a fresh process: the function first, then the implementation package (issue: the
+    # callable-module trick made `galguard.check` a module or a function by import order).
+    code = ("import galguard, types; f = galguard.check; import galguard.checks as m; "
+            "assert m.CheckConfig is galguard.CheckConfig; assert galguard.check is f; "
+            "assert isinstance(f, types.FunctionType); assert m.check is f; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert isinstance(galguard.check, types.FunctionType)
+    assert galguard.CheckConfig is CheckConfig

@@ -350,7 +350,7 @@ def test_demo_with_the_shipped_default_model(tmp_path, capsys):
 
 def test_progress_bar_only_on_a_terminal(files, model_path, tmp_path, capsys):
     from galguard.batch import run_batch
-    from galguard.check import CheckConfig
+    from galguard.checks import CheckConfig
 
     cfg = CheckConfig(model=str(model_path), onepixel=False, noise_realisations=3, chunk_size=3)
     res = run_batch([str(p) for p in files], tmp_path / "a.parquet", config=cfg,

@@ -163,5 +163,5 @@ def test_noise_stability_bad_arguments():
     model = MeanThreshold(0.0)
     with pytest.raises(GalguardValueError, match="realisations must be an integer >= 1, got 0"):
         noise_stability(model, flat(), gain=1.0, sky=0.0, realisations=0)
-    with pytest.raises(GalguardValueError, match="batch_size must be a positive integer, got 0"):
+    with pytest.raises(GalguardValueError, match="batch_size must be an integer >= 1, got 0"):
         noise_stability(model, flat(), gain=1.0, sky=0.0, batch_size=0)

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from galguard.check import CheckConfig, check
+from galguard.checks import CheckConfig, check
 from galguard.errors import GalguardValueError
 from galguard.flags import Flag
 
@@ -211,7 +211,7 @@ def per_patch_overrides(tmp_path, model_path):
 # Packaging
 
 def test_import_galguard_does_not_import_lsst():
-    code = ("import sys, galguard, galguard.check, galguard.io, galguard.cli; "
+    code = ("import sys, galguard, galguard.checks, galguard.io, galguard.cli; "
             "print(sorted(m for m in sys.modules if m == 'lsst' or m.startswith('lsst.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()

@@ -198,7 +198,7 @@ def test_cli_writes_files_and_refuses_overwrite(tmp_path, capsys):
         assert names == ["gal_0000000.fits", "gal_0000001.fits", "gal_0000002.fits"]
     assert (tmp_path / "m.png").stat().st_size > 1000
     before = (out / "y1" / "gal_0000001.fits").read_bytes()
-    assert main(args) == 1
+    assert main(args) == 2  # an existing output without --overwrite is a usage error
     assert "exists" in capsys.readouterr().err
     assert (out / "y1" / "gal_0000001.fits").read_bytes() == before
     assert main(args + ["--overwrite"]) == 0

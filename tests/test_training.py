@@ -278,8 +278,11 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
                  "--data", "sim:seed=0,start=69,n=3,depth=y1,size=32"]) == 0
 
     assert main(["train", "--name", "bad", "--out", str(out), "--size", "32", "--n-source", "30",
-                 "--val-start", "10", "--no-progress"]) == 1
+                 "--val-start", "10", "--no-progress"]) == 2
     assert "overlap" in capsys.readouterr().err
+    # A bad option value is a usage error (exit 2) for every command, train included.
+    assert main(["train", "--name", "x", "--epochs", "0", "--out", str(out)]) == 2
+    assert "epochs must be" in capsys.readouterr().err
 
 
 def test_parse_data_spec():
@@ -339,7 +342,13 @@ def test_sim_cache_writes_are_atomic_and_private(tmp_path):
     directory once raced on one fixed temporary name), and a failed write leaves nothing."""
     import threading
 
-    from galguard.training import _save_atomic
+    from galguard._files import atomic_write
+
+    def _save_atomic(path, write):
+        def fill(tmp):
+            with open(tmp, "wb") as f:
+                write(f)
+        atomic_write(path, fill)
 
     target = tmp_path / "cache" / "x.npy"
     errors = []

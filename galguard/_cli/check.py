@@ -45,48 +45,21 @@ examples:
 
 
 def add_check_options(p):
-    """The options shared by ``check`` and ``demo``: what is computed and how."""
-    from ..robustness.onepixel import PRESETS
+    """The options shared by ``check`` and ``demo``: one per `CheckConfig` field (generated
+    from its declaration) and ``--device``."""
+    from ..checks.config import add_arguments
 
-    g = p.add_argument_group("checks")
-    g.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                   help="one-pixel attack budget, population x generations: "
-                        + ", ".join(f"'{name}' ({p['popsize']} x {p['max_iter']})"
-                                    for name, p in PRESETS.items())
-                        + "; 'paper' is the DeepAdversaries budget, 'default' is sized for a "
-                          "CPU (default: %(default)s)")
-    g.add_argument("--model", default="default",
-                   help="shipped model name or path to NAME.safetensors with its NAME.json card "
-                        "(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0,
-                   help="seed of every random draw; same seed, same catalog (default: 0)")
-    g.add_argument("--noise-realisations", type=int, default=10, metavar="K",
-                   help="shallower-depth noise realisations per cutout (default: 10)")
-    g.add_argument("--depth-fraction", type=float, default=0.1, metavar="P",
-                   help="fraction of the exposure kept by each noise realisation "
-                        "(0.1 ~ LSST Y10 -> Y1; default: 0.1)")
-    g.add_argument("--no-noise", dest="noise", action="store_false",
-                   help="skip the noise-stability check")
-    g.add_argument("--no-onepixel", dest="onepixel", action="store_false",
-                   help="skip the one-pixel attack")
-    g = p.add_argument_group("computation (speed and memory only; results do not change)")
-    g.add_argument("--device", default=None,
-                   help="torch device: cpu, cuda, cuda:1 ... (default: cpu)")
-    g.add_argument("--batch-size", type=int, default=256, metavar="N",
-                   help="images per model call (default: 256)")
-    g.add_argument("--chunk-size", type=int, default=256, metavar="N",
-                   help="cutouts read and checked together; the unit of the journal, so "
-                        "--resume needs the same value (default: 256)")
+    add_arguments(p)
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1 ... (default: cpu); results do not "
+                        "depend on it")
 
 
 def config_from_args(args):
     """A `CheckConfig` from parsed options (raises GalguardValueError for bad values)."""
-    from ..check import CheckConfig
+    from ..checks.config import from_args
 
-    return CheckConfig(model=str(args.model), preset=args.preset, seed=args.seed,
-                       noise=args.noise, noise_realisations=args.noise_realisations,
-                       depth_fraction=args.depth_fraction, onepixel=args.onepixel,
-                       batch_size=args.batch_size, chunk_size=args.chunk_size)
+    return from_args(args)
 
 
 def register(subparsers):
@@ -128,30 +101,24 @@ def register(subparsers):
 
 
 def run(args):
-    """Run ``galguard check``; returns an exit code."""
-    from ..batch import OutputExists, expand_inputs, run_batch
-    from ..catalog import JournalMismatch
-    from ..cli import EXIT_BAD_INPUTS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+    """Run ``galguard check``; returns an exit code (errors are mapped by `run_command`)."""
+    from ..batch import expand_inputs, run_batch
+    from ..catalog import journal_dir
+    from ..cli import EXIT_BAD_INPUTS, EXIT_OK
     from ..errors import GalguardValueError
-
-    def usage(msg):
-        print(f"galguard check: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+    from . import CommandFailed
 
     if not args.inputs and not args.input_list:
-        return usage("give at least one INPUT (file, directory, glob or @LIST) or --input-list")
+        raise GalguardValueError("give at least one INPUT (file, directory, glob or @LIST) or "
+                                 "--input-list")
     if args.resume and args.overwrite:
-        return usage("--resume and --overwrite exclude each other")
+        raise GalguardValueError("--resume and --overwrite exclude each other")
     if args.dask_scheduler and args.dask_local:
-        return usage("--dask-scheduler and --dask-local exclude each other")
+        raise GalguardValueError("--dask-scheduler and --dask-local exclude each other")
     if args.workers < 1:
-        return usage(f"--workers must be >= 1, got {args.workers}")
-    try:
-        config = config_from_args(args)
-        paths = expand_inputs(args.inputs, input_lists=args.input_list,
-                              recursive=args.recursive)
-    except GalguardValueError as exc:
-        return usage(str(exc))
+        raise GalguardValueError(f"--workers must be >= 1, got {args.workers}")
+    config = config_from_args(args)
+    paths = expand_inputs(args.inputs, input_lists=args.input_list, recursive=args.recursive)
     progress = not args.quiet and sys.stderr.isatty()
     log.info("%d input file(s)", len(paths))
     try:
@@ -159,22 +126,20 @@ def run(args):
                         format=args.format, workers=args.workers,
                         dask_scheduler=args.dask_scheduler, dask_local=args.dask_local,
                         resume=args.resume, overwrite=args.overwrite, progress=progress)
-    except (OutputExists, JournalMismatch) as exc:
-        return usage(str(exc))
-    except GalguardValueError as exc:
-        return usage(str(exc))
-    except KeyboardInterrupt:
-        print("galguard check: interrupted; run again with --resume to continue",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as exc:  # noqa: BLE001 - reported, journal kept
+    except GalguardValueError:
+        raise
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported with the journal
         log.debug("failure", exc_info=True)
-        print(f"galguard check: failed: {type(exc).__name__}: {exc} (finished chunks are kept; "
-              f"run again with --resume)", file=sys.stderr)
-        return EXIT_FAILURE
+        kept = sorted(journal_dir(args.output).glob("chunk-*.parquet"))
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+            f"{type(exc).__name__}: {exc}"
+        hint = (f" ({len(kept)} finished chunk(s) are kept; run again with --resume to "
+                "continue)" if kept else "")
+        raise CommandFailed(what + hint) from None
     if not args.quiet:
         print(f"{res.path}: {res.n_rows} cutouts, {res.n_fragile} fragile, {res.n_bad} bad "
-              f"input(s); {res.seconds:.1f} s ({res.n_rows / max(res.seconds, 1e-9):.1f} "
-              f"cutouts/s)" + (f", {res.n_resumed} chunk(s) resumed" if res.n_resumed else ""),
+              f"input(s); {res.seconds:.1f} s "
+              f"({res.n_rows / max(res.seconds, 1e-9):.1f} cutouts/s)"
+              + (f", {res.n_resumed} chunk(s) resumed" if res.n_resumed else ""),
               file=sys.stderr)
     return EXIT_BAD_INPUTS if res.n_bad else EXIT_OK

@@ -59,7 +59,7 @@ def summary_table(table, *, classes=None, max_rows=40):
     """
     import numpy as np
 
-    from ..flags import Flag
+    from ..flags import Flag, count_rows
 
     if classes is None:
         classes = str(table.meta.get("classes", "")).split(",")
@@ -91,14 +91,12 @@ def summary_table(table, *, classes=None, max_rows=40):
     if len(table) > max_rows:
         out.append(f"... {len(table) - max_rows} more rows in the catalog")
     flags = np.asarray(table["flags"], np.int64)
-    n = len(table)
-    bad = int(np.count_nonzero(flags & int(Flag.BAD_INPUT)))
-    frag = int(np.count_nonzero(np.asarray(table["fragile"], bool)))
     opf = int(np.count_nonzero(flags & int(Flag.ONEPIXEL_FLIP)))
     nu = int(np.count_nonzero(flags & int(Flag.NOISE_UNSTABLE)))
     out.append("")
-    out.append(f"{n} cutouts: {frag} fragile ({frag / max(n, 1):.0%}), {opf} flipped by one "
-               f"pixel, {nu} unstable under shallower-depth noise, {bad} bad input(s)")
+    counts = count_rows(table)
+    out.append(f"{counts['n']} cutouts: {counts['fragile']} fragile ({counts['bad']} of them bad "
+               f"inputs), {opf} flipped by one pixel, {nu} unstable under shallower-depth noise")
     if "true_label" in table.colnames:
         known = np.asarray(table["true_label"]) >= 0
         if known.any():
@@ -120,11 +118,10 @@ def run(args):
 
     from ..batch import expand_inputs, run_batch
     from ..catalog import read_catalog
-    from ..cli import EXIT_OK, EXIT_USAGE
+    from ..cli import EXIT_OK
     from ..errors import GalguardValueError
     from ..report import make_report
     from ..sim import sample_path
-    from . import call_reporting_errors
     from .check import config_from_args
 
     t0 = time.perf_counter()
@@ -134,23 +131,15 @@ def run(args):
         out.mkdir(parents=True, exist_ok=True)
         sample = sample_path(args.depth)
         paths = expand_inputs([str(sample)])
-    except (GalguardValueError, OSError) as exc:
-        print(f"galguard demo: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except OSError as exc:
+        raise GalguardValueError(f"--out {str(args.out)!r}: {exc}") from None
     catalog = out / CATALOG_NAME
     print(f"galguard demo: checking {len(paths)} simulated galaxies from {sample} with model "
           f"{args.model!r}, preset {args.preset!r}", file=sys.stderr)
-    def steps():
-        res = run_batch(paths, catalog, config=config, model=args.model, device=args.device,
-                        overwrite=True, progress=not args.quiet and sys.stderr.isatty())
-        print(summary_table(read_catalog(catalog)))
-        rep = make_report(catalog, out / REPORT_NAME, title="galguard demo", model=args.model)
-        return res, rep
-
-    done, code = call_reporting_errors("galguard demo", steps)
-    if code is not None:
-        return code
-    res, rep = done
+    res = run_batch(paths, catalog, config=config, model=args.model, device=args.device,
+                    overwrite=True, progress=not args.quiet and sys.stderr.isatty())
+    print(summary_table(read_catalog(catalog)))
+    rep = make_report(catalog, out / REPORT_NAME, title="galguard demo", model=args.model)
     for note in rep.notes:
         log.warning("%s", note)
     print(f"\nwrote {res.path} and {rep.path} in {time.perf_counter() - t0:.1f} s; next: "

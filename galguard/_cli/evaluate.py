@@ -108,29 +108,25 @@ def run(args):
     """Run ``galguard evaluate``; returns an exit code."""
     from astropy.table import Table
 
-    from ..cli import EXIT_FAILURE, EXIT_OK
+    from ..cli import EXIT_OK
     from ..errors import GalguardValueError
     from ..models import load
     from ..training import evaluate, plot_evaluation
 
-    try:
-        model = load(args.model)
-        specs = [parse_data_spec(s) for s in args.data]
-        if not specs:
-            test = (model.card.get("training_data") or {}).get("test")
-            seed = (model.card.get("training_data") or {}).get("seed")
-            if not test:
-                raise GalguardValueError("no --data given and the model card records no test set")
-            td = model.card.get("training_data") or {}
-            law = {k: td[k] for k in ("dm_range", "mag_range", "counts_slope") if td.get(k)}
-            specs = [(d.upper(), "sim", {"seed": seed, "start": test["start"], "n": test["n"],
-                                         "depth": d, "size": model.input_size, **law})
-                     for d in test["depths"]]
-        data = {label: _load(kind, value, args) for label, kind, value in specs}
-        results = evaluate(model, data, batch_size=args.batch_size, n_bins=args.bins)
-    except GalguardValueError as exc:
-        print(f"galguard evaluate: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    model = load(args.model)
+    specs = [parse_data_spec(s) for s in args.data]
+    if not specs:
+        test = (model.card.get("training_data") or {}).get("test")
+        seed = (model.card.get("training_data") or {}).get("seed")
+        if not test:
+            raise GalguardValueError("no --data given and the model card records no test set")
+        td = model.card.get("training_data") or {}
+        law = {k: td[k] for k in ("dm_range", "mag_range", "counts_slope") if td.get(k)}
+        specs = [(d.upper(), "sim", {"seed": seed, "start": test["start"], "n": test["n"],
+                                     "depth": d, "size": model.input_size, **law})
+                 for d in test["depths"]]
+    data = {label: _load(kind, value, args) for label, kind, value in specs}
+    results = evaluate(model, data, batch_size=args.batch_size, n_bins=args.bins)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"model": model.name, "sha256": model.sha256,
            "data": {label: (str(v) if kind == "path" else v) for label, kind, v in specs},

@@ -53,14 +53,10 @@ def run(args):
     """Run ``galguard report``; returns an exit code."""
     from ..cli import EXIT_OK
     from ..report import make_report
-    from . import call_reporting_errors
 
-    rep, code = call_reporting_errors(
-        "galguard report", make_report, args.catalog, args.output, gallery=args.gallery,
-        max_points=args.max_points, method=args.method, model=args.model, seed=args.seed,
-        title=args.title)
-    if code is not None:
-        return code
+    rep = make_report(args.catalog, args.output, gallery=args.gallery,
+                      max_points=args.max_points, method=args.method, model=args.model,
+                      seed=args.seed, title=args.title)
     for note in rep.notes:
         log.warning("%s", note)
     print(f"wrote {rep.path}: {rep.counts['n']} cutouts, {rep.counts['fragile']} fragile, "

@@ -62,42 +62,34 @@ def _targets(args, depths):
 def run(args):
     """Run ``galguard simulate``; returns an exit code."""
     from .. import sim
-    from ..cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+    from ..cli import EXIT_OK
     from ..errors import GalguardValueError
 
     depths = ("y10", "y1") if args.depth == "both" else (args.depth,)
     if args.n < 0 or args.start < 0:
-        print(f"galguard simulate: --n and --start must be >= 0, got {args.n} and {args.start}",
-              file=sys.stderr)
-        return EXIT_USAGE
+        raise GalguardValueError(f"--n and --start must be >= 0, got {args.n} and {args.start}")
     if not args.overwrite:
         existing = [t for t in _targets(args, depths) if t.exists()]
         if args.mosaic is not None and args.mosaic.exists():
             existing.append(args.mosaic)
         if existing:
-            print(f"galguard simulate: {existing[0]} exists ({len(existing)} file(s) in the "
-                  "way); use --overwrite to replace", file=sys.stderr)
-            return EXIT_FAILURE
-    try:
-        out = sim.simulate(args.n, seed=args.seed, start=args.start, depths=depths,
-                           size=args.size, n_jobs=args.jobs, progress=not args.no_progress,
-                           class_fractions=args.classes,
-                           **({} if args.mag_range is None else {"mag_range": args.mag_range}),
-                           counts_slope=args.counts_slope)
-    except GalguardValueError as exc:
-        print(f"galguard simulate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+            raise GalguardValueError(f"{existing[0]} exists ({len(existing)} file(s) in the "
+                                     "way); use --overwrite to replace")
+    out = sim.simulate(args.n, seed=args.seed, start=args.start, depths=depths,
+                       size=args.size, n_jobs=args.jobs, progress=not args.no_progress,
+                       class_fractions=args.classes,
+                       **({} if args.mag_range is None else {"mag_range": args.mag_range}),
+                       counts_slope=args.counts_slope)
     written = 0
-    try:
-        for d in depths:
-            outdir = args.out / d if len(depths) > 1 else args.out
+    for d in depths:
+        outdir = args.out / d if len(depths) > 1 else args.out
+        try:
             paths = sim.write_fits(out[d], outdir, stack=args.stack, overwrite=args.overwrite,
                                    compress=args.compress)
-            written += len(paths)
-            logger.info("wrote %d file(s) to %s", len(paths), outdir)
-    except FileExistsError as exc:
-        print(f"galguard simulate: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        except FileExistsError as exc:
+            raise GalguardValueError(str(exc)) from None
+        written += len(paths)
+        logger.info("wrote %d file(s) to %s", len(paths), outdir)
     if args.mosaic is not None:
         sim.make_mosaic(out, args.mosaic)
         logger.info("wrote mosaic %s", args.mosaic)

@@ -117,87 +117,83 @@ def run(args):
     import numpy as np
 
     from .. import __version__
-    from ..cli import EXIT_FAILURE, EXIT_OK
+    from ..cli import EXIT_OK
     from ..errors import GalguardValueError
     from ..models import save
     from ..training import evaluate, train
 
     command = command_line(args)
-    try:
-        ranges = {"source": (args.source_start, args.n_source),
-                  "target": (args.target_start, args.n_target),
-                  "validation": (args.val_start, args.n_val),
-                  "test": (args.test_start, args.n_test)}
-        spans = sorted((a, a + n, k) for k, (a, n) in ranges.items() if n > 0
-                       and not (k == "target" and args.da == "none"))
-        for (a0, a1, k0), (b0, b1, k1) in zip(spans, spans[1:]):
-            if b0 < a1:
-                raise GalguardValueError(f"galaxy ranges of {k0} [{a0}, {a1}) and {k1} "
-                                         f"[{b0}, {b1}) overlap; use disjoint --*-start values")
-        t0 = time.time()
-        xs, ys = _split(args, args.source_start, args.n_source, "y10")
-        xv, yv = _split(args, args.val_start, args.n_val, "y10")
-        xt = None
-        if args.da != "none":
-            xt, _ = _split(args, args.target_start, args.n_target, "y1")
-        t_data = time.time() - t0
-        data_card = {
-            "simulator": "galguard.sim.simulate", "galguard": __version__,
-            "galsim": galsim.__version__, "seed": args.sim_seed, "size": args.size,
-            "class_fractions": "balanced",
-            "mag_range": args.mag_range, "counts_slope": args.counts_slope,
-            "dm_range": args.dm_range,
-            "dimming": ("each galaxy made fainter by dm ~ U(dm_range) magnitudes and observed at "
-                        "its depth from its Y10 photons (binomial thinning + Poisson sky), "
-                        "galguard.training.dim_and_observe" if args.dm_range else None),
-            "source": {"depth": "y10", "start": args.source_start, "n": args.n_source,
-                       "labelled": True,
-                       "class_counts": np.bincount(ys, minlength=3).tolist()},
-            "target": ({"depth": "y1", "start": args.target_start, "n": args.n_target,
-                        "labelled": False, "labels_used": False}
-                       if args.da != "none" else None),
-            "validation": {"depth": "y10", "start": args.val_start, "n": args.n_val},
-            "test": ({"depths": ["y10", "y1"], "start": args.test_start, "n": args.n_test}
-                     if args.n_test else None),
-            "note": "source, target, validation and test are disjoint galaxy index ranges",
-        }
-        model = train(
-            xs, ys, target=xt, validation=xv, validation_labels=yv, architecture=args.arch,
-            da=args.da, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, patience=args.patience,
-            warmup_epochs=args.warmup_epochs, mmd_weight=args.mmd_weight, seed=args.seed,
-            loss_weight_lr=args.loss_weight_lr, init_loss_weights=args.init_loss_weights,
-            checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-            progress=not args.no_progress, num_threads=args.threads, name=args.name,
-            card={"name": args.name, "command": command, "training_data": data_card})
-        del xs, xt
-        metrics = {}
-        if args.n_test:
-            data = {d: _split(args, args.test_start, args.n_test, d) for d in ("y10", "y1")}
-            full = evaluate(model, data)
-            metrics = {d: {k: v for k, v in m.items() if k != "reliability"}
-                       for d, m in full.items()}
-            metrics["evaluated_on"] = (f"held-out galguard.sim galaxies {args.test_start}.."
-                                       f"{args.test_start + args.n_test - 1} (seed "
-                                       f"{args.sim_seed}) at Y10 and Y1")
-            print(f"{args.name}: test accuracy Y10 {metrics['y10']['accuracy']:.4f} "
-                  f"Y1 {metrics['y1']['accuracy']:.4f} | ECE Y10 {metrics['y10']['ece']:.4f} "
-                  f"Y1 {metrics['y1']['ece']:.4f} | Brier Y10 {metrics['y10']['brier']:.4f} "
-                  f"Y1 {metrics['y1']['brier']:.4f}")
-        model.card["metrics"] = metrics
-        model.card["training"]["data_seconds"] = round(t_data, 1)
-        model.card["optimizer_note"] = (
-            "AdamW (lr {lr}, weight decay {wd}) instead of the paper's Adam lr 1e-5, "
-            "betas (0.7, 0.8): lr 1e-5 does not converge within a CPU budget of minutes".format(
-                lr=args.lr, wd=args.weight_decay))
-        w, c = save(model, args.out / f"{args.name}.safetensors")
-        if args.set_default:
-            idx_path = args.out / "index.json"
-            idx = json.loads(idx_path.read_text()) if idx_path.exists() else {}
-            idx["default"] = args.name
-            idx_path.write_text(json.dumps(idx, indent=2) + "\n")
-        print(f"wrote {w} and {c} (sha256 {model.sha256[:16]}...)")
-        return EXIT_OK
-    except GalguardValueError as exc:
-        print(f"galguard train: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    ranges = {"source": (args.source_start, args.n_source),
+              "target": (args.target_start, args.n_target),
+              "validation": (args.val_start, args.n_val),
+              "test": (args.test_start, args.n_test)}
+    spans = sorted((a, a + n, k) for k, (a, n) in ranges.items() if n > 0
+                   and not (k == "target" and args.da == "none"))
+    for (a0, a1, k0), (b0, b1, k1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise GalguardValueError(f"galaxy ranges of {k0} [{a0}, {a1}) and {k1} "
+                                     f"[{b0}, {b1}) overlap; use disjoint --*-start values")
+    t0 = time.time()
+    xs, ys = _split(args, args.source_start, args.n_source, "y10")
+    xv, yv = _split(args, args.val_start, args.n_val, "y10")
+    xt = None
+    if args.da != "none":
+        xt, _ = _split(args, args.target_start, args.n_target, "y1")
+    t_data = time.time() - t0
+    data_card = {
+        "simulator": "galguard.sim.simulate", "galguard": __version__,
+        "galsim": galsim.__version__, "seed": args.sim_seed, "size": args.size,
+        "class_fractions": "balanced",
+        "mag_range": args.mag_range, "counts_slope": args.counts_slope,
+        "dm_range": args.dm_range,
+        "dimming": ("each galaxy made fainter by dm ~ U(dm_range) magnitudes and observed at "
+                    "its depth from its Y10 photons (binomial thinning + Poisson sky), "
+                    "galguard.training.dim_and_observe" if args.dm_range else None),
+        "source": {"depth": "y10", "start": args.source_start, "n": args.n_source,
+                   "labelled": True,
+                   "class_counts": np.bincount(ys, minlength=3).tolist()},
+        "target": ({"depth": "y1", "start": args.target_start, "n": args.n_target,
+                    "labelled": False, "labels_used": False}
+                   if args.da != "none" else None),
+        "validation": {"depth": "y10", "start": args.val_start, "n": args.n_val},
+        "test": ({"depths": ["y10", "y1"], "start": args.test_start, "n": args.n_test}
+                 if args.n_test else None),
+        "note": "source, target, validation and test are disjoint galaxy index ranges",
+    }
+    model = train(
+        xs, ys, target=xt, validation=xv, validation_labels=yv, architecture=args.arch,
+        da=args.da, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, patience=args.patience,
+        warmup_epochs=args.warmup_epochs, mmd_weight=args.mmd_weight, seed=args.seed,
+        loss_weight_lr=args.loss_weight_lr, init_loss_weights=args.init_loss_weights,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+        progress=not args.no_progress, num_threads=args.threads, name=args.name,
+        card={"name": args.name, "command": command, "training_data": data_card})
+    del xs, xt
+    metrics = {}
+    if args.n_test:
+        data = {d: _split(args, args.test_start, args.n_test, d) for d in ("y10", "y1")}
+        full = evaluate(model, data)
+        metrics = {d: {k: v for k, v in m.items() if k != "reliability"}
+                   for d, m in full.items()}
+        metrics["evaluated_on"] = (f"held-out galguard.sim galaxies {args.test_start}.."
+                                   f"{args.test_start + args.n_test - 1} (seed "
+                                   f"{args.sim_seed}) at Y10 and Y1")
+        print(f"{args.name}: test accuracy Y10 {metrics['y10']['accuracy']:.4f} "
+              f"Y1 {metrics['y1']['accuracy']:.4f} | ECE Y10 {metrics['y10']['ece']:.4f} "
+              f"Y1 {metrics['y1']['ece']:.4f} | Brier Y10 {metrics['y10']['brier']:.4f} "
+              f"Y1 {metrics['y1']['brier']:.4f}")
+    model.card["metrics"] = metrics
+    model.card["training"]["data_seconds"] = round(t_data, 1)
+    model.card["optimizer_note"] = (
+        "AdamW (lr {lr}, weight decay {wd}) instead of the paper's Adam lr 1e-5, "
+        "betas (0.7, 0.8): lr 1e-5 does not converge within a CPU budget of minutes".format(
+            lr=args.lr, wd=args.weight_decay))
+    w, c = save(model, args.out / f"{args.name}.safetensors")
+    if args.set_default:
+        idx_path = args.out / "index.json"
+        idx = json.loads(idx_path.read_text()) if idx_path.exists() else {}
+        idx["default"] = args.name
+        idx_path.write_text(json.dumps(idx, indent=2) + "\n")
+    print(f"wrote {w} and {c} (sha256 {model.sha256[:16]}...)")
+    return EXIT_OK

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from .._model_io import model_latent
 from ..errors import GalguardValueError
 
 __all__ = ["latent_shift", "ood_score", "get_latent_stats", "model_latent"]
@@ -38,13 +39,6 @@ def get_latent_stats(model):
                 f"model.latent_stats must hold 'class_means', 'precision' and "
                 f"'centroid_separation', got keys {sorted(stats)}")
     return stats
-
-
-def model_latent(output):
-    """Return the latent from a model output ``(latent, logits)``, or None for bare logits."""
-    if isinstance(output, (tuple, list)) and len(output) == 2:
-        return output[0].reshape(output[0].shape[0], -1)
-    return None
 
 
 def latent_shift(latent, perturbed, *, scale=None):

@@ -25,9 +25,10 @@ import logging
 import numpy as np
 import torch
 
+from .._model_io import evaluating, forward_probs
+from .._validate import validate_int
 from ..errors import GalguardValueError
-from .latent import latent_shift, model_latent
-from .onepixel import model_logits
+from .latent import latent_shift
 
 __all__ = ["degrade", "noise_stability", "NoiseResult", "MODES"]
 
@@ -155,19 +156,6 @@ class NoiseResult:
     pred_prob: torch.Tensor
 
 
-def _forward(model, x, batch_size):
-    lat, probs = [], []
-    for i in range(0, x.shape[0], batch_size):
-        out = model(x[i:i + batch_size])
-        probs.append(torch.softmax(model_logits(out).float(), dim=1))
-        z = model_latent(out)
-        lat.append(z.float() if z is not None else None)
-    if not probs:
-        return None, None
-    latent = None if any(z is None for z in lat) else torch.cat(lat)
-    return latent, torch.cat(probs)
-
-
 def noise_stability(model, images, *, gain, sky, p=0.1, realisations=8, mode="thin", seed=0,
                     index=None, batch_size=256, clean=None):
     """Flip rate, probability drop and latent shift under K shallower-depth realisations.
@@ -195,45 +183,36 @@ def noise_stability(model, images, *, gain, sky, p=0.1, realisations=8, mode="th
     -----
     The model is put in eval mode (and its mode restored) and run under `torch.inference_mode`.
     """
-    if isinstance(realisations, bool) or not isinstance(realisations, (int, np.integer)) \
-            or realisations < 1:
-        raise GalguardValueError(f"realisations must be an integer >= 1, got {realisations!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise GalguardValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    realisations = validate_int("realisations", realisations, minimum=1)
+    batch_size = validate_int("batch_size", batch_size, minimum=1)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         got = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
         raise GalguardValueError(f"images must be a (N, C, H, W) torch.Tensor, got {got}")
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            N = images.shape[0]
-            if clean is None:
-                latent0, probs0 = _forward(model, images, batch_size)
-            else:
-                latent0, probs0 = clean
-            if N == 0:
-                z = torch.zeros(0, device=images.device)
-                return NoiseResult(z, z, z, z.long(), z)
-            pred = probs0.argmax(dim=1)
-            p0 = probs0.gather(1, pred[:, None])[:, 0]
-            flips = torch.zeros(N, dtype=torch.float64, device=images.device)
-            drop = torch.zeros(N, dtype=torch.float64, device=images.device)
-            shift = torch.zeros(N, dtype=torch.float64, device=images.device)
-            for r in range(realisations):
-                noisy = degrade(images, gain=gain, sky=sky, p=p, mode=mode, seed=seed,
-                                index=index, realisation=r)
-                latent, probs = _forward(model, noisy, batch_size)
-                flips += (probs.argmax(dim=1) != pred).double()
-                drop += (p0 - probs.gather(1, pred[:, None])[:, 0]).double()
-                if latent0 is not None and latent is not None:
-                    shift += latent_shift(latent0, latent).double()
-            K = float(realisations)
-            if latent0 is None:
-                shift = torch.full_like(shift, float("nan"))
-            return NoiseResult(flip_rate=(flips / K).float(), prob_drop=(drop / K).float(),
-                               latent_shift=(shift / K).float(), pred_label=pred,
-                               pred_prob=p0.float())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        N = images.shape[0]
+        if clean is None:
+            latent0, probs0 = forward_probs(model, images, batch_size)
+        else:
+            latent0, probs0 = clean
+        if N == 0:
+            z = torch.zeros(0, device=images.device)
+            return NoiseResult(z, z, z, z.long(), z)
+        pred = probs0.argmax(dim=1)
+        p0 = probs0.gather(1, pred[:, None])[:, 0]
+        flips = torch.zeros(N, dtype=torch.float64, device=images.device)
+        drop = torch.zeros(N, dtype=torch.float64, device=images.device)
+        shift = torch.zeros(N, dtype=torch.float64, device=images.device)
+        for r in range(realisations):
+            noisy = degrade(images, gain=gain, sky=sky, p=p, mode=mode, seed=seed,
+                            index=index, realisation=r)
+            latent, probs = forward_probs(model, noisy, batch_size)
+            flips += (probs.argmax(dim=1) != pred).double()
+            drop += (p0 - probs.gather(1, pred[:, None])[:, 0]).double()
+            if latent0 is not None and latent is not None:
+                shift += latent_shift(latent0, latent).double()
+        K = float(realisations)
+        if latent0 is None:
+            shift = torch.full_like(shift, float("nan"))
+        return NoiseResult(flip_rate=(flips / K).float(), prob_drop=(drop / K).float(),
+                           latent_shift=(shift / K).float(), pred_label=pred,
+                           pred_prob=p0.float())

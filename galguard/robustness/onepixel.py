@@ -14,9 +14,12 @@ import math
 import numpy as np
 import torch
 
+from .._model_io import evaluating, model_logits
+from .._validate import validate_int
 from ..errors import GalguardValueError
 
-__all__ = ["OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits"]
+__all__ = ["OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits", "paper_bounds",
+           "validate_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +42,6 @@ PRESETS = {
 
 _STRATEGIES = ("rand1", "best1")
 _INITS = ("random", "extremes")
-
-
-def model_logits(output):
-    """Return the logits from a model output that is either logits or ``(latent, logits)``.
-
-    Parameters
-    ----------
-    output : torch.Tensor or tuple or list
-        What the model returned.
-
-    Returns
-    -------
-    torch.Tensor
-        The (N, K) logits.
-    """
-    if isinstance(output, (tuple, list)):
-        if len(output) != 2:
-            raise GalguardValueError(
-                f"model output must be logits or (latent, logits), got a sequence of length "
-                f"{len(output)}")
-        output = output[1]
-    if not isinstance(output, torch.Tensor) or output.ndim != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise GalguardValueError(f"model logits must have shape (N, K), got {shape}")
-    return output
 
 
 @dataclasses.dataclass
@@ -219,9 +197,9 @@ class OnePixelAttack:
             raise GalguardValueError(
                 f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.pixels = _validate_int("pixels", pixels, 1)
-        self.popsize = _validate_int("popsize", popsize, 4)
-        self.max_iter = _validate_int("max_iter", max_iter, 0)
+        self.pixels = validate_int("pixels", pixels, minimum=1)
+        self.popsize = validate_int("popsize", popsize, minimum=4)
+        self.max_iter = validate_int("max_iter", max_iter, minimum=0)
         F = float(F)
         if not (0.0 < F <= 2.0):
             raise GalguardValueError(f"F must be in (0, 2], got {F!r}")
@@ -237,7 +215,7 @@ class OnePixelAttack:
         if init not in _INITS:
             raise GalguardValueError(f"init must be one of {_INITS}, got {init!r}")
         self.init = init
-        self.bounds = _validate_bounds_spec(bounds)
+        self.bounds = validate_bounds(bounds)
         self.targeted = bool(targeted)
         if threshold is not None:
             threshold = float(threshold)
@@ -245,8 +223,9 @@ class OnePixelAttack:
                 raise GalguardValueError(f"threshold must be None or in (0, 1), got {threshold!r}")
         self.threshold = threshold
         self.early_stop = bool(early_stop)
-        self.seed = _validate_int("seed", seed, 0)
-        self.batch_size = None if batch_size is None else _validate_int("batch_size", batch_size, 1)
+        self.seed = validate_int("seed", seed, minimum=0)
+        self.batch_size = (None if batch_size is None
+                           else validate_int("batch_size", batch_size, minimum=1))
         if oob not in ("redraw", "clip"):
             raise GalguardValueError(f"oob must be 'redraw' or 'clip', got {oob!r}")
         self.oob = oob
@@ -319,14 +298,8 @@ class OnePixelAttack:
         B, C, H, W = images.shape
         labels = _validate_labels(labels, B, device)
         ids = _validate_ids(ids, B, device)
-        model = self.model
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.inference_mode():
-                return self._run(images, labels, ids, return_images)
-        finally:
-            model.train(was_training)
+        with evaluating(self.model):
+            return self._run(images, labels, ids, return_images)
 
     # ------------------------------------------------------------------------------------------
     def _chunk(self, C, H, W):
@@ -574,30 +547,23 @@ def _extreme_init(pop, lo, hi, pixels, C):
 
 # ---------------------------------------------------------------------------------------------
 # validation
-def _validate_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise GalguardValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise GalguardValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _validate_bounds_spec(bounds):
+def validate_bounds(bounds, *, name="bounds"):
+    """``bounds`` checked: "cutout", "paper" or a finite (lo, hi) pair (scalars or per band)."""
     if isinstance(bounds, str):
         if bounds not in ("cutout", "paper"):
             raise GalguardValueError(
-                f"bounds must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}")
+                f"{name} must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}")
         return bounds
     try:
         lo, hi = bounds
     except (TypeError, ValueError):
         raise GalguardValueError(
-            f"bounds must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}") from None
+            f"{name} must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}") from None
     lo = np.asarray(lo.cpu() if isinstance(lo, torch.Tensor) else lo, dtype=np.float64)
     hi = np.asarray(hi.cpu() if isinstance(hi, torch.Tensor) else hi, dtype=np.float64)
     if lo.ndim > 1 or hi.ndim > 1 or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise GalguardValueError(
-            f"bounds (lo, hi) must be finite scalars or per-band sequences, got {bounds!r}")
+            f"{name} (lo, hi) must be finite scalars or per-band sequences, got {bounds!r}")
     if np.any(np.broadcast_arrays(lo, hi)[0] > np.broadcast_arrays(lo, hi)[1]):
         raise GalguardValueError(f"bounds must have lo <= hi, got lo={lo}, hi={hi}")
     return (lo, hi)

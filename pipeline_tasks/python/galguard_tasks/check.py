@@ -11,15 +11,13 @@ import dataclasses
 
 import numpy as np
 
-import galguard.check
+import galguard
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
-from galguard.check import CheckConfig
-from galguard.flags import VERDICT_FLAGS, Flag
-from galguard.robustness.noise import MODES
-from galguard.robustness.onepixel import PRESETS
+from galguard.checks import CheckConfig
+from galguard.checks.config import OPTIONS, VERDICT_NAMES, flag_names, flags_from_names
 
 from .tables import split_cutouts_table
 
@@ -53,30 +51,59 @@ class GalguardCheckConnections(pipeBase.PipelineTaskConnections, dimensions=()):
         self.flags = dataclasses.replace(self.flags, dimensions=dimensions)
 
 
-_VERDICT_NAMES = tuple(f.name for f in Flag if f.value and f & VERDICT_FLAGS)
+def _pex_field(name, opt, default):
+    """The pex_config field of one `CheckConfig` field, from its `Option` declaration."""
+    if opt.kind == "bool":
+        return pexConfig.Field(dtype=bool, default=default, doc=opt.doc)
+    if opt.kind == "str":
+        return pexConfig.Field(dtype=str, default=default, doc=opt.doc)
+    if opt.kind == "choice":
+        return pexConfig.ChoiceField(dtype=str, default=default, optional=False,
+                                     allowed=dict(opt.choices), doc=opt.doc)
+    if opt.kind in ("int", "real"):
+        dtype = int if opt.kind == "int" else float
+        if opt.minimum is None and opt.maximum is None:
+            return pexConfig.Field(dtype=dtype, default=default, optional=opt.optional,
+                                   doc=opt.doc)
+        return pexConfig.RangeField(dtype=dtype, default=default, optional=opt.optional,
+                                    min=opt.minimum, max=opt.maximum,
+                                    inclusiveMin=not opt.lo_open, inclusiveMax=not opt.hi_open,
+                                    doc=opt.doc)
+    if opt.kind == "flags":
+        return pexConfig.ListField(dtype=str, default=flag_names(default),
+                                   itemCheck=lambda v: v in VERDICT_NAMES,
+                                   doc=f"{opt.doc} Names among {', '.join(VERDICT_NAMES)}.")
+    if opt.kind == "bounds":  # a choice here; explicit values go in fixed_bounds
+        return pexConfig.ChoiceField(
+            dtype=str, default=default, optional=False, doc=opt.doc,
+            allowed={"cutout": "each band's own [min, max] in the cutout: a plausible bad pixel",
+                     "paper": "the [0, 1] normalised space of DeepAdversaries",
+                     "fixed": "the explicit [lo, hi] of fixed_bounds"})
+    raise TypeError(f"no pex_config field for option kind {opt.kind!r} ({name})")
 
-# The defaults are galguard.check's own (CheckConfig), so the task and the library never drift.
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(CheckConfig)}
-_PRESET_DOCS = {name: ", ".join(f"{k}={v}" for k, v in sorted(p.items()))
-                for name, p in PRESETS.items()}
-_MODE_DOCS = {"thin": "exact binomial thinning of the electron counts",
-              "poisson": "additive Poisson noise (an approximation)"}
+
+def _check_fields():
+    """A Config class holding one field per `CheckConfig` field, generated from OPTIONS."""
+    defaults = {f.name: f.default for f in dataclasses.fields(CheckConfig)}
+    fields = {name: _pex_field(name, opt, defaults[name]) for name, opt in OPTIONS.items()}
+    fields["fixed_bounds"] = pexConfig.ListField(
+        dtype=float, default=None, optional=True, length=2,
+        doc="[lo, hi] pixel value bounds in data units, used when bounds is 'fixed'.")
+    return type("CheckConfigFields", (pexConfig.Config,), fields)
+
 
 #: Config fields passed to `galguard.check` as keyword options (``model`` and ``device`` are
 #: passed as its own arguments; ``bounds`` and ``fragile_flags`` are converted).
-CHECK_OPTIONS = ("preset", "seed", "noise", "noise_realisations", "depth_fraction", "noise_mode",
-                 "onepixel", "pixels", "bounds", "low_confidence", "noise_flip_threshold",
-                 "latent_shift_threshold", "ood_threshold", "fragile_flags", "batch_size",
-                 "attack_batch_size", "chunk_size")
+CHECK_OPTIONS = tuple(name for name in OPTIONS if name != "model")
 
 
-class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
+class GalguardCheckConfig(pipeBase.PipelineTaskConfig, _check_fields(),
                           pipelineConnections=GalguardCheckConnections):
     """Configuration of `GalguardCheckTask`.
 
-    Apart from ``dimensions`` and ``device`` the fields mirror `galguard.check.CheckConfig`,
-    with the same names, defaults and ranges; `check_options` turns them into the keyword
-    arguments of `galguard.check`.
+    Apart from ``dimensions``, ``device`` and ``fixed_bounds`` the fields are generated from
+    `galguard.CheckConfig` (same names, defaults, ranges and docs); `check_options` turns them
+    into the keyword arguments of `galguard.check`.
     """
 
     dimensions = pexConfig.ListField(
@@ -86,146 +113,12 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
             "empty for one quantum over the whole input, e.g. ['skymap', 'tract', 'patch'] for "
             "one quantum per patch.",
     )
-    model = pexConfig.Field(
-        dtype=str,
-        default=_DEFAULTS["model"],
-        doc="Model name (see galguard.models.available()) or path to a model's .safetensors "
-            "file (its .json card beside it).",
-    )
     device = pexConfig.Field(
         dtype=str,
         default=None,
         optional=True,
         doc="Torch device to load the model on and compute ('cpu', 'cuda', 'cuda:1'); None: "
             "CPU. Results do not depend on it.",
-    )
-    preset = pexConfig.ChoiceField(
-        dtype=str,
-        default=_DEFAULTS["preset"],
-        optional=False,
-        allowed=_PRESET_DOCS,
-        doc="One-pixel attack budget preset (galguard.robustness.PRESETS).",
-    )
-    seed = pexConfig.RangeField(
-        dtype=int,
-        default=_DEFAULTS["seed"],
-        min=0,
-        doc="Seed of every random draw (noise and attack); same seed, same flags.",
-    )
-    noise = pexConfig.Field(
-        dtype=bool,
-        default=_DEFAULTS["noise"],
-        doc="Run the noise-stability check (needs per-cutout gain and sky).",
-    )
-    noise_realisations = pexConfig.RangeField(
-        dtype=int,
-        default=_DEFAULTS["noise_realisations"],
-        min=1,
-        doc="Shallower-depth noise realisations per cutout.",
-    )
-    depth_fraction = pexConfig.RangeField(
-        dtype=float,
-        default=_DEFAULTS["depth_fraction"],
-        min=0.0,
-        max=1.0,
-        inclusiveMin=False,
-        inclusiveMax=True,
-        doc="Fraction p of the exposure kept in each noise realisation (0.1: LSST Y10 -> Y1).",
-    )
-    noise_mode = pexConfig.ChoiceField(
-        dtype=str,
-        default=_DEFAULTS["noise_mode"],
-        optional=False,
-        allowed={mode: _MODE_DOCS.get(mode, mode) for mode in MODES},
-        doc="How shallower-depth realisations are drawn.",
-    )
-    onepixel = pexConfig.Field(
-        dtype=bool,
-        default=_DEFAULTS["onepixel"],
-        doc="Run the one-pixel attack.",
-    )
-    pixels = pexConfig.RangeField(
-        dtype=int,
-        default=_DEFAULTS["pixels"],
-        min=1,
-        doc="Pixels changed by the attack.",
-    )
-    bounds = pexConfig.ChoiceField(
-        dtype=str,
-        default=_DEFAULTS["bounds"],
-        optional=False,
-        allowed={
-            "cutout": "each band's own [min, max] in the cutout: a plausible bad pixel",
-            "paper": "the [0, 1] normalised space of DeepAdversaries",
-            "fixed": "the explicit [lo, hi] of fixed_bounds",
-        },
-        doc="Value bounds of the attacked pixel.",
-    )
-    fixed_bounds = pexConfig.ListField(
-        dtype=float,
-        default=None,
-        optional=True,
-        length=2,
-        doc="[lo, hi] pixel value bounds in data units, used when bounds is 'fixed'.",
-    )
-    low_confidence = pexConfig.RangeField(
-        dtype=float,
-        default=_DEFAULTS["low_confidence"],
-        min=0.0,
-        max=1.0,
-        inclusiveMax=True,
-        doc="LOW_CONFIDENCE when the predicted class probability is below this.",
-    )
-    noise_flip_threshold = pexConfig.RangeField(
-        dtype=float,
-        default=_DEFAULTS["noise_flip_threshold"],
-        min=0.0,
-        max=1.0,
-        inclusiveMax=True,
-        doc="NOISE_UNSTABLE when the fraction of noise realisations that flip the class "
-            "exceeds this.",
-    )
-    latent_shift_threshold = pexConfig.RangeField(
-        dtype=float,
-        default=_DEFAULTS["latent_shift_threshold"],
-        min=0.0,
-        doc="LATENT_SHIFT when a latent shift, in units of the model's mean class-centroid "
-            "separation, exceeds this.",
-    )
-    ood_threshold = pexConfig.RangeField(
-        dtype=float,
-        default=_DEFAULTS["ood_threshold"],
-        min=0.0,
-        doc="OUT_OF_DISTRIBUTION when the out-of-distribution score (about 1 for "
-            "training-like cutouts) exceeds this.",
-    )
-    fragile_flags = pexConfig.ListField(
-        dtype=str,
-        default=[name for name in _VERDICT_NAMES
-                 if int(Flag[name]) & int(_DEFAULTS["fragile_flags"])],
-        itemCheck=lambda name: name in _VERDICT_NAMES,
-        doc=f"Verdict flags (names among {', '.join(_VERDICT_NAMES)}) that make a row "
-            "'fragile'.",
-    )
-    batch_size = pexConfig.RangeField(
-        dtype=int,
-        default=_DEFAULTS["batch_size"],
-        min=1,
-        doc="Images per model call for predictions and noise; affects speed and memory only.",
-    )
-    attack_batch_size = pexConfig.RangeField(
-        dtype=int,
-        default=_DEFAULTS["attack_batch_size"],
-        optional=True,
-        min=1,
-        doc="Candidate images per model call in the one-pixel attack (None: the attack's "
-            "default); affects speed and memory only.",
-    )
-    chunk_size = pexConfig.RangeField(
-        dtype=int,
-        default=_DEFAULTS["chunk_size"],
-        min=1,
-        doc="Cutouts processed together; affects memory only.",
     )
 
     def validate(self):
@@ -252,7 +145,7 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig,
         options = {name: getattr(self, name) for name in CHECK_OPTIONS}
         if self.bounds == "fixed":
             options["bounds"] = tuple(float(v) for v in self.fixed_bounds)
-        options["fragile_flags"] = int(sum(int(Flag[name]) for name in set(self.fragile_flags)))
+        options["fragile_flags"] = flags_from_names(self.fragile_flags)
         return options
 
 
@@ -318,7 +211,7 @@ class GalguardCheckTask(pipeBase.PipelineTask):
                              np.count_nonzero(~rows.good), len(rows),
                              rows.errors[~rows.good][0])
         images, read_kwargs = rows.check_input()
-        flags = galguard.check.check(images, model=self.config.model, device=self.config.device,
+        flags = galguard.check(images, model=self.config.model, device=self.config.device,
                                read_kwargs=read_kwargs, **self.config.check_options())
         # The table's own ids (which may be strings), its source, and our reason for each row
         # that could not be used (galguard.io saw those as fully masked cutouts).

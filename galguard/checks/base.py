@@ -1,0 +1,221 @@
+"""Check objects: each computes some columns of the `check` table and sets its verdict flags.
+
+A check is a `Check` subclass with
+
+* ``enabled(config)``: whether the configuration runs it (its columns are always present, NaN
+  or the fill value when it does not run);
+* ``empty(n, dims)``: its columns for ``n`` rows, filled with "not computed";
+* ``run(model, ctx)``: its values for the good rows of one chunk, as a dict of columns, with the
+  verdict bits it sets ORed into ``ctx.flags``.
+
+`Check.__call__` runs ``run`` with the model in eval mode under `torch.inference_mode` and
+restores the model's mode afterwards. `CHECKS` lists the checks in the order they run (later
+checks may read what earlier ones left in the context); adding a check is adding one class
+here and its `CheckConfig` fields.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from .._model_io import evaluating, forward_probs
+from ..flags import Flag
+from ..robustness.latent import get_latent_stats, latent_shift, ood_score
+from ..robustness.noise import noise_stability
+from ..robustness.onepixel import OnePixelAttack
+
+__all__ = ["Check", "Context", "Prediction", "NoiseStability", "OnePixelCheck",
+           "LatentMetrics", "CHECKS"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Context:
+    """What the checks of one chunk share.
+
+    Attributes
+    ----------
+    config : CheckConfig
+    images : torch.Tensor
+        (M, C, H, W) good rows on the compute device.
+    keys : torch.Tensor
+        (M,) int64 global row keys of the random streams.
+    meta : astropy.table.Table
+        The good rows' metadata (gain, sky, ...).
+    flags : numpy.ndarray
+        (M,) int64 verdict bits, ORed into by each check.
+    latent, probs, pred : torch.Tensor
+        The clean prediction (set by `Prediction`; latent None for a logits-only model).
+    extras : dict
+        Values one check leaves for a later one (e.g. perturbed latents).
+    """
+
+    config: object
+    images: torch.Tensor
+    keys: torch.Tensor
+    meta: object
+    flags: np.ndarray
+    latent: object = None
+    probs: object = None
+    pred: object = None
+    extras: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def n(self):
+        return int(self.images.shape[0])
+
+
+def _nan(n, *shape):
+    return np.full((n, *shape), np.nan, np.float32)
+
+
+class Check:
+    """Base class: a check contributes columns and verdict flags (see the module docstring)."""
+
+    #: Short name, used in logs.
+    name = "check"
+
+    @staticmethod
+    def enabled(config):
+        return True
+
+    def empty(self, n, dims):  # pragma: no cover - every check overrides it
+        raise NotImplementedError
+
+    def run(self, model, ctx):  # pragma: no cover - every check overrides it
+        raise NotImplementedError
+
+    def __call__(self, model, ctx):
+        with evaluating(model):
+            return self.run(model, ctx)
+
+
+class Prediction(Check):
+    """The model's class, its probability and all probabilities; LOW_CONFIDENCE."""
+
+    name = "prediction"
+
+    def empty(self, n, dims):
+        return {"pred_label": np.full(n, -1, np.int64), "pred_prob": _nan(n),
+                "probs": _nan(n, dims["classes"])}
+
+    def run(self, model, ctx):
+        ctx.latent, ctx.probs = forward_probs(model, ctx.images, ctx.config.batch_size)
+        ctx.pred = ctx.probs.argmax(dim=1)
+        prob = ctx.probs.gather(1, ctx.pred[:, None])[:, 0].cpu().numpy()
+        ctx.flags[prob < ctx.config.low_confidence] |= int(Flag.LOW_CONFIDENCE)
+        return {"pred_label": ctx.pred.cpu().numpy(), "pred_prob": prob,
+                "probs": ctx.probs.cpu().numpy()}
+
+
+class NoiseStability(Check):
+    """Flip rate and probability drop under shallower-depth realisations; NOISE_UNSTABLE."""
+
+    name = "noise"
+
+    @staticmethod
+    def enabled(config):
+        return config.noise
+
+    def empty(self, n, dims):
+        return {"noise_flip_rate": _nan(n), "noise_prob_drop": _nan(n)}
+
+    def run(self, model, ctx):
+        cfg, m = ctx.config, ctx.n
+        gain = np.asarray(ctx.meta["gain"], np.float64).reshape(m, -1)
+        sky = np.asarray(ctx.meta["sky"], np.float64).reshape(m, -1)
+        ok = np.all(np.isfinite(gain) & (gain > 0), axis=1) & np.all(np.isfinite(sky), axis=1)
+        if not ok.all():
+            log.warning("%d cutout(s) have no usable gain or sky level; their noise check is "
+                        "skipped (NaN)", int((~ok).sum()))
+        sel = np.flatnonzero(ok)
+        out = self.empty(m, {})
+        if not sel.size:
+            return out
+        sel_t = torch.as_tensor(sel, device=ctx.images.device)
+        clean = (None if ctx.latent is None else ctx.latent[sel_t], ctx.probs[sel_t])
+        nr = noise_stability(model, ctx.images[sel_t], gain=gain[sel], sky=sky[sel],
+                             p=cfg.depth_fraction, realisations=cfg.noise_realisations,
+                             mode=cfg.noise_mode, seed=cfg.seed, index=ctx.keys[sel_t],
+                             batch_size=cfg.batch_size, clean=clean)
+        out["noise_flip_rate"][sel] = nr.flip_rate.cpu().numpy()
+        out["noise_prob_drop"][sel] = nr.prob_drop.cpu().numpy()
+        ctx.flags[out["noise_flip_rate"] > cfg.noise_flip_threshold] |= int(Flag.NOISE_UNSTABLE)
+        ctx.extras["noise_latent_shift"] = (sel, nr.latent_shift.cpu().numpy())
+        return out
+
+
+class OnePixelCheck(Check):
+    """The batched one-pixel attack on the predicted class; ONEPIXEL_FLIP."""
+
+    name = "onepixel"
+
+    @staticmethod
+    def enabled(config):
+        return config.onepixel
+
+    def empty(self, n, dims):
+        pshape = (n,) if dims["pixels"] == 1 else (n, dims["pixels"])
+        return {"onepixel_success": np.zeros(n, bool),
+                "onepixel_x": np.full(pshape, -1, np.int64),
+                "onepixel_y": np.full(pshape, -1, np.int64),
+                "onepixel_values": np.full(pshape + (dims["channels"],), np.nan, np.float32),
+                "onepixel_label": np.full(n, -1, np.int64), "onepixel_prob": _nan(n),
+                "onepixel_queries": np.zeros(n, np.int64)}
+
+    def run(self, model, ctx):
+        cfg = ctx.config
+        attack = OnePixelAttack.from_preset(cfg.preset, model, seed=cfg.seed, pixels=cfg.pixels,
+                                            bounds=cfg.bounds, batch_size=cfg.attack_batch_size)
+        r = attack(ctx.images, ctx.pred, ids=ctx.keys, return_images=True)
+        succ = r.success.cpu().numpy()
+        ctx.flags[succ] |= int(Flag.ONEPIXEL_FLIP)
+        ctx.extras["onepixel_images"] = (succ, r.images)
+        return {"onepixel_success": succ, "onepixel_x": r.x.cpu().numpy(),
+                "onepixel_y": r.y.cpu().numpy(), "onepixel_values": r.values.cpu().numpy(),
+                "onepixel_label": r.label.cpu().numpy(), "onepixel_prob": r.prob.cpu().numpy(),
+                "onepixel_queries": r.queries.cpu().numpy()}
+
+
+class LatentMetrics(Check):
+    """Normalised latent shifts of the perturbed versions and the OOD score; LATENT_SHIFT and
+    OUT_OF_DISTRIBUTION. Needs a model with ``latent_stats`` and a latent output."""
+
+    name = "latent"
+
+    def empty(self, n, dims):
+        return {"latent_shift_noise": _nan(n), "latent_shift_onepixel": _nan(n),
+                "ood_score": _nan(n)}
+
+    def run(self, model, ctx):
+        cfg, m = ctx.config, ctx.n
+        out = self.empty(m, {})
+        stats = get_latent_stats(model)
+        if stats is None or ctx.latent is None:
+            return out
+        out["ood_score"] = ood_score(ctx.latent, stats).cpu().numpy()
+        ctx.flags[out["ood_score"] > cfg.ood_threshold] |= int(Flag.OUT_OF_DISTRIBUTION)
+        sep = float(stats["centroid_separation"])
+        if not sep > 0:
+            return out
+        shifted = np.zeros(m, bool)
+        if "noise_latent_shift" in ctx.extras:
+            sel, raw = ctx.extras["noise_latent_shift"]
+            out["latent_shift_noise"][sel] = raw / sep
+            shifted |= out["latent_shift_noise"] > cfg.latent_shift_threshold
+        succ, images = ctx.extras.get("onepixel_images", (np.zeros(m, bool), None))
+        if succ.any():
+            s_t = torch.as_tensor(np.flatnonzero(succ), device=ctx.images.device)
+            lat_adv, _ = forward_probs(model, images[s_t], cfg.batch_size)
+            out["latent_shift_onepixel"][succ] = \
+                (latent_shift(ctx.latent[s_t], lat_adv) / sep).cpu().numpy()
+            shifted |= out["latent_shift_onepixel"] > cfg.latent_shift_threshold
+        ctx.flags[shifted] |= int(Flag.LATENT_SHIFT)
+        return out
+
+
+#: The checks `check` runs, in order.
+CHECKS = (Prediction, NoiseStability, OnePixelCheck, LatentMetrics)

@@ -1,0 +1,331 @@
+"""`check` and `check_cutouts`: run the configured check objects on cutouts and build the table.
+
+For each cutout the model's prediction is checked three ways (`galguard.checks.base.CHECKS`):
+
+* noise stability: K realisations at a shallower depth (`galguard.robustness.noise`);
+* a one-pixel attack on the predicted class (`galguard.robustness.OnePixelAttack`);
+* latent-space metrics: the shift each perturbation causes and an out-of-distribution score
+  (`galguard.robustness.latent`).
+
+The result is an astropy Table with one row per input cutout, in input order.
+"""
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+import torch
+from astropy.table import Table, vstack
+
+from .. import __version__
+from .._model_io import model_device
+from .._validate import validate_int
+from ..errors import GalguardValueError
+from ..flags import Flag, fragile_mask
+from ..robustness.onepixel import PRESETS
+from .base import CHECKS, Context
+from .config import OPTIONS, CheckConfig
+
+__all__ = ["check", "check_cutouts", "COLUMNS", "resolve_model", "table_meta", "empty_table"]
+
+log = logging.getLogger(__name__)
+
+#: The columns of the table `check` returns, in order (DESIGN.md's contract).
+COLUMNS = ("id", "source", "pred_label", "pred_prob", "probs", "noise_flip_rate",
+           "noise_prob_drop", "onepixel_success", "onepixel_x", "onepixel_y", "onepixel_values",
+           "onepixel_label", "onepixel_prob", "onepixel_queries", "latent_shift_noise",
+           "latent_shift_onepixel", "ood_score", "flags", "fragile", "error")
+
+
+def resolve_model(model, *, device=None):
+    """Return ``(module, name, sha256)`` for a model name, path or module.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or torch.nn.Module
+        A name or path for `galguard.models.load`, or a module (a `GalaxyClassifier` or any module
+        returning logits or ``(latent, logits)``).
+    device : str or torch.device, optional
+        Where to load a named model (default CPU). A module passed in is used where it is.
+    """
+    if isinstance(model, torch.nn.Module):
+        name = getattr(model, "name", None) or type(model).__name__
+        return model, str(name), str(getattr(model, "sha256", None) or "")
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        from .. import models
+        m = models.load(model, device=device or "cpu")
+        return m, str(m.name), str(m.sha256 or "")
+    raise GalguardValueError(
+        f"model must be a model name, a path or a torch.nn.Module, got {type(model).__name__}")
+
+
+def _shape_problem(model, shape):
+    """A message when cutouts of (C, H, W) `shape` cannot go through `model`, else ""."""
+    bands = getattr(model, "bands", None)
+    size = getattr(model, "input_size", None)
+    if bands is None or size is None:
+        return ""
+    want = (len(bands), int(size), int(size))
+    if tuple(shape) != want:
+        return (f"cutout shape {tuple(shape)} does not match the model input {want} "
+                f"(bands {','.join(bands)})")
+    return ""
+
+
+def empty_table(n, n_classes, channels, pixels):
+    """The `check` table of ``n`` rows with nothing computed (bad rows' values)."""
+    dims = {"classes": n_classes, "channels": channels, "pixels": pixels}
+    t = Table()
+    t["id"] = np.full(n, -1, np.int64)
+    t["source"] = np.full(n, "", dtype="U1")
+    for cls in CHECKS:
+        for name, values in cls().empty(n, dims).items():
+            t[name] = values
+    t["flags"] = np.zeros(n, np.int64)
+    t["fragile"] = np.zeros(n, bool)
+    t["error"] = np.full(n, "", dtype="U1")
+    return t
+
+
+def _run_checks(cutouts, idx, keys, config, model, device):
+    """The enabled checks on the good rows ``idx``; returns a dict column -> values."""
+    x = torch.from_numpy(np.ascontiguousarray(cutouts.data[idx])).to(device)
+    ctx = Context(config=config, images=x,
+                  keys=torch.as_tensor(keys, dtype=torch.int64, device=device),
+                  meta=cutouts.meta[idx], flags=np.zeros(len(idx), np.int64))
+    out = {}
+    for cls in CHECKS:
+        if cls.enabled(config):
+            out.update(cls()(model, ctx))
+    out["flags"] = ctx.flags
+    return out
+
+
+def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=None):
+    """Run the checks on one in-memory batch of cutouts (the streaming entry point).
+
+    Parameters
+    ----------
+    cutouts : galguard.io.Cutouts
+        One chunk of cutouts.
+    config : CheckConfig
+    model : torch.nn.Module
+        The loaded model (see `resolve_model`).
+    offset : int, optional
+        Global position of the chunk's first cutout in the whole input. Random streams are keyed
+        on ``offset + i``, so splitting an input into chunks does not change any result.
+    device : str or torch.device, optional
+        Where to compute (default: the model's device). Data are moved there; the model is not.
+    n_classes : int, optional
+        Number of classes when no row can be evaluated (default: from the model).
+
+    Returns
+    -------
+    astropy.table.Table
+        The rows of `check`'s table for these cutouts (no table meta).
+    """
+    if not isinstance(config, CheckConfig):
+        raise GalguardValueError(f"config must be a CheckConfig, got {type(config).__name__}")
+    offset = validate_int("offset", offset, minimum=0)
+    device = torch.device(device) if device is not None else model_device(model)
+    n = len(cutouts)
+    C = cutouts.data.shape[1]
+    if n_classes is None:
+        n_classes = len(getattr(model, "classes", ())) or None
+    meta = cutouts.meta
+    in_flags = np.asarray(meta["flags"], np.int64) if "flags" in meta.colnames else \
+        np.zeros(n, np.int64)
+    errors = [str(e) for e in meta["error"]] if "error" in meta.colnames else [""] * n
+    good = (in_flags & int(Flag.BAD_INPUT)) == 0
+    problem = _shape_problem(model, cutouts.data.shape[1:])
+    if problem:
+        errors = [e or problem for e in errors]
+        in_flags = in_flags | int(Flag.BAD_INPUT)
+        good[:] = False
+
+    keys_all = offset + np.arange(n, dtype=np.int64)
+    idx = np.flatnonzero(good)
+    res = {}
+    if idx.size:
+        res = _run_checks(cutouts, idx, keys_all[idx], config, model, device)
+        n_classes = res["probs"].shape[1]
+    if n_classes is None:
+        n_classes = 0
+    t = empty_table(n, n_classes, C, config.pixels)
+    ids = np.asarray(meta["id"], np.int64) if "id" in meta.colnames else keys_all
+    t["id"] = np.where(ids >= 0, ids, keys_all)  # unknown ids: the global input position
+    if "source" in meta.colnames:
+        t["source"] = np.asarray(meta["source"]).astype(str)
+    for name, values in res.items():
+        t[name][idx] = values
+    verdict = np.zeros(n, np.int64)
+    if idx.size:
+        verdict[idx] = res["flags"]
+    t["flags"] = in_flags | verdict
+    t["fragile"] = fragile_mask(t["flags"], config.fragile_flags)
+    t["error"] = np.asarray(errors, dtype=str) if n else np.zeros(0, "U1")
+    return t
+
+
+def table_meta(config, name, sha256, model):
+    """The table meta of a `check` result: version, model and hash, seed, config, flag bits."""
+    meta = {
+        "galguard_version": __version__,
+        "model_name": name,
+        "model_sha256": sha256,
+        "seed": int(config.seed),
+        "preset": config.preset,
+        "config": config.to_json(),
+        "flag_bits": json.dumps({f.name: int(f.value) for f in Flag if f.value}),
+    }
+    classes = getattr(model, "classes", None)
+    if classes:
+        meta["classes"] = ",".join(classes)
+    if config.onepixel:
+        meta["onepixel_attack"] = json.dumps(PRESETS[config.preset], sort_keys=True)
+    return meta
+
+
+def _iter_chunks(cutouts, config, read_kwargs, model):
+    """Yield (offset, Cutouts) chunks in input order."""
+    from ..io import Cutouts
+    if isinstance(cutouts, Cutouts):
+        for s in range(0, len(cutouts), config.chunk_size):
+            yield s, cutouts[s:s + config.chunk_size]
+        return
+    from .. import io as gio
+    kwargs = dict(read_kwargs or {})
+    size = getattr(model, "input_size", None)
+    if size is not None and "size" not in kwargs:
+        kwargs["size"] = int(size)
+    bands = getattr(model, "bands", None)
+    if bands and all(bands) and "bands" not in kwargs:
+        kwargs["bands"] = tuple(bands)
+    offset = 0
+    for chunk in gio.iter_cutouts(cutouts, chunk_size=config.chunk_size, **kwargs):
+        for s in range(0, len(chunk), config.chunk_size):
+            part = chunk[s:s + config.chunk_size]
+            yield offset, part
+            offset += len(part)
+
+
+def check(cutouts, *, model="default", config=None, device=None, progress=False,
+          read_kwargs=None, **options):
+    """Check galaxy cutouts: prediction, noise stability, one-pixel attack, latent metrics.
+
+    Parameters
+    ----------
+    cutouts : path, directory, glob, HDU, HDUList, array or galguard.io.Cutouts
+        Anything `galguard.io.read_cutouts` reads. Inputs are never modified.
+    model : str, os.PathLike or torch.nn.Module, optional
+        Model name or path for `galguard.models.load`, or a loaded model.
+    config : CheckConfig, optional
+        Base configuration (default ``CheckConfig()``).
+    device : str or torch.device, optional
+        Where to compute. Default: the model's device (CPU for a named model). Results do not
+        depend on it.
+    progress : bool, optional
+        Show a progress bar (tqdm) over chunks.
+    read_kwargs : dict, optional
+        Extra keyword arguments for `galguard.io.read_cutouts` (e.g. ``hdu``, ``bands``). By
+        default ``size`` is the model's input size.
+    **options
+        Any `CheckConfig` field, overriding ``config``: ``preset`` ("default", "fast", "paper"),
+        ``seed`` (0), ``noise_realisations`` (10), ``depth_fraction`` (0.1), ``noise_mode``
+        ("thin"), ``noise`` and ``onepixel`` (True: run that check), ``pixels`` (1), ``bounds``
+        ("cutout"), ``low_confidence`` (0.5), ``noise_flip_threshold`` (0.2),
+        ``latent_shift_threshold`` (0.8), ``ood_threshold`` (5.0), ``fragile_flags``,
+        ``batch_size`` (256), ``attack_batch_size`` (None), ``chunk_size`` (256).
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per input cutout, in input order, with the columns of `COLUMNS`:
+
+        ``id``, ``source``
+            From the input metadata.
+        ``pred_label``, ``pred_prob``, ``probs``
+            Predicted class, its probability and all class probabilities (-1 / NaN for bad
+            rows).
+        ``noise_flip_rate``, ``noise_prob_drop``
+            Fraction of shallower-depth realisations whose class differs, and the mean drop of
+            the predicted class probability (NaN when not run or no gain/sky is known).
+        ``onepixel_success``, ``onepixel_x``, ``onepixel_y``, ``onepixel_values``,
+        ``onepixel_label``, ``onepixel_prob``, ``onepixel_queries``
+            Attack on the predicted class: whether a pixel flips it (re-verified), the pixel
+            ``image[..., y, x]``, the per-band values written, the class and probability after
+            the attack, and the model evaluations spent.
+        ``latent_shift_noise``, ``latent_shift_onepixel``
+            Mean latent distance to the noisy versions and the distance to the successful
+            one-pixel version, divided by the model's mean class-centroid separation (NaN when
+            not available).
+        ``ood_score``
+            ``min_k sqrt(Mahalanobis^2 / D)`` to the training class centroids (about 1 in
+            distribution).
+        ``flags``
+            `galguard.flags.Flag` bitmask: the input flags OR the verdicts ONEPIXEL_FLIP,
+            NOISE_UNSTABLE, LATENT_SHIFT, OUT_OF_DISTRIBUTION, LOW_CONFIDENCE.
+        ``fragile``
+            True when a verdict bit in ``config.fragile_flags`` is set, or the row is bad.
+        ``error``
+            "" for a good row, else why the cutout could not be checked (BAD_INPUT is set).
+
+        ``meta`` holds ``galguard_version``, ``model_name``, ``model_sha256``, ``seed``,
+        ``preset``, ``config`` (JSON of the full `CheckConfig`), ``flag_bits`` and ``classes``.
+
+    Raises
+    ------
+    GalguardValueError
+        For invalid options or model. Bad cutouts never raise: they become rows with an error.
+
+    Notes
+    -----
+    Same inputs, model and seed give the same table, whatever ``chunk_size``, ``batch_size`` or
+    device: every random draw is keyed on (seed, global row position, realisation/generation).
+    """
+    config = config if config is not None else CheckConfig()
+    if not isinstance(config, CheckConfig):
+        raise GalguardValueError(f"config must be a CheckConfig, got {type(config).__name__}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise GalguardValueError(f"unknown check option(s) {unknown}; known: {sorted(OPTIONS)}")
+    module, name, sha = resolve_model(model, device=device)
+    options = dict(options)
+    options["model"] = str(model) if isinstance(model, str) or hasattr(model, "__fspath__") \
+        else name
+    config = dataclasses.replace(config, **options)
+    if device is not None and isinstance(model, torch.nn.Module):
+        dev = torch.device(device)
+        if model_device(module).type != dev.type:
+            raise GalguardValueError(
+                f"device must be where the model is ({model_device(module)}), got {device!r}; "
+                "move the model first")
+    n_classes = len(getattr(module, "classes", ())) or None
+    tables = []
+    chunks = _iter_chunks(cutouts, config, read_kwargs, module)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="galguard check", unit="chunk")
+    for offset, chunk in chunks:
+        tables.append(check_cutouts(chunk, config, module, offset=offset, device=device,
+                                    n_classes=n_classes))
+        if n_classes is None and len(tables[-1]) and tables[-1]["probs"].shape[1]:
+            n_classes = tables[-1]["probs"].shape[1]
+    widths = {t["probs"].shape[1] for t in tables if len(t)}
+    if len(widths) > 1:  # chunks of bad rows only, from a model that does not name its classes
+        k = max(widths)
+        for t in tables:
+            if t["probs"].shape[1] != k:
+                t.replace_column("probs", np.full((len(t), k), np.nan, np.float32))
+    if not tables:
+        channels = len(getattr(module, "bands", ())) or 0
+        table = empty_table(0, n_classes or 0, channels, config.pixels)
+    elif len(tables) == 1:
+        table = tables[0]
+    else:
+        table = vstack(tables, join_type="exact", metadata_conflicts="silent")
+    table = table[list(COLUMNS)]
+    table.meta.clear()
+    table.meta.update(table_meta(config, name, sha, module))
+    return table
