@@ -21,6 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from galguard import sim  # noqa: E402
+from galguard.sim import _morphology as morph  # noqa: E402
+from galguard.sim._render import observe, render_galaxy  # noqa: E402
 
 
 def _time(fn, repeat):
@@ -37,13 +39,13 @@ def per_class(repeat):
     for c, name in enumerate(sim.CLASSES):
         idx = np.flatnonzero(labels == c)[:repeat]
         for i in idx[:5]:  # warm GalSim's Sersic caches for the n values in use
-            sim._render(0, int(i), c, 100)
+            render_galaxy(0, int(i), c, 100)
         t0 = time.perf_counter()
         for i in idx:
-            sim._render(0, int(i), c, 100)
+            render_galaxy(0, int(i), c, 100)
         out[name] = (time.perf_counter() - t0) / len(idx)
-    img, _ = sim._render(0, 0, int(labels[0]), 100)
-    out["noise (both depths)"] = _time(lambda: [sim._observe(img, d, 0, 0) for d in sim.DEPTHS],
+    img, _ = render_galaxy(0, 0, int(labels[0]), 100)
+    out["noise (both depths)"] = _time(lambda: [observe(img, d, 0, 0) for d in sim.DEPTHS],
                                        20)
     return out
 
@@ -53,11 +55,11 @@ def interpolated_alternative(repeat):
     import galsim
     from scipy.signal import fftconvolve
 
-    grid = sim._Grid(100)
+    grid = morph.Grid(100)
     rng = np.random.default_rng(1)
-    comps, _ = sim._make_spiral(rng, grid, 20.0)
+    comps, _ = morph._make_spiral(rng, grid, 20.0)
     pattern = sum(obj / obj.sum() for kind, _, _, obj in comps if kind == "np")
-    psf = sim._psf(0.8, 0.0, 0.0)
+    psf = morph.make_psf(0.8, 0.0, 0.0)
 
     def ours():
         k = psf.drawImage(nx=51, ny=51, scale=grid.scale, method="no_pixel").array
@@ -79,17 +81,17 @@ def truncation(repeat):
     idx = [int(i) for i in np.flatnonzero(labels == 1)[:repeat]]
     out = {}
     images = {}
-    saved = sim._TRUNC_HLR
+    saved = morph._TRUNC_HLR
     try:
         for name, value in (("truncated", saved), ("untruncated", 0.0)):
-            sim._TRUNC_HLR = value
+            morph._TRUNC_HLR = value
             for i in idx[:5]:
-                sim._render(5, i, 1, 100)  # warm caches
+                render_galaxy(5, i, 1, 100)  # warm caches
             t0 = time.perf_counter()
-            images[name] = [sim._render(5, i, 1, 100)[0] for i in idx]
+            images[name] = [render_galaxy(5, i, 1, 100)[0] for i in idx]
             out[name] = (time.perf_counter() - t0) / len(idx)
     finally:
-        sim._TRUNC_HLR = saved
+        morph._TRUNC_HLR = saved
     diff = max(float(np.abs(a - b).max() / b.max())
                for a, b in zip(images["truncated"], images["untruncated"]))
     return out, diff

@@ -53,23 +53,34 @@ MMD_BANDWIDTHS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 5.0, 10.0, 15.0, 20.0,
 
 
 def _sim_fingerprint():
-    """First 10 hex digits of a sha256 of galguard/sim.py's code (keys the simulation cache).
+    """First 10 hex digits of a sha256 of the galguard.sim package's code (keys the simulation
+    cache).
 
     Taken over the syntax tree without docstrings, so that comments, formatting and
     documentation do not invalidate a cache, while any change to the code does."""
-    import ast
     import hashlib
 
     from . import sim
 
-    tree = ast.parse(Path(sim.__file__).read_text(encoding="utf-8"))
+    digest = hashlib.sha256()
+    for path in sorted(Path(sim.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(_code_dump(path).encode())
+    return digest.hexdigest()[:10]
+
+
+def _code_dump(path):
+    """The syntax tree of a Python file without its docstrings, as text."""
+    import ast
+
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                 and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:10]
+    return ast.dump(tree)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,11 +370,11 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     # the simulator's code is part of the key: a cache made by another version is never reused
     mag_key = f"_v{_sim_fingerprint()}"
     if mag_range is not None or counts_slope:
-        from . import sim
+        from .sim._morphology import R_MAG_RANGE, validate_mag_law
 
-        (mlo, mhi), slope = sim._validate_mag_law(
-            sim.R_MAG_RANGE if mag_range is None else mag_range, counts_slope)
-        if ((mlo, mhi), slope) != (tuple(sim.R_MAG_RANGE), 0.0):
+        (mlo, mhi), slope = validate_mag_law(
+            R_MAG_RANGE if mag_range is None else mag_range, counts_slope)
+        if ((mlo, mhi), slope) != (tuple(R_MAG_RANGE), 0.0):
             mag_key += f"_r{mlo:g}-{mhi:g}_b{slope:g}"
         mag_range, counts_slope = (mlo, mhi), slope
     else:
@@ -385,6 +396,7 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
         x, _ = dim_and_observe(x10, np.arange(start, start + n), seed=seed, dm_range=(lo, hi),
                                depth=depth, gain_y10=p10["gain"], gain=pd["gain"], sky=pd["sky"])
         if cpath is not None:
+            cpath.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(cpath, lambda tmp: _to_file(tmp, np.save, x), name="cache file")
         return x, labels
     path = None

@@ -345,6 +345,8 @@ def test_sim_cache_writes_are_atomic_and_private(tmp_path):
     from galguard._files import atomic_write
 
     def _save_atomic(path, write):
+        path.parent.mkdir(parents=True, exist_ok=True)
+
         def fill(tmp):
             with open(tmp, "wb") as f:
                 write(f)

@@ -14,7 +14,8 @@ message, zero data and an all-True mask. Input files and arrays are never modifi
 from ._cutouts import META_COLUMNS, Cutouts, empty_meta
 from ._estimate import DEFAULT_GAIN, border_background
 from ._image import cutouts_from_image, detect_sources
-from ._read import DEFAULT_CHUNK_SIZE, FITS_SUFFIXES, MAX_CUBE_BANDS, iter_cutouts, read_cutouts
+from ._options import DEFAULT_CHUNK_SIZE, FITS_SUFFIXES, MAX_CUBE_BANDS
+from ._read import iter_cutouts, read_cutouts
 
 __all__ = ["Cutouts", "META_COLUMNS", "empty_meta", "read_cutouts", "iter_cutouts",
            "cutouts_from_image", "detect_sources", "border_background", "DEFAULT_GAIN",

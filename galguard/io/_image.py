@@ -11,7 +11,9 @@ from ..errors import GalguardValueError
 from ..flags import Flag
 from ._estimate import DEFAULT_GAIN
 from ._header import HeaderView, header_dict, plane_info
-from ._read import _Block, _finish, _make_opts, _materialise, _State
+from ._blocks import Block
+from ._finish import State, finish_block, materialise
+from ._options import make_opts
 
 __all__ = ["cutouts_from_image", "detect_sources"]
 
@@ -262,7 +264,7 @@ def cutouts_from_image(image, catalog=None, *, size, wcs=None, hdu=None, bands=N
 
     if size is None:
         raise GalguardValueError("size must be given (pixels), got None")
-    opts = _make_opts(None, bands, size, 1 << 30, "cube", estimate, border, subtract_sky,
+    opts = make_opts(None, bands, size, 1 << 30, "cube", estimate, border, subtract_sky,
                       default_gain, fill, "astropy", False, None)
     data, mask, hdr, hwcs, label = _load_image(image, hdu)
     data = np.asarray(data)
@@ -314,19 +316,19 @@ def cutouts_from_image(image, catalog=None, *, size, wcs=None, hdu=None, bands=N
     else:
         xs, ys, ids = _catalog_positions(catalog, wcs)
     n = len(xs)
-    state = _State(opts)
+    state = State(opts)
     blocks = []
     for i in range(n):
         x, y = float(xs[i]), float(ys[i])
         if not (math.isfinite(x) and math.isfinite(y)):
-            b = _Block(1, source=label, rows=[i], error=f"{label}: row {i}: non-finite position ({x}, {y})")
+            b = Block(1, source=label, rows=[i], error=f"{label}: row {i}: non-finite position ({x}, {y})")
         else:
             try:
                 cut = Cutout2D(data3[0], (x, y), (hh, ww), mode="partial", fill_value=np.nan, copy=False)
             except NoOverlapError:
                 cut = None
             if cut is None:
-                b = _Block(1, source=label, rows=[i],
+                b = Block(1, source=label, rows=[i],
                            error=f"{label}: row {i}: position ({x:.1f}, {y:.1f}) is outside the "
                                  f"image of shape {data3.shape[1:]}")
             else:
@@ -338,18 +340,18 @@ def cutouts_from_image(image, catalog=None, *, size, wcs=None, hdu=None, bands=N
                 um = np.broadcast_to(~inside, (1, c, hh, ww)).copy()
                 if mask is not None:
                     um[0][(slice(None),) + sc] |= mask[(slice(None),) + so]
-                b = _Block(1, source=label, rows=[i], data=arr, mask=um, owned=True,
+                b = Block(1, source=label, rows=[i], data=arr, mask=um, owned=True,
                            bands=pinfo["bands"], info=pinfo)
                 if not inside.all():
                     b.flags |= int(Flag.PARTIAL_OVERLAP)
         if ids is not None:
             b.ids[:] = ids[i]
-        b = _finish(b, opts, state)
+        b = finish_block(b, opts, state)
         blocks.append(b)
     if state.c is None:
         state.c = c
         state.bands = tuple(pinfo["bands"])
-    out = _materialise(blocks, state)
+    out = materialise(blocks, state)
     out.meta["x"] = np.asarray(xs, float)
     out.meta["y"] = np.asarray(ys, float)
     if wcs is not None and n:
