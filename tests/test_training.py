@@ -11,7 +11,7 @@ import torch
 import galguard
 from galguard.errors import GalguardValueError
 from galguard.models import GalaxyClassifier, load
-from galguard.training import (MMD_BANDWIDTHS, _Checkpoint, classification_metrics, evaluate,
+from galguard.training import (MMD_BANDWIDTHS, Checkpoint, classification_metrics, evaluate,
                                mmd2, plot_evaluation, sinkhorn_divergence, train)
 
 SIZE = 32
@@ -176,17 +176,17 @@ def test_resume_matches_uninterrupted_run(data, tmp_path, monkeypatch):
     full = _train(data, da="sinkhorn", epochs=2, warmup_epochs=0, checkpoint_dir=tmp_path / "a")
 
     calls = []
-    orig = _Checkpoint.save
+    orig = Checkpoint.save
 
     def interrupted(self, **kw):
         orig(self, **kw)
         calls.append(1)
         raise KeyboardInterrupt  # the process dies right after the first checkpoint
 
-    monkeypatch.setattr(_Checkpoint, "save", interrupted)
+    monkeypatch.setattr(Checkpoint, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _train(data, da="sinkhorn", epochs=2, warmup_epochs=0, checkpoint_dir=tmp_path / "b")
-    monkeypatch.setattr(_Checkpoint, "save", orig)
+    monkeypatch.setattr(Checkpoint, "save", orig)
     assert calls == [1]
     with pytest.raises(GalguardValueError, match="already holds a checkpoint"):
         _train(data, da="sinkhorn", epochs=2, warmup_epochs=0, checkpoint_dir=tmp_path / "b")
@@ -384,13 +384,13 @@ def test_sim_cache_writes_are_atomic_and_private(tmp_path):
 def test_sim_cache_key_has_simulator_code_and_magnitude_law(tmp_path):
     """A cache written by another version of galguard.sim, or for another magnitude law, is never
     reused (a stale cache once fed old galaxies to training without a word)."""
-    from galguard.training import _sim_fingerprint, load_sim_split
+    from galguard.training import sim_fingerprint, load_sim_split
 
     x0, y0 = load_sim_split(seed=1, start=0, n=3, depth="y10", size=16, cache_dir=tmp_path)
     x1, y1 = load_sim_split(seed=1, start=0, n=3, depth="y1", size=16, cache_dir=tmp_path,
                             mag_range=(22.0, 25.0), counts_slope=0.3)
     names = sorted(p.name for p in tmp_path.iterdir())
-    fp = _sim_fingerprint()
+    fp = sim_fingerprint()
     assert names == [f"sim_s1_a0_n3_px16_v{fp}.npz", f"sim_s1_a0_n3_px16_v{fp}_r22-25_b0.3.npz"]
     np.testing.assert_array_equal(y0, y1)
     # cached read gives the same arrays; the default law written explicitly shares the file
