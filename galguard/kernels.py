@@ -65,11 +65,25 @@ _MAX_COUNT = 2.0**31
 _MAX_EXTENT = 2**24
 
 
+def _core_problem(exc):
+    """Why ``galguard._core`` is missing, and the fix."""
+    import os
+
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(pkg)
+    if os.path.exists(os.path.join(root, "CMakeLists.txt")):
+        return (f"galguard._core could not be imported ({exc}): galguard was imported from the "
+                f"source tree {root}, which has no compiled core; build it for this checkout "
+                f"with `pip install -e .` (README, Contributing), or run Python outside the "
+                f"checkout to use the installed galguard")
+    return f"galguard._core could not be imported ({exc}); reinstall galguard (`pip install .`)"
+
+
 def _load_core():
     try:
         from . import _core
     except ImportError as exc:  # pragma: no cover - depends on the build
-        return None, f"galguard._core could not be imported ({exc})"
+        return None, _core_problem(exc)
     missing = [name for name in _REQUIRED if not hasattr(_core, name)]
     if missing:  # pragma: no cover - stale build
         return None, f"galguard._core lacks {', '.join(missing)} (stale build?)"

@@ -99,7 +99,7 @@ def test_thread_count_from_environment(tmp_path):
     )
     out = {}
     for threads in ("1", "2"):
-        env = {**os.environ, "OMP_NUM_THREADS": threads}
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}  # torch reads both
         res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                              text=True, check=True, timeout=120)
         n, digest = res.stdout.split()
@@ -165,3 +165,30 @@ def test_reference_without_numba_agrees(tmp_path):
                              kernels.binomial_thin(counts, 0.3, seed=8).ravel(), pop.ravel(),
                              trial.ravel()])
     np.testing.assert_array_equal(got, expect)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_core_imports_from_the_checkout_root():
+    """The README's `python -c "import galguard._core ..."` works in the checkout root too (the
+    editable install of the README's test command builds the core for the source tree)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    code = ("import galguard, galguard._core as c; from galguard import kernels; "
+            "print(galguard.__file__); print(kernels.backend(), c.build_info()['version'])")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    path, line = res.stdout.splitlines()[-2:]
+    assert line.startswith("core ")
+    assert os.path.realpath(path).startswith(os.path.realpath(ROOT))  # the source tree itself
+
+
+def test_missing_core_in_a_source_tree_names_the_cause_and_the_fix():
+    msg = kernels._core_problem(ImportError("No module named 'galguard._core'"))
+    assert "No module named 'galguard._core'" in msg
+    if os.path.exists(os.path.join(os.path.dirname(os.path.dirname(kernels.__file__)),
+                                   "CMakeLists.txt")):
+        assert "source tree" in msg and "pip install -e ." in msg
+    else:
+        assert "reinstall galguard" in msg
