@@ -5,6 +5,7 @@ Each helper takes the argument's name first and returns the value converted (``i
 what was expected and what was received, in one form everywhere::
 
     batch_size must be an integer >= 1, got 0
+    seed must be an integer, got float 1.5
     depth_fraction must be in (0.0, 1.0], got 0
     noise_mode must be one of ('thin', 'poisson'), got 'x'
 """
@@ -21,9 +22,6 @@ __all__ = ["validate_int", "validate_real", "validate_choice", "validate_bool", 
 def int_range(minimum=None, maximum=None):
     """The words for an integer range: ">= 1", "<= 9", "in [0, 9]" or ""."""
     if minimum is not None and maximum is not None:
-        bits = (maximum + 1).bit_length() - 1
-        if bits >= 63 and maximum + 1 == 2**bits:  # seeds and 64-bit ids: a readable bound
-            return f">= {minimum} and < 2**{bits}"
         return f"in [{minimum}, {maximum}]"
     if minimum is not None:
         return f">= {minimum}"
@@ -34,11 +32,10 @@ def int_range(minimum=None, maximum=None):
 
 def validate_int(name, value, *, minimum=None, maximum=None):
     """``value`` as an ``int`` in [minimum, maximum] (bools and floats are refused)."""
-    words = int_range(minimum, maximum)
-    expected = f"an integer {words}".rstrip()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise GalguardValueError(f"{name} must be {expected}, got {type(value).__name__} "
+        raise GalguardValueError(f"{name} must be an integer, got {type(value).__name__} "
                                  f"{value!r}")
+    expected = f"an integer {int_range(minimum, maximum)}".rstrip()
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise GalguardValueError(f"{name} must be {expected}, got {value}")

@@ -15,7 +15,6 @@ client sends them the chunk data and, once, the loaded model.
 
 import concurrent.futures as cf
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -29,6 +28,7 @@ import numpy as np
 
 from .errors import GalguardValueError
 from .flags import count_rows
+from .io._paths import expand_inputs
 
 __all__ = ["expand_inputs", "run_batch", "BatchResult", "check_chunk", "catalog_columns",
            "config_hash", "OutputExists"]
@@ -69,90 +69,6 @@ class BatchResult:
     n_chunks: int
     n_resumed: int
     seconds: float
-
-
-# --------------------------------------------------------------------------------------------
-# inputs
-# --------------------------------------------------------------------------------------------
-def _fits_files(directory, recursive):
-    from .io import FITS_SUFFIXES
-
-    out = []
-    if recursive:
-        for root, dirs, files in os.walk(directory):
-            dirs.sort()
-            out.extend(os.path.join(root, f) for f in files if f.lower().endswith(FITS_SUFFIXES))
-    else:
-        with os.scandir(directory) as it:
-            out = [e.path for e in it if e.is_file() and e.name.lower().endswith(FITS_SUFFIXES)]
-    return sorted(out)
-
-
-def _list_file(path):
-    if not os.path.isfile(path):
-        raise GalguardValueError(f"input list {path!r} does not exist")
-    base = os.path.dirname(path)
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                out.append(line if os.path.isabs(line) else os.path.join(base, line))
-    return out
-
-
-def expand_inputs(inputs, *, input_lists=(), recursive=False):
-    """Expand command-line inputs into an ordered list of FITS file paths.
-
-    Parameters
-    ----------
-    inputs : sequence of str
-        Each is a FITS file; a directory (its FITS files, sorted by name; with ``recursive``
-        its whole tree); a glob such as ``'survey/*/*.fits'`` (quoted so that the shell leaves
-        it alone; matches sorted); or ``@LIST``, a text file of paths, one a line (relative
-        paths are relative to the list file; blank lines and ``#`` comments are skipped).
-        Entries of a list file are taken as given: a missing one becomes an error row.
-    input_lists : sequence of str, optional
-        More list files (``--input-list``), read after ``inputs``.
-    recursive : bool, optional
-        Descend into sub-directories (and let ``**`` in globs recurse).
-
-    Returns
-    -------
-    list of str
-        In the order given. A path that does not exist is kept (it becomes a BAD_INPUT row).
-
-    Raises
-    ------
-    GalguardValueError
-        When no input is given, a glob matches nothing, a directory holds no FITS file or a
-        list file is missing.
-    """
-    from .io import FITS_SUFFIXES
-
-    out = []
-    items = [(s, False) for s in inputs] + [("@" + os.fspath(s), True) for s in input_lists]
-    for item, _ in items:
-        s = os.fspath(item)
-        if s.startswith("@") and not os.path.exists(s):
-            out.extend(_list_file(s[1:]))
-        elif os.path.isdir(s):
-            files = _fits_files(s, recursive)
-            if not files:
-                raise GalguardValueError(
-                    f"input {s!r} is a directory with no FITS files ({', '.join(FITS_SUFFIXES)})")
-            out.extend(files)
-        elif not os.path.exists(s) and glob.has_magic(s):
-            files = sorted(p for p in glob.iglob(s, recursive=recursive) if not os.path.isdir(p))
-            if not files:
-                raise GalguardValueError(f"input {s!r}: the glob matched no files")
-            out.extend(files)
-        else:
-            out.append(s)
-    if not out:
-        raise GalguardValueError("inputs must name at least one FITS file, directory, glob or "
-                                 "@list, got none")
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,3 +40,16 @@ def tiny_classifier(x, *, name, latent_dim=8, tweak=None, **kwargs):
         lat, _ = m(torch.from_numpy(x))
     m.set_latent_stats(fit_latent_stats(lat.numpy(), np.arange(len(x)) % 3, 3))
     return m
+
+
+def fragile_classifier(x, *, name="fragile", **kwargs):
+    """`tiny_classifier` with its class logits scaled up and centred on ``x``, so that single
+    pixels and shallower-depth noise flip a good share of its predictions."""
+    import torch
+
+    def sharpen(m):
+        m.network.classifier.weight.mul_(30.0)
+        _, logits = m(torch.from_numpy(x))
+        m.network.classifier.bias.sub_(logits.mean(0))
+
+    return tiny_classifier(x, name=name, tweak=sharpen, **kwargs)

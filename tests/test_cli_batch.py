@@ -45,6 +45,7 @@ def _same(a, b):
     assert dict(a.meta) == dict(b.meta)
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_single_process_catalog(attack_run):
     d, files, opts, ref = attack_run
     assert ref["onepixel_queries"].min() > 0  # the attack ran
@@ -53,6 +54,7 @@ def test_worker_processes_give_the_single_process_catalog(attack_run):
     _same(ref, read_catalog(out))
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_single_process_catalog(attack_run):
     d, files, opts, ref = attack_run
     out = d / "dask-local.parquet"
@@ -61,6 +63,7 @@ def test_dask_local_cluster_gives_the_single_process_catalog(attack_run):
     _same(ref, read_catalog(out))
 
 
+@pytest.mark.slow
 def test_dask_scheduler_address_gives_the_single_process_catalog(attack_run):
     from distributed import LocalCluster
 
@@ -80,6 +83,7 @@ def test_dask_scheduler_address_gives_the_single_process_catalog(attack_run):
     _same(ref, read_catalog(out))
 
 
+@pytest.mark.slow
 def test_local_dask_workers_start_without_dasks_malloc_trim_threshold(monkeypatch):
     # Dask's nanny default MALLOC_TRIM_THRESHOLD_=65536 made the checks take 2.4x the CPU time.
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
@@ -110,6 +114,7 @@ def test_remote_workers_with_malloc_trim_threshold_are_reported(monkeypatch, cap
     assert "pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null" in msg[0]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_and_repeats_no_row(tmp_path, model_path):
     n = 60
     files = _h.write_files(tmp_path / "in", n, seed=3)

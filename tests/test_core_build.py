@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from galguard import _reference, kernels
+from galguard import kernels
+from galguard.kernels import _reference
 from galguard.errors import CoreUnavailableWarning
 
 # Random123 kat_vectors: counter (4 words), key (2 words) -> output (4 words)
@@ -61,13 +62,14 @@ def test_own_log_exp_accuracy():
         assert abs(_reference._gg_log1p(d) - math.log1p(d)) <= 2 * np.spacing(abs(math.log1p(d)))
 
 
+@pytest.mark.slow
 def test_fallback_to_reference_warns_and_agrees(monkeypatch):
     lam = np.random.default_rng(1).uniform(0, 50, size=(3, 40))
     counts = np.random.default_rng(2).integers(0, 500, size=(3, 40))
     expect_p = kernels.poisson(lam, seed=4)
     expect_b = kernels.binomial_thin(counts, 0.3, seed=4)
-    monkeypatch.setattr(kernels, "_core", None)
-    monkeypatch.setattr(kernels, "_CORE_PROBLEM", "galguard._core could not be imported (test)")
+    monkeypatch.setattr(kernels._loader, "core", None)
+    monkeypatch.setattr(kernels._loader, "problem", "galguard._core could not be imported (test)")
     assert kernels.backend() == "reference"
     assert kernels.build_info()["core"] is False
     with pytest.warns(CoreUnavailableWarning, match="could not be imported"):
@@ -87,6 +89,7 @@ def test_fallback_to_reference_warns_and_agrees(monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_thread_count_from_environment(tmp_path):
     """Same results with OMP_NUM_THREADS=1 and 2 in fresh processes."""
     script = (
@@ -129,13 +132,14 @@ def test_core_takes_versioned_and_unversioned_capsules():
                       None, 9, 0, 0)
 
 
+@pytest.mark.slow
 def test_reference_without_numba_agrees(tmp_path):
     """The plain-Python reference (numba absent) gives the same results as the core."""
     script = (
         "import sys\n"
         "sys.modules['numba'] = None  # import numba -> ImportError\n"
         "import numpy as np\n"
-        "from galguard import _reference as R\n"
+        "from galguard.kernels import _reference as R\n"
         "assert not R.HAVE_NUMBA\n"
         "lam = np.array([[0.0, 0.3, 7.0, 10.0, 55.0, 3e4, 1e7]])\n"
         "counts = np.array([[0, 5, 40, 1000, 2**31 - 1, 17, 3]])\n"
@@ -170,6 +174,7 @@ def test_reference_without_numba_agrees(tmp_path):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_core_imports_from_the_checkout_root():
     """The README's `python -c "import galguard._core ..."` works in the checkout root too (the
     editable install of the README's test command builds the core for the source tree)."""
@@ -185,10 +190,10 @@ def test_core_imports_from_the_checkout_root():
 
 
 def test_missing_core_in_a_source_tree_names_the_cause_and_the_fix():
-    msg = kernels._core_problem(ImportError("No module named 'galguard._core'"))
+    msg = kernels._loader.core_problem(ImportError("No module named 'galguard._core'"))
     assert "No module named 'galguard._core'" in msg
-    if os.path.exists(os.path.join(os.path.dirname(os.path.dirname(kernels.__file__)),
-                                   "CMakeLists.txt")):
+    galguard_dir = os.path.dirname(os.path.dirname(os.path.abspath(kernels.__file__)))
+    if os.path.exists(os.path.join(os.path.dirname(galguard_dir), "CMakeLists.txt")):
         assert "source tree" in msg and "pip install -e ." in msg
     else:
         assert "reinstall galguard" in msg

@@ -5,10 +5,9 @@ Marked `cuda`: skipped where no GPU with a CUDA-enabled core exists (see conftes
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from galguard import kernels  # noqa: E402
+from galguard import kernels
 
 pytestmark = pytest.mark.cuda
 

@@ -41,6 +41,9 @@ from galguard_tasks import (CutoutStackFitsFormatter, GalguardCheckConfig, Galgu
                             write_cutout_stack)
 from galguard_tasks.check import CHECK_OPTIONS
 
+# The Rubin pipeline stack (the `lsst` extra) is needed by every test here.
+pytestmark = pytest.mark.lsst
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "pipeline_tasks" / "pipelines" / "galguard_check.yaml"
 BPS_CONFIG = ROOT / "pipeline_tasks" / "bps" / "galguard_check_parsl.yaml"
@@ -210,6 +213,7 @@ def per_patch_overrides(tmp_path, model_path):
 # ------------------------------------------------------------------------------------------------
 # Packaging
 
+@pytest.mark.slow
 def test_import_galguard_does_not_import_lsst():
     code = ("import sys, galguard, galguard.checks, galguard.io, galguard.cli; "
             "print(sorted(m for m in sys.modules if m == 'lsst' or m.startswith('lsst.')))")
@@ -421,6 +425,7 @@ def test_run_matches_galguard_check(model_path):
         np.testing.assert_array_equal(table[name], before[name])
 
 
+@pytest.mark.slow
 def test_default_config_with_the_shipped_model():
     """The task's defaults (model "default", preset "default") on simulated 100 x 100 cutouts."""
     from galguard import sim
@@ -439,6 +444,7 @@ def test_default_config_with_the_shipped_model():
     assert (flags["error"] == "").all() and (flags["pred_label"] >= 0).all()
 
 
+@pytest.mark.slow
 def test_run_same_seed_same_flags_other_seed_other_attack(model_path):
     table = make_table(3, seed=6)
     a = make_task(model_path, seed=3).run(table).flags
@@ -522,6 +528,7 @@ def test_run_rejects_a_table_without_images(model_path):
 # ------------------------------------------------------------------------------------------------
 # Butler, in process
 
+@pytest.mark.slow
 def test_simple_pipeline_executor(tmp_path, model_path):
     repo = str(tmp_path / "repo")
     Butler.makeRepo(repo)
@@ -583,6 +590,7 @@ def test_butler_fits_formatter_put_get_and_ingest(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The command line: butler and pipetask
 
+@pytest.mark.slow
 def test_pipetask_run_command_line(tmp_path, model_path):
     repo = tmp_path / "repo"
     run_cli("butler", "create", repo, cwd=tmp_path)
@@ -602,6 +610,7 @@ def test_pipetask_run_command_line(tmp_path, model_path):
     assert list(flags["id"]) == ["n1", "n2", "n3", "n4"]
 
 
+@pytest.mark.slow
 def test_pipetask_run_two_patches_in_parallel_from_fits(tmp_path, model_path):
     repo = tmp_path / "repo"
     make_patch_repo(repo, [1, 2])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from _tiny import fragile_classifier  # tests/ is put on sys.path by conftest.py
 from galguard import cli
 from galguard.catalog import read_catalog
 from galguard.errors import GalguardValueError
@@ -33,14 +33,7 @@ def make_fragile_model(path):
     and shallower-depth noise flip a good share of its predictions."""
     from galguard.models import save
 
-    x = _h.galaxies(64, seed=1)
-
-    def sharpen(m):
-        m.network.classifier.weight.mul_(30.0)
-        _, logits = m(torch.from_numpy(x))
-        m.network.classifier.bias.sub_(logits.mean(0))
-
-    return save(_h.tiny_classifier(x, name="fragile", tweak=sharpen), path)[0]
+    return save(fragile_classifier(_h.galaxies(64, seed=1)), path)[0]
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +165,8 @@ def _chromium():
     pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(run, tmp_path):
     exe = _chromium()
     d, model, files, cat = run

@@ -44,6 +44,7 @@ def test_deterministic_per_seed_and_index(small):
     assert not np.array_equal(other["y10"].images, part["y10"].images)
 
 
+@pytest.mark.slow
 def test_parallel_matches_serial(small, monkeypatch):
     monkeypatch.setattr(sim._render, "MIN_PER_WORKER", 1)  # really start 2 workers for 6 galaxies
     par = sim.simulate(6, seed=7, size=SIZE, n_jobs=2, depths=("y10",))
@@ -112,8 +113,8 @@ def test_galaxies_are_realistic_fluxes(small):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"n": -1}, "n must be an integer >= 0, got -1"),
-    ({"n": 2.5}, "n must be an integer >= 0, got float 2.5"),
-    ({"n": 1, "seed": -3}, "seed must be an integer >= 0 and < 2\\*\\*63, got -3"),
+    ({"n": 2.5}, "n must be an integer, got float 2.5"),
+    ({"n": 1, "seed": -3}, "seed must be an integer in \\[0, 9223372036854775807\\], got -3"),
     ({"n": 1, "size": 8}, "size must be an integer >= 16, got 8"),
     ({"n": 1, "depths": ("y5",)}, "depths must contain only 'y10' or 'y1', got 'y5'"),
     ({"n": 1, "n_jobs": 0}, "n_jobs must be >= 1 or -1"),
@@ -332,7 +333,7 @@ def test_class_labels_arguments_and_no_mutation():
 def test_class_labels_rejects_float_indices_and_huge_seed():
     with pytest.raises(GalguardValueError, match="indices must be integers, got dtype float64"):
         sim.class_labels([1.5])
-    with pytest.raises(GalguardValueError, match=r"seed must be an integer >= 0 and < 2\*\*63"):
+    with pytest.raises(GalguardValueError, match=r"seed must be an integer in \[0, 9223372036854775807\]"):
         sim.simulate(1, seed=2**63)
 
 

@@ -246,6 +246,7 @@ def test_evaluate_and_plot(data, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Command line (tiny simulated data, 32-pixel stamps)
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_train_then_evaluate(tmp_path, capsys):
     from galguard.cli import main
 

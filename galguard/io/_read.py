@@ -9,7 +9,7 @@ from ._estimate import DEFAULT_GAIN
 
 from ._finish import generate
 from ._options import DEFAULT_CHUNK_SIZE, make_opts
-from ._sources import expand_string
+from ._paths import expand_item
 
 __all__ = ["read_cutouts", "iter_cutouts"]
 
@@ -58,7 +58,7 @@ def _check_source(source, opts):
         if not s:
             raise GalguardValueError("source must be a path, glob, directory, list, array, HDU or "
                                      "NDData, got an empty string")
-        expand_string(s, opts)  # raises early for an empty glob or directory
+        expand_item(s, recursive=opts.recursive, name="source")  # raises early: empty glob...
         return
     if isinstance(source, (np.ndarray, Cutouts, fits.HDUList, NDData, fits.PrimaryHDU,
                            fits.ImageHDU, fits.CompImageHDU)):
