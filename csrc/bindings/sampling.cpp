@@ -28,30 +28,22 @@ void check_rows(const Imported& x, const Imported& out, const Imported* index) {
 template <typename T>
 void run_poisson(const Imported& mean, Imported& out, const Imported* index, uint64_t seed,
                  uint32_t realisation, std::uintptr_t stream) {
-  (void)stream;  // used by the CUDA path only
   const int64_t rows = mean.shape(0);
   const int64_t row_size = rows ? mean.numel() / rows : 0;
   const int64_t* idx = index ? index->data<int64_t>() : nullptr;
-  if (mean.is_cuda()) {
-#ifdef GALGUARD_WITH_CUDA
-    DeviceGuard guard(mean.device_id());
-    int code;
-    {
-      py::gil_scoped_release release;
-      code = cuda::poisson<T>(mean.data<T>(), out.data<T>(), rows, row_size, idx, seed,
-                              realisation, reinterpret_cast<void*>(stream));
-    }
-    check_cuda(code, "poisson");
-#endif
-    return;
-  }
-  py::gil_scoped_release release;
-  cpu::poisson<T>(mean.data<T>(), out.data<T>(), rows, row_size, idx, seed, realisation);
+  dispatch(
+      mean, "poisson", stream,
+      [&](void* s) {
+        return cuda::poisson<T>(mean.data<T>(), out.data<T>(), rows, row_size, idx, seed,
+                                realisation, s);
+      },
+      [&] {
+        cpu::poisson<T>(mean.data<T>(), out.data<T>(), rows, row_size, idx, seed, realisation);
+      });
 }
 
 void poisson(py::object mean_o, py::object out_o, py::object index_o, uint64_t seed,
              uint32_t realisation, std::uintptr_t stream) {
-  (void)stream;  // used by the CUDA path only
   Imported mean(mean_o, "mean", false);
   Imported out(out_o, "out", true);
   auto index = optional_import(index_o, "index", false);
@@ -71,34 +63,24 @@ template <typename T>
 void run_binomial(const Imported& counts, const Imported* p, double p_scalar, Imported& out,
                   const Imported* index, uint64_t seed, uint32_t realisation,
                   std::uintptr_t stream) {
-  (void)stream;  // used by the CUDA path only
   const int64_t rows = counts.shape(0);
   const int64_t row_size = rows ? counts.numel() / rows : 0;
   const int64_t* idx = index ? index->data<int64_t>() : nullptr;
   const double* pp = p ? p->data<double>() : nullptr;
-  if (counts.is_cuda()) {
-#ifdef GALGUARD_WITH_CUDA
-    DeviceGuard guard(counts.device_id());
-    int code;
-    {
-      py::gil_scoped_release release;
-      code = cuda::binomial_thin<T>(counts.data<T>(), pp, p_scalar, out.data<T>(), rows,
-                                    row_size, idx, seed, realisation,
-                                    reinterpret_cast<void*>(stream));
-    }
-    check_cuda(code, "binomial_thin");
-#endif
-    return;
-  }
-  py::gil_scoped_release release;
-  cpu::binomial_thin<T>(counts.data<T>(), pp, p_scalar, out.data<T>(), rows, row_size, idx,
-                        seed, realisation);
+  dispatch(
+      counts, "binomial_thin", stream,
+      [&](void* s) {
+        return cuda::binomial_thin<T>(counts.data<T>(), pp, p_scalar, out.data<T>(), rows, row_size,
+                                      idx, seed, realisation, s);
+      },
+      [&] {
+        cpu::binomial_thin<T>(counts.data<T>(), pp, p_scalar, out.data<T>(), rows, row_size, idx,
+                              seed, realisation);
+      });
 }
 
 void binomial_thin(py::object counts_o, py::object p_o, double p_scalar, py::object out_o,
-                   py::object index_o, uint64_t seed, uint32_t realisation,
-                   std::uintptr_t stream) {
-  (void)stream;  // used by the CUDA path only
+                   py::object index_o, uint64_t seed, uint32_t realisation, std::uintptr_t stream) {
   Imported counts(counts_o, "counts", false);
   auto p = optional_import(p_o, "p", false);
   Imported out(out_o, "out", true);
@@ -121,11 +103,11 @@ void binomial_thin(py::object counts_o, py::object p_o, double p_scalar, py::obj
       return run_binomial<double>(counts, p.get(), p_scalar, out, index.get(), seed, realisation,
                                   stream);
     case DType::kInt32:
-      return run_binomial<int32_t>(counts, p.get(), p_scalar, out, index.get(), seed,
-                                   realisation, stream);
+      return run_binomial<int32_t>(counts, p.get(), p_scalar, out, index.get(), seed, realisation,
+                                   stream);
     case DType::kInt64:
-      return run_binomial<int64_t>(counts, p.get(), p_scalar, out, index.get(), seed,
-                                   realisation, stream);
+      return run_binomial<int64_t>(counts, p.get(), p_scalar, out, index.get(), seed, realisation,
+                                   stream);
     default:
       throw py::value_error(
           std::string("counts must have dtype float32, float64, int32 or int64, got ") +

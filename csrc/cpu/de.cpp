@@ -84,15 +84,7 @@ void de_write_candidates(const float* images, const float* members, float* out, 
     const int64_t b = bm / P;
     float* dst = out + bm * image;
     std::memcpy(dst, images + b * image, sizeof(float) * static_cast<size_t>(image));
-    const float* m = members + bm * G;
-    for (int j = 0; j < pixels; ++j) {
-      const float* gene = m + j * (2 + channels);
-      const int x = pixel_index(gene[0], width);
-      const int y = pixel_index(gene[1], height);
-      for (int c = 0; c < channels; ++c) {
-        dst[c * plane + static_cast<int64_t>(y) * width + x] = gene[2 + c];
-      }
-    }
+    write_member_pixels(members + bm * G, dst, pixels, channels, height, width);
   }
 }
 
@@ -102,22 +94,14 @@ void de_select(const float* pop, const T* fitness, const float* trial, const T* 
   if (B * P == 0) return;
 #pragma omp parallel for schedule(static) if (B * P * G > 65536)
   for (int64_t b = 0; b < B; ++b) {
-    int64_t arg = 0;
-    double best_value = 0.0;
     for (int64_t i = 0; i < P; ++i) {
       const int64_t bi = b * P + i;
       const bool take = de_accept((double)fitness[bi], (double)trial_fitness[bi]);
       const float* src = take ? trial + bi * G : pop + bi * G;
       std::memcpy(out_pop + bi * G, src, sizeof(float) * static_cast<size_t>(G));
-      const T f = take ? trial_fitness[bi] : fitness[bi];
-      out_fitness[bi] = f;
-      const double fv = (f != f) ? INFINITY : (double)f;
-      if (i == 0 || fv < best_value) {
-        best_value = fv;
-        arg = i;
-      }
+      out_fitness[bi] = take ? trial_fitness[bi] : fitness[bi];
     }
-    best[b] = arg;
+    best[b] = first_argmin(out_fitness + b * P, P);
   }
 }
 

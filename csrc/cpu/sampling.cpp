@@ -140,7 +140,7 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
   int64_t e = start - r * row_size;
   for (int j = 0; j < count; ++j) lam[j] = static_cast<double>(mean[start + j]);
   if (e + count <= row_size) {  // the chunk lies in one row (the common case)
-    const uint32_t rid = static_cast<uint32_t>(index ? index[r] : r);
+    const uint32_t rid = row_id(index, r);
     const uint32_t e0 = static_cast<uint32_t>(e);
     for (int j = 0; j < count; ++j) {
       row[j] = rid;
@@ -148,7 +148,7 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
     }
   } else {
     for (int j = 0; j < count; ++j) {
-      row[j] = static_cast<uint32_t>(index ? index[r] : r);
+      row[j] = row_id(index, r);
       elem[j] = static_cast<uint32_t>(e);
       if (++e == row_size) {
         e = 0;
@@ -328,7 +328,7 @@ void binomial_chunk(const T* counts, const double* p, double p_scalar, T* out, i
     pp[j] = p ? p[start + j] : p_scalar;
   }
   if (e + count <= row_size) {
-    const uint32_t rid = static_cast<uint32_t>(index ? index[r] : r);
+    const uint32_t rid = row_id(index, r);
     const uint32_t e0 = static_cast<uint32_t>(e);
     for (int j = 0; j < count; ++j) {
       row[j] = rid;
@@ -336,7 +336,7 @@ void binomial_chunk(const T* counts, const double* p, double p_scalar, T* out, i
     }
   } else {
     for (int j = 0; j < count; ++j) {
-      row[j] = static_cast<uint32_t>(index ? index[r] : r);
+      row[j] = row_id(index, r);
       elem[j] = static_cast<uint32_t>(e);
       if (++e == row_size) {
         e = 0;

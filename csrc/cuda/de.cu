@@ -55,21 +55,11 @@ __global__ void copy_images_kernel(const float* __restrict__ images, float* __re
 
 __global__ void set_pixels_kernel(const float* __restrict__ members, float* __restrict__ out,
                                   int64_t n, int G, int channels, int height, int width) {
-  const int64_t plane = static_cast<int64_t>(height) * width;
-  const int64_t image = plane * channels;
+  const int64_t image = static_cast<int64_t>(height) * width * channels;
   const int pixels = G / (2 + channels);
   for (int64_t bm = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; bm < n;
        bm += (int64_t)gridDim.x * blockDim.x) {
-    const float* m = members + bm * G;
-    float* dst = out + bm * image;
-    for (int j = 0; j < pixels; ++j) {
-      const float* gene = m + j * (2 + channels);
-      const int x = pixel_index(gene[0], width);
-      const int y = pixel_index(gene[1], height);
-      for (int c = 0; c < channels; ++c) {
-        dst[c * plane + static_cast<int64_t>(y) * width + x] = gene[2 + c];
-      }
-    }
+    write_member_pixels(members + bm * G, out + bm * image, pixels, channels, height, width);
   }
 }
 
@@ -93,17 +83,7 @@ __global__ void argmin_kernel(const T* __restrict__ fitness, int64_t* __restrict
                               int64_t B, int64_t P) {
   for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < B;
        b += (int64_t)gridDim.x * blockDim.x) {
-    int64_t arg = 0;
-    double best_value = 0.0;
-    for (int64_t i = 0; i < P; ++i) {
-      const T f = fitness[b * P + i];
-      const double fv = (f != f) ? INFINITY : (double)f;
-      if (i == 0 || fv < best_value) {
-        best_value = fv;
-        arg = i;
-      }
-    }
-    best[b] = arg;
+    best[b] = first_argmin(fitness + b * P, P);
   }
 }
 

@@ -19,7 +19,7 @@ __global__ void poisson_kernel(const T* __restrict__ mean, T* __restrict__ out, 
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / row_size;
     const uint32_t e = static_cast<uint32_t>(i - r * row_size);
-    const uint32_t row = static_cast<uint32_t>(index ? index[r] : r);
+    const uint32_t row = row_id(index, r);
     out[i] = static_cast<T>(poisson_draw(static_cast<double>(mean[i]), key, row, realisation, e));
   }
 }
@@ -33,7 +33,7 @@ __global__ void binomial_kernel(const T* __restrict__ counts, const double* __re
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / row_size;
     const uint32_t e = static_cast<uint32_t>(i - r * row_size);
-    const uint32_t row = static_cast<uint32_t>(index ? index[r] : r);
+    const uint32_t row = row_id(index, r);
     const double pi = p ? p[i] : p_scalar;
     out[i] = static_cast<T>(
         binomial_draw(static_cast<double>(counts[i]), pi, key, row, realisation, e));

@@ -124,17 +124,6 @@ def de_init(ids, popsize, *, pixels, channels, height, width, lo, hi, seed):
     return dispatch(like, reference, compiled, work=b > 0)
 
 
-def _validate_pop(pop, name, like=None):
-    validate_array(pop, name, ("float32",), ndim=3)
-    if like is not None:
-        same_place(pop, name, like, "pop")
-        if tuple(pop.shape) != tuple(like.shape):
-            raise GalguardValueError(
-                f"{name} must have the shape of pop {tuple(like.shape)}, got {tuple(pop.shape)}"
-            )
-    return contig(pop)
-
-
 def de_mutate(pop, *, ids, generation, F=0.5, strategy="rand1", best=None, CR=1.0,
               oob="redraw", height, width, lo, hi, seed):
     """Trial members by DE mutation, optional binomial crossover and bounds handling.

@@ -29,11 +29,9 @@ GG_HOST_DEVICE GG_FORCEINLINE uint32_t stream_word(uint32_t stream, uint32_t sub
   return (stream << 24) | (sub & 0x00FFFFFFu);
 }
 
-// Error codes shared by the CPU and CUDA launchers.
-enum Status : int {
-  kOk = 0,
-  kBadArgument = 1,
-  kCudaError = 2,
-};
+// The row id keying row r's random stream: the caller's global id, or r itself.
+GG_HOST_DEVICE GG_FORCEINLINE uint32_t row_id(const int64_t* index, int64_t r) {
+  return static_cast<uint32_t>(index ? index[r] : r);
+}
 
 }  // namespace galguard

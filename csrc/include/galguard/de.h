@@ -169,4 +169,35 @@ GG_HOST_DEVICE GG_FORCEINLINE bool de_accept(double parent_fitness, double trial
   return trial_fitness <= parent_fitness;
 }
 
+// Writes the pixels of one member into `dst`, a (channels, height, width) image: pixel j goes
+// to (pixel_index(y_j), pixel_index(x_j)) in every band; later pixels win where two coincide.
+GG_HOST_DEVICE inline void write_member_pixels(const float* member, float* dst, int pixels,
+                                               int channels, int height, int width) {
+  const int64_t plane = static_cast<int64_t>(height) * width;
+  for (int j = 0; j < pixels; ++j) {
+    const float* gene = member + j * (2 + channels);
+    const int x = pixel_index(gene[0], width);
+    const int y = pixel_index(gene[1], height);
+    for (int c = 0; c < channels; ++c) {
+      dst[c * plane + static_cast<int64_t>(y) * width + x] = gene[2 + c];
+    }
+  }
+}
+
+// Index of the first smallest of P fitness values, NaN counting as +inf (0 when all are NaN).
+template <typename T>
+GG_HOST_DEVICE inline int64_t first_argmin(const T* fitness, int64_t P) {
+  int64_t arg = 0;
+  double best_value = 0.0;
+  for (int64_t i = 0; i < P; ++i) {
+    const T f = fitness[i];
+    const double fv = (f != f) ? INFINITY : (double)f;
+    if (i == 0 || fv < best_value) {
+      best_value = fv;
+      arg = i;
+    }
+  }
+  return arg;
+}
+
 }  // namespace galguard
