@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._display import rgb
 from ._files import atomic_write
 from .errors import GalguardValueError
 from .flags import VERDICT_FLAGS, Flag, count_rows
@@ -166,18 +167,10 @@ def _load_images(table, rows, model):
     return data, gain, sky, found
 
 
-def _rgb(img, scale):
-    """(C, H, W) -> (H, W, 3) in [0, 1], asinh stretch; bands (i, r, g) -> (R, G, B)."""
-    x = np.arcsinh(np.clip(img, 0, None) / scale[:, None, None]) / np.arcsinh(10.0)
-    x = np.clip(x, 0, 1)
-    if x.shape[0] >= 3:
-        return np.stack([x[2], x[1], x[0]], axis=-1)
-    return np.repeat(x[0][..., None], 3, axis=-1)
-
-
-def _stretch_scale(img):
-    s = np.array([np.percentile(b, 99.5) for b in img], np.float64) / 10.0
-    return np.where(s > 0, s, 1.0)
+def _weights(img):
+    """Per-band factors putting each band's 99.5th percentile at 1 (a common display scale)."""
+    s = np.array([np.percentile(b, 99.5) for b in img], np.float64)
+    return 1.0 / np.where(s > 0, s, 1.0)
 
 
 def _gallery(table, rows, images, noisy, found, classes):
@@ -200,8 +193,9 @@ def _gallery(table, rows, images, noisy, found, classes):
             entries.append(entry)
             continue
         fig, axes = plt.subplots(1, 2, figsize=(4.4, 2.4), dpi=100)
-        scale = _stretch_scale(images[j])
-        axes[0].imshow(_rgb(images[j], scale), origin="lower", interpolation="nearest")
+        weights = _weights(images[j])
+        axes[0].imshow(rgb(images[j], weights=weights, stretch=0.05), origin="lower",
+                       interpolation="nearest")
         marker = None
         if succ and x[0] >= 0:
             for xi, yi in zip(x, y):
@@ -215,7 +209,8 @@ def _gallery(table, rows, images, noisy, found, classes):
             axes[0].set_title(f"{name} -> {aname} (1 px)", fontsize=8)
         else:
             axes[0].set_title(f"{name}; no 1-px flip", fontsize=8)
-        axes[1].imshow(_rgb(noisy[j], scale), origin="lower", interpolation="nearest")
+        axes[1].imshow(rgb(noisy[j], weights=weights, stretch=0.05), origin="lower",
+                       interpolation="nearest")
         fr = float(table["noise_flip_rate"][r])
         axes[1].set_title("shallower depth" + (f"; flips {fr:.0%}" if np.isfinite(fr) else ""),
                           fontsize=8)

@@ -95,8 +95,9 @@ def summary_table(table, *, classes=None, max_rows=40):
     nu = int(np.count_nonzero(flags & int(Flag.NOISE_UNSTABLE)))
     out.append("")
     counts = count_rows(table)
-    out.append(f"{counts['n']} cutouts: {counts['fragile']} fragile ({counts['bad']} of them bad "
-               f"inputs), {opf} flipped by one pixel, {nu} unstable under shallower-depth noise")
+    bad = f" ({counts['bad']} of them bad inputs)" if counts["bad"] else ""
+    out.append(f"{counts['n']} cutouts: {counts['fragile']} fragile{bad}, {opf} flipped by one "
+               f"pixel, {nu} unstable under shallower-depth noise")
     if "true_label" in table.colnames:
         known = np.asarray(table["true_label"]) >= 0
         if known.any():

@@ -393,7 +393,7 @@ class OnePixelAttack:
                 out_success[succ_idx] = ok
         adv = k.de_write_candidates(images, members) if return_images else None
         return self._result(out_member, out_probs, out_success, out_queries, out_gen, labels,
-                            C, adv)
+                            C, H, W, adv)
 
     def _fitness(self, probs, labels):
         idx = labels.view(-1, 1, 1).expand(-1, probs.shape[1], 1)
@@ -439,12 +439,9 @@ class OnePixelAttack:
             out_gen[dst] = gen
         return done
 
-    def _result(self, members, probs, success, queries, gens, labels, C, adv):
-        B = members.shape[0]
-        m = members.view(B, self.pixels, 2 + C)
-        x = m[..., 0].floor().long()
-        y = m[..., 1].floor().long()
-        values = m[..., 2:].clone()
+    def _result(self, members, probs, success, queries, gens, labels, C, H, W, adv):
+        x, y, values = _kernels().decode_members(members.contiguous(), height=H, width=W,
+                                                 channels=C)
         label = probs.argmax(dim=1)
         prob = torch.gather(probs, 1, label[:, None])[:, 0]
         if self.pixels == 1:
@@ -522,11 +519,10 @@ class _IncrementalRunner:
 
     def __call__(self, rows, members):
         R, P, G = members.shape
-        flat = members.reshape(R * P, G)
         b = rows.repeat_interleave(P)
-        xs = flat[:, 0].long().clamp_(0, self.W - 1)
-        ys = flat[:, 1].long().clamp_(0, self.H - 1)
-        vals = flat[:, 2:2 + self.C]
+        xs, ys, vals = _kernels().decode_members(members.reshape(R * P, G).contiguous(),
+                                                 height=self.H, width=self.W, channels=self.C)
+        xs, ys, vals = xs[:, 0], ys[:, 0], vals[:, 0]
         out = []
         for s in range(0, R * P, self.chunk):
             e = s + self.chunk

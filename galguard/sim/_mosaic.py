@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 import numpy as np
 from .._validate import validate_int
+from .._display import rgb
 from ..errors import GalguardValueError
 
 from ._render import SimData
@@ -16,14 +17,6 @@ from ._survey import CLASSES, DEPTHS, depth_params
 # --------------------------------------------------------------------------------------------
 # Mosaic
 # --------------------------------------------------------------------------------------------
-
-def _rgb(img, zp, stretch):
-    from astropy.visualization import make_lupton_rgb
-
-    # common flux unit across bands (r-band zero point), then i, r, g -> R, G, B
-    scaled = [img[k] * 10.0 ** (0.4 * (zp[1] - zp[k])) for k in range(3)]
-    return make_lupton_rgb(scaled[2], scaled[1], scaled[0], stretch=stretch, Q=10, minimum=0.0)
-
 
 def make_mosaic(sims, path, *, max_per_class=6, dpi=100):
     """Write a PNG grid of colour composites (Lupton et al. 2004), labelled by class.
@@ -83,7 +76,9 @@ def make_mosaic(sims, path, *, max_per_class=6, dpi=100):
         # stretch from the noiseless-ish Y10 image so both depths share one display scale
         r = sims[depths[0]].images[i][1]
         stretch = max(float(np.percentile(r, 99.5)) / 12.0, 1e-6)
-        ax.imshow(_rgb(img, zp, stretch), origin="lower")
+        # common flux unit across bands (the r-band zero point)
+        weights = [10.0 ** (0.4 * (zp[1] - zp[k])) for k in range(3)]
+        ax.imshow(rgb(img, weights=weights, stretch=stretch), origin="lower")
         idx = int(sims[d].meta["index"][i])
         ax.set_title(f"{CLASSES[int(sims[d].labels[i])]} #{idx} {d.upper()}", fontsize=7)
     fig.tight_layout(pad=0.3)
