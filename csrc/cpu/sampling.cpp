@@ -127,6 +127,31 @@ GG_CLONES void inversion_pass(const double* __restrict__ lam, const uint32_t* __
   for (int j = 0; j < count; ++j) k_out[j] = k_out[j] <= cap[j] ? k_out[j] : kScalar;
 }
 
+// Philox counters of the `count` elements from flat position `start`: the row id and the
+// element within the row of each (rows of `row_size` elements).
+void chunk_counters(int64_t start, int count, int64_t row_size, const int64_t* index,
+                    uint32_t* row, uint32_t* elem) {
+  int64_t r = start / row_size;
+  int64_t e = start - r * row_size;
+  if (e + count <= row_size) {  // the chunk lies in one row (the common case)
+    const uint32_t rid = row_id(index, r);
+    const uint32_t e0 = static_cast<uint32_t>(e);
+    for (int j = 0; j < count; ++j) {
+      row[j] = rid;
+      elem[j] = e0 + static_cast<uint32_t>(j);
+    }
+    return;
+  }
+  for (int j = 0; j < count; ++j) {
+    row[j] = row_id(index, r);
+    elem[j] = static_cast<uint32_t>(e);
+    if (++e == row_size) {
+      e = 0;
+      ++r;
+    }
+  }
+}
+
 template <typename T>
 void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_size,
                    const int64_t* index, Key key, uint32_t realisation) {
@@ -136,26 +161,8 @@ void poisson_chunk(const T* mean, T* out, int64_t start, int count, int64_t row_
   int pos[kChunk];
   uint32_t prow[kChunk], pelem[kChunk];
   double plam[kChunk], pk[kChunk];
-  int64_t r = start / row_size;
-  int64_t e = start - r * row_size;
   for (int j = 0; j < count; ++j) lam[j] = static_cast<double>(mean[start + j]);
-  if (e + count <= row_size) {  // the chunk lies in one row (the common case)
-    const uint32_t rid = row_id(index, r);
-    const uint32_t e0 = static_cast<uint32_t>(e);
-    for (int j = 0; j < count; ++j) {
-      row[j] = rid;
-      elem[j] = e0 + static_cast<uint32_t>(j);
-    }
-  } else {
-    for (int j = 0; j < count; ++j) {
-      row[j] = row_id(index, r);
-      elem[j] = static_cast<uint32_t>(e);
-      if (++e == row_size) {
-        e = 0;
-        ++r;
-      }
-    }
-  }
+  chunk_counters(start, count, row_size, index, row, elem);
   Scratch scratch;
   ptrs_pass(lam, row, elem, count, key, realisation, 0u, k, scratch);
   int small = 0;  // means outside [10, inf): zero or inversion
@@ -321,29 +328,11 @@ void binomial_chunk(const T* counts, const double* p, double p_scalar, T* out, i
   int pos[kChunk];
   uint32_t prow[kChunk], pelem[kChunk];
   double pn[kChunk], pq[kChunk], pk[kChunk];
-  int64_t r = start / row_size;
-  int64_t e = start - r * row_size;
   for (int j = 0; j < count; ++j) {
     n[j] = static_cast<double>(counts[start + j]);
     pp[j] = p ? p[start + j] : p_scalar;
   }
-  if (e + count <= row_size) {
-    const uint32_t rid = row_id(index, r);
-    const uint32_t e0 = static_cast<uint32_t>(e);
-    for (int j = 0; j < count; ++j) {
-      row[j] = rid;
-      elem[j] = e0 + static_cast<uint32_t>(j);
-    }
-  } else {
-    for (int j = 0; j < count; ++j) {
-      row[j] = row_id(index, r);
-      elem[j] = static_cast<uint32_t>(e);
-      if (++e == row_size) {
-        e = 0;
-        ++r;
-      }
-    }
-  }
+  chunk_counters(start, count, row_size, index, row, elem);
   // k: the draw before the p > 1/2 flip, or kScalar (special cases, fallbacks)
   for (int j = 0; j < count; ++j) {
     const double pj = pp[j];
