@@ -120,9 +120,16 @@ def run(args):
     from ..cli import EXIT_OK
     from ..errors import GalguardValueError
     from ..models import save
-    from ..training import evaluate, train
+    from ..training import TrainConfig, evaluate, train
 
     command = command_line(args)
+    # every setting is checked before any galaxy is simulated
+    config = TrainConfig(architecture=args.arch, da=args.da, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         patience=args.patience, warmup_epochs=args.warmup_epochs,
+                         mmd_weight=args.mmd_weight, seed=args.seed,
+                         loss_weight_lr=args.loss_weight_lr,
+                         init_loss_weights=args.init_loss_weights)
     ranges = {"source": (args.source_start, args.n_source),
               "target": (args.target_start, args.n_target),
               "validation": (args.val_start, args.n_val),
@@ -161,11 +168,7 @@ def run(args):
         "note": "source, target, validation and test are disjoint galaxy index ranges",
     }
     model = train(
-        xs, ys, target=xt, validation=xv, validation_labels=yv, architecture=args.arch,
-        da=args.da, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, patience=args.patience,
-        warmup_epochs=args.warmup_epochs, mmd_weight=args.mmd_weight, seed=args.seed,
-        loss_weight_lr=args.loss_weight_lr, init_loss_weights=args.init_loss_weights,
+        xs, ys, target=xt, validation=xv, validation_labels=yv, config=config,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         progress=not args.no_progress, num_threads=args.threads, name=args.name,
         card={"name": args.name, "command": command, "training_data": data_card})

@@ -1,8 +1,9 @@
 """The training loop: data checks, checkpoints, batch-norm recalibration, early stopping.
 """
 
-import logging
 import copy
+import dataclasses
+import logging
 import json
 import math
 import platform
@@ -15,7 +16,8 @@ from ..errors import GalguardValueError
 from ..models.classifier import GalaxyClassifier, Preprocess, as_tensor, fit_latent_stats
 from ..models.networks import build_network
 
-from .losses import BANDS, CLASSES, DA_METHODS, mmd2, sinkhorn_divergence
+from .config import TrainConfig
+from .losses import mmd2, sinkhorn_divergence
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +87,8 @@ class Checkpoint:
 
 
 def train(source, source_labels, *, target=None, validation=None, validation_labels=None,
-          val_fraction=0.1, architecture="convnet", da="none", classes=CLASSES, bands=BANDS,
-          epochs=30, batch_size=128, lr=1e-3, weight_decay=1e-4, betas=(0.9, 0.999),
-          patience=6, warmup_epochs=None, mmd_weight=0.01, grad_clip=10.0, seed=0,
-          checkpoint_dir=None, resume=False, progress=True, num_threads=None, name=None,
-          card=None, bn_samples=1024, loss_weight_lr=None, min_delta=1e-4,
-          init_loss_weights="data"):
+          config=None, checkpoint_dir=None, resume=False, progress=True, num_threads=None,
+          name=None, card=None, **options):
     """Train a `GalaxyClassifier` on labelled source data, optionally adapting to a target domain.
 
     Parameters
@@ -103,31 +101,11 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
     validation, validation_labels : optional
         Labelled validation images (source domain) for early stopping; if omitted,
         ``val_fraction`` of ``source`` is held out (a seeded random split).
-    architecture : {"convnet", "resnet18"}
-    da : {"none", "mmd", "sinkhorn"}
-        Domain adaptation (see the module docstring).
-    classes, bands : sequence of str
-    epochs : int
-        Maximum number of epochs (one epoch = one pass over the source training set).
-    batch_size : int
-        Source batch size; with domain adaptation a target batch of the same size is drawn
-        alongside, and both pass through the network together.
-    lr, weight_decay, betas : float
-        AdamW settings (the paper used Adam lr 1e-5, far too slow for a CPU budget).
-    patience : int
-        Stop after this many epochs without a validation loss lower than the best by more than
-        ``min_delta``. Epochs during the warm-up do not count and cannot be selected as best.
-    min_delta : float, optional
-        Smallest decrease of the validation loss that counts as an improvement.
-    warmup_epochs : int, optional
-        Epochs of cross-entropy only before the domain loss is switched on; default 0 for
-        ``none`` and ``mmd``, 3 for ``sinkhorn``.
-    mmd_weight : float
-        Weight of MMD^2 (the paper's 0.01).
-    grad_clip : float or None
-        Gradient-norm clip (SIDDA: 10).
-    seed : int
-        Seeds weights, splits, batch order and dropout.
+    config : TrainConfig, optional
+        The run's settings (architecture, domain adaptation, epochs, optimiser, seed, ...;
+        default ``TrainConfig()``), validated before anything is computed.
+    **options
+        Any `TrainConfig` field, overriding ``config`` (e.g. ``da="mmd", epochs=10``).
     checkpoint_dir : path-like, optional
         Write a checkpoint after every epoch; with ``resume=True`` continue from it.
     resume : bool
@@ -139,19 +117,6 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         Model name for the card.
     card : dict, optional
         Extra card entries (e.g. the command line and the data description).
-    loss_weight_lr : float, optional
-        Learning rate of SIDDA's loss weights ``e1, e2`` (default ``10 * lr``: with 1e-3 they
-        move by ~0.03 per epoch and the Sinkhorn term, free to shrink the latent space, collapsed
-        it in a trial run; SIDDA trains everything with lr 1e-2).
-    init_loss_weights : {"data", "ones"}, optional
-        Start of SIDDA's ``e1, e2``: "ones" as in SIDDA, or "data" (default): the square roots
-        of the cross-entropy and Sinkhorn divergence of the first adapted batch, the values the
-        weights move towards. With "ones", the divergence of our 256-d latents (~90 at the start
-        of adaptation against a cross-entropy of ~0.1) swamped the cross-entropy and collapsed
-        the latent space (validation accuracy 0.35).
-    bn_samples : int, optional
-        Training galaxies (per domain) used to recompute the batch-norm statistics after every
-        epoch, before validation (see Notes).
 
     Returns
     -------
@@ -171,22 +136,18 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
     """
     from tqdm.auto import tqdm
 
-    if da not in DA_METHODS:
-        raise GalguardValueError(f"da must be one of {DA_METHODS}, got {da!r}")
-    for pname, v in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise GalguardValueError(f"{pname} must be a positive integer, got {v!r}")
-    if not (lr > 0):
-        raise GalguardValueError(f"lr must be > 0, got {lr!r}")
-    if warmup_epochs is None:
-        warmup_epochs = 3 if da == "sinkhorn" else 0
-    if not isinstance(warmup_epochs, (int, np.integer)) or warmup_epochs < 0:
-        raise GalguardValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
-    if warmup_epochs >= epochs and da != "none":
-        raise GalguardValueError(f"warmup_epochs ({warmup_epochs}) must be < epochs ({epochs})")
-    if init_loss_weights not in ("data", "ones"):
-        raise GalguardValueError(f"init_loss_weights must be 'data' or 'ones', got "
-                                 f"{init_loss_weights!r}")
+    if config is None:
+        config = TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise GalguardValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise GalguardValueError(f"unknown training option(s) {unknown}; known: {fields}")
+    cfg = dataclasses.replace(config, **options)
+    (architecture, da, classes, bands, epochs, batch_size, lr, weight_decay, betas, patience,
+     min_delta, warmup_epochs, mmd_weight, grad_clip, seed, val_fraction, bn_samples,
+     loss_weight_lr, init_loss_weights) = (getattr(cfg, f) for f in fields)
     if resume and checkpoint_dir is None:
         raise GalguardValueError("resume=True needs checkpoint_dir")
     classes, bands = tuple(classes), tuple(bands)
@@ -198,8 +159,6 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
                                  f"shape {tuple(xs.shape)}")
     ys = _labels(source_labels, xs.shape[0], k, "source_labels")
     if validation is None:
-        if not 0 < val_fraction < 1:
-            raise GalguardValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
         perm = np.random.default_rng([seed, 7]).permutation(xs.shape[0])
         nv = max(1, int(round(val_fraction * xs.shape[0])))
         vi, ti = torch.from_numpy(np.sort(perm[:nv])), torch.from_numpy(np.sort(perm[nv:]))
