@@ -18,6 +18,9 @@ bit    name                meaning
 10     LATENT_SHIFT        a perturbation moves the latent vector unusually far
 11     OUT_OF_DISTRIBUTION the latent vector is far from the training distribution
 12     LOW_CONFIDENCE      the predicted class probability is low
+13     NOISE_SKIPPED       the noise check could not run on this cutout: no usable gain or
+                           sky level (missing, <= 0 or negative sky), or electron counts beyond
+                           the exact samplers' range (a saturated star's core); NaN noise columns
 =====  ==================  =============================================================
 """
 
@@ -43,13 +46,14 @@ class Flag(enum.IntFlag):
     LATENT_SHIFT = 1 << 10
     OUT_OF_DISTRIBUTION = 1 << 11
     LOW_CONFIDENCE = 1 << 12
+    NOISE_SKIPPED = 1 << 13
 
 
 INPUT_FLAGS = (Flag.BAD_INPUT | Flag.NONFINITE_MASKED | Flag.RESIZED | Flag.PARTIAL_OVERLAP
                | Flag.SKY_ESTIMATED | Flag.GAIN_ESTIMATED | Flag.EXPTIME_MISSING
                | Flag.HEADER_INCOMPLETE)
 VERDICT_FLAGS = (Flag.ONEPIXEL_FLIP | Flag.NOISE_UNSTABLE | Flag.LATENT_SHIFT
-                 | Flag.OUT_OF_DISTRIBUTION | Flag.LOW_CONFIDENCE)
+                 | Flag.OUT_OF_DISTRIBUTION | Flag.LOW_CONFIDENCE | Flag.NOISE_SKIPPED)
 
 
 def describe(value):

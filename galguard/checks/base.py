@@ -127,10 +127,14 @@ class NoiseStability(Check):
         cfg, m = ctx.config, ctx.n
         gain = np.asarray(ctx.meta["gain"], np.float64).reshape(m, -1)
         sky = np.asarray(ctx.meta["sky"], np.float64).reshape(m, -1)
-        ok = np.all(np.isfinite(gain) & (gain > 0), axis=1) & np.all(np.isfinite(sky), axis=1)
+        ok = np.all(np.isfinite(gain) & (gain > 0), axis=1) & \
+            np.all(np.isfinite(sky) & (sky >= 0), axis=1)
+        ok &= self._counts_in_range(ctx.images, gain, sky, cfg, ok)
         if not ok.all():
-            log.warning("%d cutout(s) have no usable gain or sky level; their noise check is "
-                        "skipped (NaN)", int((~ok).sum()))
+            log.warning("%d cutout(s) have no usable gain or sky level, or electron counts "
+                        "beyond the exact samplers' range; their noise check is skipped (NaN, "
+                        "flag NOISE_SKIPPED)", int((~ok).sum()))
+            ctx.flags[~ok] |= int(Flag.NOISE_SKIPPED)
         sel = np.flatnonzero(ok)
         out = self.empty(m, {})
         if not sel.size:
@@ -145,6 +149,26 @@ class NoiseStability(Check):
         out["noise_prob_drop"][sel] = nr.prob_drop.cpu().numpy()
         ctx.flags[out["noise_flip_rate"] > cfg.noise_flip_threshold] |= int(Flag.NOISE_UNSTABLE)
         ctx.extras["noise_latent_shift"] = (sel, nr.latent_shift.cpu().numpy())
+        return out
+
+
+    @staticmethod
+    def _counts_in_range(images, gain, sky, cfg, ok):
+        """Rows whose electron counts g (f + s) the exact samplers take (binomial thinning:
+        at most 2**31 per pixel; additive Poisson: means up to 1e15)."""
+        out = np.zeros(len(ok), bool)
+        sel = np.flatnonzero(ok)
+        if not sel.size:
+            return out
+        peak = images[torch.as_tensor(sel, device=images.device)].double().amax(dim=(2, 3))
+        electrons = torch.as_tensor(gain[sel], dtype=torch.float64, device=images.device) * (
+            peak + torch.as_tensor(sky[sel], dtype=torch.float64, device=images.device))
+        if cfg.noise_mode == "thin":
+            limit = 2.0**31 - 1
+        else:
+            limit = 1e15 * cfg.depth_fraction / max(1.0 - cfg.depth_fraction, 1e-300)
+        good = torch.isfinite(electrons).all(dim=1) & (electrons <= limit).all(dim=1)
+        out[sel] = good.cpu().numpy()
         return out
 
 

@@ -102,6 +102,36 @@ def _run_checks(cutouts, idx, keys, config, model, device):
     return out
 
 
+def _run_guarded(cutouts, idx, keys_all, config, model, device):
+    """`_run_checks` on the rows ``idx``; where the chunk fails, row by row, so that one cutout
+    (a pixel value, a header value) can never stop the others. Returns the rows that were
+    checked, their results, and {row: message} for the rows that failed."""
+    try:
+        return idx, _run_checks(cutouts, idx, keys_all[idx], config, model, device), {}
+    except GalguardValueError:
+        raise  # a bad configuration or model, not a bad cutout
+    except Exception as exc:  # noqa: BLE001 - retried row by row below
+        log.warning("checks failed on a chunk of %d cutouts (%s: %s); checking them one by one",
+                    len(idx), type(exc).__name__, exc)
+    done, parts, failed = [], [], {}
+    name = getattr(model, "name", None) or type(model).__name__
+    for i in idx:
+        try:
+            parts.append(_run_checks(cutouts, np.array([i]), keys_all[[i]], config, model,
+                                     device))
+            done.append(i)
+        except GalguardValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this row's error
+            failed[int(i)] = (f"the checks failed on this cutout (shape "
+                              f"{tuple(cutouts.data.shape[1:])}, model {name}): "
+                              f"{type(exc).__name__}: {exc}")
+    if not parts:
+        return np.zeros(0, np.int64), {}, failed
+    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.asarray(done, np.int64), res, failed
+
+
 def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=None):
     """Run the checks on one in-memory batch of cutouts (the streaming entry point).
 
@@ -134,7 +164,7 @@ def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=No
     if n_classes is None:
         n_classes = len(getattr(model, "classes", ())) or None
     meta = cutouts.meta
-    in_flags = np.asarray(meta["flags"], np.int64) if "flags" in meta.colnames else \
+    in_flags = np.array(meta["flags"], np.int64) if "flags" in meta.colnames else \
         np.zeros(n, np.int64)
     errors = [str(e) for e in meta["error"]] if "error" in meta.colnames else [""] * n
     good = (in_flags & int(Flag.BAD_INPUT)) == 0
@@ -148,8 +178,12 @@ def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=No
     idx = np.flatnonzero(good)
     res = {}
     if idx.size:
-        res = _run_checks(cutouts, idx, keys_all[idx], config, model, device)
-        n_classes = res["probs"].shape[1]
+        idx, res, failed = _run_guarded(cutouts, idx, keys_all, config, model, device)
+        for i, msg in failed.items():
+            errors[i] = msg
+            in_flags[i] |= int(Flag.BAD_INPUT)
+        if res:
+            n_classes = res["probs"].shape[1]
     if n_classes is None:
         n_classes = 0
     t = empty_table(n, n_classes, C, config.pixels)
