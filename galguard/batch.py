@@ -323,9 +323,9 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     GalguardValueError
         ``output`` is one of the inputs; invalid options; a journal that belongs to another run.
     """
-    from .catalog import CatalogWriter, Journal, format_from_path, hash_inputs, journal_dir
+    from ._files import check_replaceable
+    from .catalog import Journal, format_from_path, hash_inputs, inputs_digest, journal_dir
     from .checks import resolve_model, table_meta
-    from .io import iter_cutouts
 
     t0 = time.perf_counter()
     output = Path(output)
@@ -343,6 +343,7 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
                                      f"write over an input")
     if output.is_dir():
         raise GalguardValueError(f"output {str(output)!r} is a directory; give a file name")
+    check_replaceable(output, name="output")  # never a device, FIFO or other special file
     if not output.parent.exists():
         raise GalguardValueError(f"output {str(output)!r}: the directory "
                                  f"{str(output.parent)!r} does not exist")
@@ -364,8 +365,23 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
     meta["n_input_files"] = len(paths)
     manifest = {"config_hash": config_hash(config, sha), "inputs_hash": inputs_hash,
                 "chunk_size": int(config.chunk_size), "n_input_files": len(paths),
-                "columns": list(catalog_columns())}
+                "columns": list(catalog_columns()), "catalog_format": fmt}
     journal = Journal(output, manifest=manifest)
+    journal.lock()  # before anything is touched: a second run on this catalog stops here
+    try:
+        return _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs,
+                           device, workers, dask_scheduler, dask_local, resume, progress, t0,
+                           inputs_digest)
+    finally:
+        journal.unlock()
+
+
+def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, device, workers,
+                dask_scheduler, dask_local, resume, progress, t0, inputs_digest):
+    """`run_batch` once the journal's lock is held."""
+    from .catalog import CatalogWriter
+    from .io import iter_cutouts
+
     done = journal.open(resume=resume)
     if resume:
         log.info("resuming: %d finished chunk(s) in %s", len(done), journal.dir)
@@ -395,11 +411,11 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
 
     def finish(futures):
         for f in futures:
-            k, n = pending.pop(f)
+            k, n, digest = pending.pop(f)
             table = f.result()
             if len(table) != n:
                 raise RuntimeError(f"chunk {k}: {len(table)} rows back for {n} sent")
-            journal.write_chunk(k, table)
+            journal.write_chunk(k, table, inputs=digest)
             if bar is not None:
                 bar.update(n)
             log.debug("chunk %d journaled (%d rows)", k, n)
@@ -422,13 +438,19 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
                 if est != bar.total:
                     bar.total = est
                     bar.refresh()
+            digest = inputs_digest(chunk.meta["source"])
             if k in done:
-                if bar is not None:
-                    bar.update(n)
-                continue
+                if journal.chunk_inputs_digest(k) == digest:
+                    if bar is not None:
+                        bar.update(n)
+                    continue
+                log.warning("chunk %d: an input file changed since it was journaled; it is "
+                            "computed again", k)
+                journal.drop(k)
+                done.discard(k)
             if bar is None:
                 log.info("chunk %d: rows %d-%d", k, k * cs, k * cs + n - 1)
-            pending[executor.submit(chunk, k * cs)] = (k, n)
+            pending[executor.submit(chunk, k * cs)] = (k, n, digest)
             del chunk
             while len(pending) >= executor.slots:
                 got, _ = executor.wait(list(pending))

@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table, vstack
 
-from ._files import temporary_path, umask
+from ._files import check_replaceable, temporary_path, umask
 from .errors import GalguardValueError
 
 __all__ = ["FORMATS", "SUFFIXES", "format_from_path", "write_catalog", "read_catalog",
-           "CatalogWriter", "Journal", "JournalMismatch", "journal_dir", "hash_inputs",
-]
+           "CatalogWriter", "Journal", "JournalMismatch", "OutputLocked", "journal_dir",
+           "hash_inputs", "inputs_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +304,7 @@ class CatalogWriter:
         self.path = Path(path)
         self.format = format_from_path(self.path, format)
         self.meta = dict(meta)
+        check_replaceable(self.path, name="path")
         self._tmp = temporary_path(self.path)
         self._parts = []
         self._writer = None
@@ -452,6 +453,36 @@ class JournalMismatch(GalguardValueError):
     """The journal on disk belongs to another run (other configuration or inputs)."""
 
 
+class OutputLocked(GalguardValueError):
+    """Another run is writing the same catalog (it holds the journal's lock)."""
+
+
+def inputs_digest(sources):
+    """sha256 over the content of the files ``sources`` (each once, in first-seen order).
+
+    A chunk records the digest of the files its rows came from, so that a resumed run never
+    keeps rows of an input rewritten since (even with the same size and modification time).
+    """
+    h = hashlib.sha256()
+    seen = set()
+    for src in sources:
+        src = str(src)
+        if src in seen:
+            continue
+        seen.add(src)
+        h.update(src.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            if not os.path.isfile(src):
+                raise OSError("not a regular file")
+            with open(src, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as exc:
+            h.update(f"unreadable: {type(exc).__name__}".encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 class Journal:
     """The journal of finished chunks of a run, ``CATALOG.partial/``.
 
@@ -468,7 +499,14 @@ class Journal:
     -----
     Chunk ``k`` holds the rows ``k * chunk_size`` to ``(k + 1) * chunk_size - 1`` of the input
     order. A chunk file is written to a temporary name and moved into place with `os.replace`,
-    so after a crash (even ``kill -9``) every ``chunk-*.parquet`` is complete.
+    so after a crash (even ``kill -9``) every ``chunk-*.parquet`` is complete. Each chunk file
+    carries the hash of the manifest of the run that wrote it and the `inputs_digest` of the
+    files its rows came from; a chunk that cannot be read, was written by another run or whose
+    inputs changed is dropped and computed again.
+
+    `lock` takes an exclusive `fcntl.flock` on ``CATALOG.partial/lock`` for the whole run: a
+    second run on the same catalog stops at once (`OutputLocked`), naming the process that
+    holds it.
     """
 
     def __init__(self, catalog, *, manifest):
@@ -476,13 +514,63 @@ class Journal:
         self.dir = journal_dir(self.catalog)
         self.manifest = dict(manifest)
         self.manifest["format"] = _JOURNAL_FORMAT
+        self.run_id = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()) \
+            .hexdigest()[:32]
+        self._lock_fd = None
 
     @property
     def exists(self):
         return (self.dir / "manifest.json").exists()
 
+    # -- the lock ---------------------------------------------------------------------------
+    def lock(self):
+        """Take the run's exclusive lock (raises `OutputLocked` if another run holds it)."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise OutputLocked(
+                f"output {str(self.catalog)!r} is being written by another galguard check "
+                f"(process {holder}, lock {str(path)!r}); wait for it to finish, or give "
+                "another -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self):
+        """Release the lock (when the run ends, however it ends)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- opening ----------------------------------------------------------------------------
+    def _clear(self):
+        for p in self.dir.iterdir():
+            if p.name == "lock":
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+    def _write_manifest(self):
+        tmp = self.dir / "manifest.json.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.manifest, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / "manifest.json")
+
     def open(self, *, resume=False):
-        """Create the journal (``resume=False``; an old one is removed) or reopen it.
+        """Create the journal (``resume=False``; an old one is cleared) or reopen it.
 
         Returns
         -------
@@ -494,9 +582,19 @@ class Journal:
         JournalMismatch
             When resuming a journal whose manifest differs from this run's.
         """
+        self.dir.mkdir(parents=True, exist_ok=True)
         if resume and self.exists:
-            with open(self.dir / "manifest.json", encoding="utf-8") as fh:
-                old = json.load(fh)
+            try:
+                with open(self.dir / "manifest.json", encoding="utf-8") as fh:
+                    old = json.load(fh)
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                log.warning("the journal's manifest %s is unreadable (%s); it is rewritten and "
+                            "only the chunks this run can verify are kept",
+                            self.dir / "manifest.json", exc)
+                self._write_manifest()
+                return self.finished()
             diff = sorted(k for k in self.manifest if old.get(k) != self.manifest[k])
             if diff:
                 raise JournalMismatch(
@@ -504,37 +602,60 @@ class Journal:
                     f"{', '.join(diff)}; rerun with the same inputs and options, or use "
                     f"--overwrite to start again")
             return self.finished()
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
-        tmp = self.dir / "manifest.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.manifest, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "manifest.json")
+        self._clear()
+        self._write_manifest()
         return set()
 
+    # -- chunks -----------------------------------------------------------------------------
     def chunk_path(self, index):
         return self.dir / f"chunk-{int(index):06d}.parquet"
 
+    def _chunk_meta(self, path):
+        import pyarrow.parquet as pq
+
+        md = pq.read_schema(str(path)).metadata or {}
+        pq.ParquetFile(str(path)).metadata  # the footer must be whole
+        return {k.decode(): v.decode() for k, v in md.items() if k.startswith(b"galguard_")}
+
     def finished(self):
-        """Indices of the chunks whose files are complete."""
+        """Indices of the complete chunks written by this run (others are dropped)."""
         out = set()
-        for p in self.dir.glob("chunk-*.parquet"):
+        for p in sorted(self.dir.glob("chunk-*.parquet")):
             try:
-                out.add(int(p.name[6:-8]))
+                k = int(p.name[6:-8])
             except ValueError:
                 continue
+            try:
+                ok = self._chunk_meta(p).get("galguard_run") == self.run_id
+                why = "was written by another run"
+            except Exception as exc:  # noqa: BLE001 - a truncated or corrupt chunk file
+                ok, why = False, f"cannot be read ({type(exc).__name__})"
+            if ok:
+                out.add(k)
+            else:
+                log.warning("journal chunk %s %s; it is dropped and computed again", p.name, why)
+                p.unlink(missing_ok=True)
         return out
 
-    def write_chunk(self, index, table):
-        """Write chunk ``index`` (atomic: temporary file, fsync, `os.replace`)."""
+    def chunk_inputs_digest(self, index):
+        """The `inputs_digest` recorded by chunk ``index`` ("" if none)."""
+        return self._chunk_meta(self.chunk_path(index)).get("galguard_inputs", "")
+
+    def drop(self, index):
+        """Remove chunk ``index`` (to compute it again)."""
+        self.chunk_path(index).unlink(missing_ok=True)
+
+    def write_chunk(self, index, table, *, inputs=""):
+        """Write chunk ``index`` (atomic: temporary file, fsync, `os.replace`), tagged with this
+        run and ``inputs`` (the `inputs_digest` of its files)."""
         import pyarrow.parquet as pq
 
         final = self.chunk_path(index)
         tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(_arrow_table(table, {}), str(tmp))
+        at = _arrow_table(table, {})
+        md = dict(at.schema.metadata or {})
+        md.update({b"galguard_run": self.run_id.encode(), b"galguard_inputs": inputs.encode()})
+        pq.write_table(at.replace_schema_metadata(md), str(tmp))
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -547,5 +668,11 @@ class Journal:
         return _from_arrow(pq.read_table(str(self.chunk_path(index))))
 
     def remove(self):
-        """Delete the journal directory."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Delete the journal directory (the lock file last, still held)."""
+        if self.dir.exists():
+            self._clear()
+            (self.dir / "lock").unlink(missing_ok=True)
+            try:
+                self.dir.rmdir()
+            except OSError:
+                shutil.rmtree(self.dir, ignore_errors=True)

@@ -121,3 +121,168 @@ def test_a_model_that_cannot_take_the_input_gives_row_errors_naming_it(tmp_path)
     t = galguard.check(cut, model=Wrong(), **FAST)
     assert len(t) == 2 and np.all(t["flags"] & int(Flag.BAD_INPUT))
     assert "model Wrong" in t["error"][0] and f"(3, {SIZE}, {SIZE})" in t["error"][0]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. two runs on one catalog; 11. only regular files are replaced; 12. a damaged journal
+
+def cutout_files(d, n=7, seed=0):
+    d.mkdir(parents=True, exist_ok=True)
+    x = galaxies(n, seed)
+    return [write(d / f"g{i:02d}.fits", x[i], OBJID=100 + i) for i in range(n)]
+
+
+def check_argv(model_path, inputs, out, *more):
+    return ["check", str(inputs), "-o", str(out), "--model", str(model_path), "--no-onepixel",
+            "--noise-realisations", "2", "--chunk-size", "3", "--quiet", *more]
+
+
+def interrupted(monkeypatch, argv, after=1):
+    """Run ``galguard check`` and stop it (as a crash would) after ``after`` chunks."""
+    from galguard.catalog import Journal
+
+    real = Journal.write_chunk
+    calls = []
+
+    def write_then_die(self, index, table, **kw):
+        if len(calls) >= after:
+            raise RuntimeError("simulated crash")
+        calls.append(index)
+        return real(self, index, table, **kw)
+
+    monkeypatch.setattr(Journal, "write_chunk", write_then_die)
+    assert cli.main(argv) == cli.EXIT_FAILURE
+    monkeypatch.setattr(Journal, "write_chunk", real)
+
+
+def same_rows(a, b):
+    assert a.colnames == b.colnames and len(a) == len(b)
+    for name in a.colnames:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+
+
+def test_a_second_run_on_the_same_catalog_is_refused_naming_the_holder(model_path, tmp_path,
+                                                                      capsys):
+    from galguard.catalog import Journal
+
+    d = tmp_path / "in"
+    cutout_files(d, 4)
+    out = tmp_path / "cat.parquet"
+    holder = Journal(out, manifest={"config_hash": "x", "inputs_hash": "y"})
+    holder.lock()  # another run holds the catalog
+    try:
+        assert cli.main(check_argv(model_path, d, out)) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "being written by another galguard check" in err and str(os.getpid()) in err
+        assert cli.main(check_argv(model_path, d, out, "--resume")) == cli.EXIT_USAGE
+        assert not out.exists()
+    finally:
+        holder.unlock()
+    assert cli.main(check_argv(model_path, d, out)) == cli.EXIT_OK  # free again
+
+
+@pytest.mark.slow
+def test_two_concurrent_processes_never_mix_rows(model_path, tmp_path):
+    d = tmp_path / "in"
+    cutout_files(d, 12)
+    out = tmp_path / "cat.parquet"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # noise with many realisations: run A lasts long enough for run B to start meanwhile
+    cmd = [sys.executable, "-m", "galguard", *check_argv(model_path, d, out, "--seed", "3"),
+           "--noise-realisations", "400", "--batch-size", "4"]
+    a = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "cat.parquet.partial" / "lock"
+    for _ in range(600):
+        if lock.exists() and lock.read_text().strip():
+            break
+        if a.poll() is not None:
+            break
+        import time
+        time.sleep(0.05)
+    cmd_b = [c if c != "3" else "4" for c in cmd]
+    b = subprocess.run(cmd_b, env=env, capture_output=True, text=True)
+    a.wait(timeout=300)
+    # B is refused: by the lock while A runs (or, had A finished first, because the catalog
+    # exists); it never writes a row into A's catalog
+    assert b.returncode == cli.EXIT_USAGE, b.stderr
+    assert "another galguard check" in b.stderr or "exists" in b.stderr
+    assert a.returncode == cli.EXIT_OK, a.stderr.read() if a.stderr else ""
+    t = read_catalog(out)
+    assert len(t) == 12 and t.meta["seed"] == 3
+    alone = galguard.check(sorted(str(p) for p in d.iterdir()), model=str(model_path), seed=3,
+                           onepixel=False, noise_realisations=400, chunk_size=3)
+    assert np.array_equal(np.asarray(t["noise_flip_rate"]), np.asarray(alone["noise_flip_rate"]),
+                          equal_nan=True)
+
+
+def test_a_chunk_of_another_run_a_truncated_chunk_and_a_broken_manifest_are_redone(
+        model_path, tmp_path, monkeypatch):
+    d = tmp_path / "in"
+    cutout_files(d, 7)
+    ref = tmp_path / "ref.parquet"
+    assert cli.main(check_argv(model_path, d, ref, "--seed", "3")) == cli.EXIT_OK
+    out, other = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    interrupted(monkeypatch, check_argv(model_path, d, out, "--seed", "3"), after=2)
+    interrupted(monkeypatch, check_argv(model_path, d, other, "--seed", "4"), after=1)
+    ja, jb = tmp_path / "a.parquet.partial", tmp_path / "b.parquet.partial"
+    # chunk 0 from the seed-4 run, chunk 1 truncated, the manifest broken
+    (ja / "chunk-000000.parquet").write_bytes((jb / "chunk-000000.parquet").read_bytes())
+    c1 = ja / "chunk-000001.parquet"
+    c1.write_bytes(c1.read_bytes()[:100])
+    (ja / "manifest.json").write_text("{not json")
+    assert cli.main(check_argv(model_path, d, out, "--seed", "3", "--resume")) == cli.EXIT_OK
+    same_rows(read_catalog(out), read_catalog(ref))
+
+
+def test_an_input_rewritten_with_the_same_size_and_mtime_is_checked_again(model_path, tmp_path,
+                                                                         monkeypatch):
+    d = tmp_path / "in"
+    paths = cutout_files(d, 7)
+    out = tmp_path / "a.parquet"
+    interrupted(monkeypatch, check_argv(model_path, d, out), after=1)
+    st = os.stat(paths[0])
+    x = galaxies(1, seed=99)[0]
+    write(paths[0], x, OBJID=100)  # same layout, so the same size
+    assert os.stat(paths[0]).st_size == st.st_size
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cli.main(check_argv(model_path, d, out, "--resume")) == cli.EXIT_OK
+    fresh = tmp_path / "fresh.parquet"
+    assert cli.main(check_argv(model_path, d, fresh)) == cli.EXIT_OK
+    same_rows(read_catalog(out), read_catalog(fresh))
+
+
+def test_resume_with_another_format_is_refused(model_path, tmp_path, monkeypatch, capsys):
+    d = tmp_path / "in"
+    cutout_files(d, 7)
+    out = tmp_path / "a.cat"
+    interrupted(monkeypatch, check_argv(model_path, d, out, "--format", "parquet"), after=1)
+    capsys.readouterr()
+    assert cli.main(check_argv(model_path, d, out, "--format", "ecsv", "--resume")) == \
+        cli.EXIT_USAGE
+    assert "catalog_format" in capsys.readouterr().err
+
+
+def test_overwrite_never_replaces_a_device_or_fifo(model_path, tmp_path, capsys):
+    d = tmp_path / "in"
+    cutout_files(d, 2)
+    fifo = tmp_path / "out.parquet"
+    os.mkfifo(fifo)
+    assert cli.main(check_argv(model_path, d, fifo, "--overwrite")) == cli.EXIT_USAGE
+    assert "not a regular file" in capsys.readouterr().err
+    assert fifo.is_fifo()
+    if os.path.exists("/dev/null") and os.access("/dev", os.W_OK):
+        assert cli.main(check_argv(model_path, d, "/dev/null", "--overwrite",
+                                   "--format", "parquet")) == cli.EXIT_USAGE
+        assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_failure_message_mentions_kept_chunks_only_when_there_are_some(model_path, tmp_path,
+                                                                       monkeypatch, capsys):
+    d = tmp_path / "in"
+    cutout_files(d, 7)
+    interrupted(monkeypatch, check_argv(model_path, d, tmp_path / "a.parquet"), after=0)
+    err = capsys.readouterr().err
+    assert "simulated crash" in err and "--resume" not in err
+    interrupted(monkeypatch, check_argv(model_path, d, tmp_path / "b.parquet"), after=1)
+    assert "1 finished chunk(s) are kept; run again with --resume" in capsys.readouterr().err
