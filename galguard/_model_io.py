@@ -10,7 +10,8 @@ import torch
 
 from .errors import GalguardValueError
 
-__all__ = ["model_logits", "model_latent", "forward_probs", "model_device", "evaluating"]
+__all__ = ["model_logits", "model_latent", "forward_probs", "model_device", "evaluating",
+           "validate_device"]
 
 
 def model_logits(output):
@@ -82,3 +83,23 @@ def evaluating(model):
             yield model
     finally:
         model.train(was_training)
+
+
+def validate_device(device, *, name="device"):
+    """``device`` as a `torch.device` that exists on this machine (None stays None)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GalguardValueError(f"{name} must be a torch device such as 'cpu', 'cuda' or "
+                                 f"'cuda:1', got {device!r}") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise GalguardValueError(f"{name} {device!r}: no CUDA GPU is available here")
+        if dev.index is not None and dev.index >= n:
+            raise GalguardValueError(f"{name} {device!r}: this machine has {n} CUDA GPU(s)")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise GalguardValueError(f"{name} must be 'cpu' or a CUDA device, got {device!r}")
+    return dev

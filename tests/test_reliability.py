@@ -286,3 +286,163 @@ def test_failure_message_mentions_kept_chunks_only_when_there_are_some(model_pat
     assert "simulated crash" in err and "--resume" not in err
     interrupted(monkeypatch, check_argv(model_path, d, tmp_path / "b.parquet"), after=1)
     assert "1 finished chunk(s) are kept; run again with --resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# 3-6. every byte read as FITS says: BLANK, scaled BITPIX=64, huge OBJID, corrupt gzip, bombs
+
+@pytest.mark.parametrize("backend", ["fitsio", "astropy"])
+def test_blank_pixels_of_integer_images_are_masked_and_all_blank_is_bad(tmp_path, backend):
+    d = (np.arange(3 * 16 * 16).reshape(3, 16, 16) % 100 + 10).astype(np.int16)
+    d[0, 2, 3] = -999
+    p = write(tmp_path / "b.fits", d, BLANK=-999)
+    c = read_cutouts(str(p), backend=backend)
+    assert c.mask[0, 0, 2, 3] and c.data[0, 0, 2, 3] == 0
+    assert c.meta["flags"][0] & int(Flag.NONFINITE_MASKED) and c.meta["error"][0] == ""
+    assert not c.mask[0, 0, 2, 4] and c.data[0, 0, 2, 4] == d[0, 2, 4]
+    q = write(tmp_path / "all.fits", np.full((3, 16, 16), -999, np.int16), BLANK=-999)
+    c = read_cutouts(str(q), backend=backend)
+    assert c.meta["flags"][0] & int(Flag.BAD_INPUT)
+
+
+@pytest.mark.parametrize("backend", ["fitsio", "astropy"])
+def test_scaled_bitpix64_images_are_scaled_in_float64(tmp_path, backend):
+    raw = np.full((3, 16, 16), 11, np.int64)
+    raw[0, 0, :5] = [0, 1, 7, 10999, 123456]
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BANDS"] = "g,r,i"
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.001, 0.5
+    hdu.writeto(tmp_path / "s.fits")
+    c = read_cutouts(str(tmp_path / "s.fits"), backend=backend)
+    np.testing.assert_allclose(c.data[0, 0, 0, :5], raw[0, 0, :5] * 0.001 + 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["fitsio", "astropy"])
+def test_an_objid_beyond_int64_keeps_the_pixels(tmp_path, backend):
+    p = write(tmp_path / "id.fits", galaxies(1)[0], OBJID=2**70)
+    c = read_cutouts(str(p), backend=backend)
+    assert c.meta["error"][0] == "" and not c.meta["flags"][0] & int(Flag.BAD_INPUT)
+    assert c.meta["id"][0] == 0  # unknown id: the row's position
+    np.testing.assert_allclose(c.data[0], galaxies(1)[0], atol=1e-4)
+
+
+def test_corrupt_or_bomb_gzip_files_are_bad_rows(tmp_path):
+    p = write(tmp_path / "ok.fits", galaxies(1)[0])
+    raw = p.read_bytes()
+    gz = gzip.compress(raw)
+    cases = {"ok": gz}
+    b = bytearray(gz)
+    mid = len(b) // 2
+    b[mid:mid + 64] = bytes(x ^ 0xFF for x in b[mid:mid + 64])
+    cases["flipped"] = bytes(b)
+    b = bytearray(gz)
+    b[-8] ^= 0xFF  # the CRC trailer
+    cases["crc"] = bytes(b)
+    cases["truncated"] = gz[:-20]
+    cases["bomb"] = gzip.compress(raw + bytes(80 << 20))
+    paths = []
+    for name, data in cases.items():
+        q = tmp_path / f"{name}.fits.gz"
+        q.write_bytes(data)
+        paths.append(str(q))
+    c = read_cutouts(paths)
+    bad = (np.asarray(c.meta["flags"]) & int(Flag.BAD_INPUT)) != 0
+    assert list(bad) == [False, True, True, True, True]
+    assert "corrupt gzip stream" in c.meta["error"][1] and "bomb" in c.meta["error"][4]
+
+
+# ------------------------------------------------------------------------------------------------
+# 7-8. odd paths and one @list grammar
+
+def test_list_files_have_one_grammar_for_the_cli_and_the_api(tmp_path):
+    from galguard.batch import expand_inputs
+
+    d = tmp_path / "dir"
+    paths = cutout_files(d, 3)
+    lst = tmp_path / "l.txt"
+    lst.write_bytes("\ufeff# a comment\n".encode("utf-8") + f"{paths[0]}  # trailing\n\n"
+                    f"dir\n{d}/g0*.fits\nmissing.fits\n".encode())
+    want = [str(paths[0]), *map(str, paths), *map(str, paths), str(tmp_path / "missing.fits")]
+    assert expand_inputs([f"@{lst}"]) == want
+    c = read_cutouts(f"@{lst}")
+    assert list(c.meta["source"]) == want  # the API reads the list the same way
+    assert c.meta["flags"][-1] & int(Flag.BAD_INPUT)  # a missing entry is one bad row
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(f"{paths[0]}\nbad\0name.fits\n".encode())
+    c = read_cutouts(f"@{nul}")
+    assert len(c) == 2 and c.meta["flags"][1] & int(Flag.BAD_INPUT)
+
+
+def test_cli_odd_paths_are_usage_errors_or_bad_rows_never_tracebacks(model_path, tmp_path,
+                                                                     capsys):
+    bad_list = tmp_path / "latin1.txt"
+    bad_list.write_bytes("caf\xe9.fits\n".encode("latin-1"))
+    out = tmp_path / "o.parquet"
+    assert cli.main(check_argv(model_path, f"@{bad_list}", out)) == cli.EXIT_USAGE
+    assert "is not UTF-8" in capsys.readouterr().err
+    d = tmp_path / "odd"
+    paths = cutout_files(d, 2)
+    os.symlink(d / "loop.fits", d / "loop.fits")  # a link to itself
+    os.symlink(tmp_path / "nowhere.fits", d / "dangling.fits")
+    os.mkfifo(d / "pipe.fits")
+    assert cli.main(check_argv(model_path, d, out)) == cli.EXIT_BAD_INPUTS
+    t = read_catalog(out)
+    errors = dict(zip((os.path.basename(s) for s in t["source"]), t["error"]))
+    assert set(errors) == {"g00.fits", "g01.fits", "loop.fits", "dangling.fits", "pipe.fits"}
+    assert errors["g00.fits"] == "" and errors["pipe.fits"] and errors["dangling.fits"]
+    if os.geteuid() != 0:  # root reads everything
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        os.chmod(locked, 0)
+        assert cli.main(check_argv(model_path, locked, out, "--overwrite")) == cli.EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. API inputs; 14. Ctrl-C
+
+def test_check_takes_torch_tensors_like_arrays(model):
+    x = galaxies(3, seed=8)
+    a = galguard.check(x, model=model, read_kwargs={"meta": {"GAIN": 4.0, "SKYLEVEL": 20.0,
+                                                             "BANDS": "g,r,i"}}, **FAST)
+    t = galguard.check(torch.from_numpy(x), model=model,
+                       read_kwargs={"meta": {"GAIN": 4.0, "SKYLEVEL": 20.0, "BANDS": "g,r,i"}},
+                       **FAST)
+    assert np.all(t["error"] == "")
+    same_rows(t, a)
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:99"])
+def test_bad_device_names_the_argument(model, device, capsys, model_path, tmp_path):
+    if device.startswith("cuda") and torch.cuda.device_count() > 99:
+        pytest.skip("a machine with 100 GPUs")  # pragma: no cover
+    with pytest.raises(GalguardValueError, match="device"):
+        galguard.check(galaxies(1), model=str(model_path), device=device, **FAST)
+    d = tmp_path / "in"
+    cutout_files(d, 1)
+    assert cli.main(check_argv(model_path, d, tmp_path / "o.parquet", "--device",
+                               device)) == cli.EXIT_USAGE
+    assert "device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"depth_fraction": "0.1"}, "depth_fraction must be a real number"),
+    ({"seed": 2**64}, r"seed must be an integer in \[0, 18446744073709551615\]"),
+])
+def test_option_values_are_checked_before_any_work(model, options, match):
+    with pytest.raises(GalguardValueError, match=match):
+        galguard.check(galaxies(1), model=model, **options)
+
+
+def test_read_cutouts_refuses_absurd_sizes():
+    with pytest.raises(GalguardValueError, match="size"):
+        read_cutouts(galaxies(1), size=10**5)
+
+
+def test_ctrl_c_during_start_up_prints_one_line(monkeypatch, capsys):
+    def interrupted_parser():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_parser)
+    assert cli.main(["check", "x", "-o", "y.parquet"]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.strip() == "galguard: interrupted" and "Traceback" not in err

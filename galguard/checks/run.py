@@ -19,7 +19,7 @@ import torch
 from astropy.table import Table, vstack
 
 from .. import __version__
-from .._model_io import model_device
+from .._model_io import model_device, validate_device
 from .._validate import validate_int
 from ..errors import GalguardValueError
 from ..flags import Flag, fragile_mask
@@ -49,6 +49,7 @@ def resolve_model(model, *, device=None):
     device : str or torch.device, optional
         Where to load a named model (default CPU). A module passed in is used where it is.
     """
+    device = validate_device(device)
     if isinstance(model, torch.nn.Module):
         name = getattr(model, "name", None) or type(model).__name__
         return model, str(name), str(getattr(model, "sha256", None) or "")
@@ -158,7 +159,7 @@ def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=No
     if not isinstance(config, CheckConfig):
         raise GalguardValueError(f"config must be a CheckConfig, got {type(config).__name__}")
     offset = validate_int("offset", offset, minimum=0)
-    device = torch.device(device) if device is not None else model_device(model)
+    device = validate_device(device) if device is not None else model_device(model)
     n = len(cutouts)
     C = cutouts.data.shape[1]
     if n_classes is None:

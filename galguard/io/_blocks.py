@@ -60,7 +60,9 @@ class Block:
                 continue
             if name in ("id", "true_label"):
                 if a.dtype.kind in "iuf":
-                    v = np.where(np.isfinite(a.astype(np.float64)), a, -1).astype(np.int64)
+                    f = a.astype(np.float64)
+                    ok = np.isfinite(f) & (f >= -(2.0**63)) & (f < 2.0**63)  # int64 only
+                    v = np.where(ok, a, -1).astype(np.int64)
                     (self.ids if name == "id" else self.labels)[:] = v
             elif name in PLANE_FIELDS and a.dtype.kind in "iuf":
                 a = a.astype(np.float64)

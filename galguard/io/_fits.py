@@ -85,6 +85,9 @@ class FitsioAccess:
         raw = self._read_raw_float(i, start, stop)
         if raw is not None:
             return raw
+        scaled = self._read_scaled_int(i, start, stop)
+        if scaled is not None:
+            return scaled
         h = self.f[i]
         if start is None:
             return h.read()
@@ -124,6 +127,33 @@ class FitsioAccess:
             return mm.astype(dtype.newbyteorder("="))  # one pass: read, swap, copy
         finally:
             del mm
+
+    def _read_scaled_int(self, i, start, stop):
+        """Integer images with BLANK or BSCALE/BZERO, as astropy reads them: BLANK pixels become
+        NaN (so they are masked and flagged NONFINITE_MASKED), and the scaling is done in
+        float64 (cfitsio truncated scaled BITPIX=64 values to integers). None elsewhere."""
+        info = self.infos[i]
+        fi = _finfo(self.f[i])
+        if info.compressed or fi.get("img_type") not in (8, 16, 32, 64):
+            return None
+        hdr = self.header(i)
+        bscale, bzero = hdr.get("BSCALE", 1), hdr.get("BZERO", 0)
+        blank = hdr.get("BLANK")
+        if blank is None and bscale in (1, 1.0) and bzero in (0, 0.0):
+            return None
+        from astropy.io import fits
+
+        with fits.open(self.path, do_not_scale_image_data=True, memmap=False,
+                       lazy_load_hdus=True) as hdul:
+            raw = hdul[i].data
+            if start is not None:
+                raw = raw[start:stop]
+            out = raw.astype(np.float64)
+            bad = (raw == int(blank)) if isinstance(blank, (int, np.integer)) else None
+        out = out * float(bscale) + float(bzero)
+        if bad is not None:
+            out[bad] = np.nan
+        return out
 
     def read_table(self, i, start=None, stop=None):
         h = self.f[i]

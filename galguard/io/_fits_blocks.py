@@ -174,6 +174,36 @@ def _one_line(e, limit=300):
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+#: A gzip-compressed input may expand to at most this many times its size (and never past
+#: `MAX_GUNZIP_BYTES`): FITS images compress by a few times at most, a decompression bomb by
+#: thousands.
+MAX_GUNZIP_RATIO = 200
+MAX_GUNZIP_BYTES = 8 << 30
+
+
+def gzip_problem(path, size):
+    """Why a ``.gz`` file must not be read ("" when its stream is whole): the whole stream is
+    decompressed once, so a wrong CRC or length, a truncated or corrupted stream, or an
+    expansion past the bound is found before any pixel is used."""
+    import gzip
+    import zlib
+
+    limit = min(MAX_GUNZIP_BYTES, max(64 << 20, MAX_GUNZIP_RATIO * size))
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while True:
+                block = fh.read(1 << 22)
+                if not block:
+                    return ""
+                total += len(block)
+                if total > limit:
+                    return (f"gzip stream expands past {limit} bytes ({MAX_GUNZIP_RATIO} x its "
+                            f"size): refused as a decompression bomb")
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"corrupt gzip stream ({type(exc).__name__}: {_one_line(exc)})"
+
+
 def path_blocks(path, opts):
     label = path
     try:
@@ -181,7 +211,7 @@ def path_blocks(path, opts):
     except FileNotFoundError:
         yield bad(label, "file not found")
         return
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
         yield bad(label, f"unreadable: {e}")
         return
     if stat.S_ISDIR(st.st_mode):
@@ -190,6 +220,14 @@ def path_blocks(path, opts):
     if st.st_size == 0:
         yield bad(label, "empty file (0 bytes), not FITS")
         return
+    if not stat.S_ISREG(st.st_mode):
+        yield bad(label, "not a regular file (a FIFO, socket or device)")
+        return
+    if path.lower().endswith(".gz"):
+        problem = gzip_problem(path, st.st_size)
+        if problem:
+            yield bad(label, problem)
+            return
     first_err = None
     if opts.backend in ("auto", "fitsio"):
         acc = None

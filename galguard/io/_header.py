@@ -5,12 +5,15 @@ keyword wins; the scalar keywords (first one found, in the order listed) apply t
 where the per-plane one is missing. Extension headers fall back on the primary header.
 """
 
+import logging
 import math
 
 import numpy as np
 
 __all__ = ["PLANE_KEYS", "SCALAR_KEYS", "header_dict", "parse_header_bytes", "RawHeader", "HeaderView",
            "plane_info", "has_band_info", "names_single_band"]
+
+log = logging.getLogger(__name__)
 
 #: per-plane keyword templates ({n} = 1-based plane number)
 PLANE_KEYS = {
@@ -257,10 +260,23 @@ def plane_info(hv, nplanes):
     return out
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def _int(v):
+    """An integer header value (OBJID, TRUELAB) or -1 (unknown). A value outside int64 (an id
+    of another survey's scheme) is unknown too, with a warning: the row keeps its pixels and
+    takes its position as id."""
     if v is None or isinstance(v, bool):
         return -1
     if isinstance(v, (int, np.integer)):
-        return int(v)
-    f = _float(v)
-    return int(f) if not math.isnan(f) and f == int(f) else -1
+        out = int(v)
+    else:
+        f = _float(v)
+        if not math.isfinite(f) or f != int(f):
+            return -1
+        out = int(f)
+    if not _INT64[0] <= out <= _INT64[1]:
+        log.warning("header integer %r is outside int64; the row's id is its position", v)
+        return -1
+    return out

@@ -35,6 +35,10 @@ class _Opts:
     pass
 
 
+#: The largest cutout side `read_cutouts` makes (pixels): beyond it a cutout is an image.
+MAX_SIZE = 8192
+
+
 def _validate_size(size):
     if size is None:
         return None
@@ -50,6 +54,8 @@ def _validate_size(size):
             raise GalguardValueError(f"size must be a positive int or a pair (height, width), got {size!r}")
     if min(vals) < 1:
         raise GalguardValueError(f"size must be a positive int or a pair (height, width), got {size!r}")
+    if max(vals) > MAX_SIZE:
+        raise GalguardValueError(f"size must be at most {MAX_SIZE} pixels a side, got {size!r}")
     return vals
 
 

@@ -10,6 +10,7 @@ from ._estimate import DEFAULT_GAIN
 from ._finish import generate
 from ._options import DEFAULT_CHUNK_SIZE, make_opts
 from ._paths import expand_item
+from ._sources import as_array
 
 __all__ = ["read_cutouts", "iter_cutouts"]
 
@@ -53,6 +54,7 @@ def _check_source(source, opts):
     from astropy.io import fits
     from astropy.nddata import NDData
 
+    source = as_array(source)
     if isinstance(source, (str, os.PathLike)):
         s = os.fspath(source)
         if not s:

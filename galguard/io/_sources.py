@@ -2,6 +2,7 @@
 """
 
 import os
+import sys
 
 import numpy as np
 from ._cutouts import Cutouts
@@ -16,11 +17,20 @@ from ._paths import expand_item
 # ----------------------------------------------------------------------------------------------
 # expanding a source into units, lazily
 # ----------------------------------------------------------------------------------------------
+def as_array(obj):
+    """A torch tensor (CPU or CUDA) as a numpy array, read like one; anything else as it is."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    return obj
+
+
 def units(source, opts):
     """Yield ('path', str) or ('obj', object, label) units in input order."""
     from astropy.io import fits
     from astropy.nddata import NDData
 
+    source = as_array(source)
     if isinstance(source, (str, os.PathLike)):
         for p in expand_item(os.fspath(source), recursive=opts.recursive, name="source"):
             yield ("path", p)
@@ -35,7 +45,7 @@ def units(source, opts):
                                  name=f"source[{i}]"):
                 yield ("path", p)
         else:
-            yield ("obj", item, i)
+            yield ("obj", as_array(item), i)
 
 
 def unit_blocks(unit, opts):
