@@ -446,3 +446,117 @@ def test_ctrl_c_during_start_up_prints_one_line(monkeypatch, capsys):
     assert cli.main(["check", "x", "-o", "y.parquet"]) == cli.EXIT_FAILURE
     err = capsys.readouterr().err
     assert err.strip() == "galguard: interrupted" and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. hostile or broken model files: a clear error naming the file and the field, exit 2
+
+def _copy_model(model_path, d):
+    import json
+    import shutil
+
+    d.mkdir(parents=True, exist_ok=True)
+    w = d / "m.safetensors"
+    shutil.copy(model_path, w)
+    card = json.loads(model_path.with_suffix(".json").read_text())
+    card["weights_file"] = "m.safetensors"
+    (d / "m.json").write_text(json.dumps(card))
+    return w, d / "m.json", card
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.update(bands=5), "bands must be a non-empty list"),
+    (lambda c: c.update(input_size="abc"), "input_size must be an integer"),
+    (lambda c: c.update(latent_dim=-1), "latent_dim must be an integer"),
+    (lambda c: c.pop("classes"), "lacks the key 'classes'"),
+    (lambda c: c.update(architecture="vit"), "architecture"),
+])
+def test_malformed_card_fields_are_named(model_path, tmp_path, edit, match):
+    import json
+
+    w, cpath, card = _copy_model(model_path, tmp_path / "m")
+    edit(card)
+    cpath.write_text(json.dumps(card))
+    with pytest.raises(GalguardValueError, match=match):
+        galguard.models.load(w)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("[1, 2]", "must hold a JSON object"),
+    ("{not json", "not valid JSON"),
+])
+def test_a_card_that_is_not_an_object_is_named(model_path, tmp_path, content, match):
+    w, cpath, _ = _copy_model(model_path, tmp_path / "m")
+    cpath.write_text(content)
+    with pytest.raises(GalguardValueError, match=match):
+        galguard.models.load(w)
+
+
+def test_broken_weights_are_named(model_path, tmp_path, capsys):
+    import json
+    import struct
+
+    from galguard.models.store import sha256_file
+
+    w, cpath, card = _copy_model(model_path, tmp_path / "m")
+    # a safetensors prefix with a garbage body; a header declaring a 4 TB tensor
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 1 << 42]}})
+    for body in (w.read_bytes()[:200] + b"\x80\x04garbage",
+                 struct.pack("<Q", len(header)) + header.encode() + b"\0" * 64):
+        w.write_bytes(body)
+        card["sha256"] = sha256_file(w)
+        cpath.write_text(json.dumps(card))
+        with pytest.raises(GalguardValueError, match="m.safetensors"):
+            galguard.models.load(w)
+    d = tmp_path / "in"
+    cutout_files(d, 1)
+    assert cli.main(check_argv(w, d, tmp_path / "o.parquet")) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "m.safetensors" in err and "--resume" not in err
+
+
+def test_missing_tensors_are_named(model_path, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from galguard.models.store import sha256_file
+
+    w, cpath, card = _copy_model(model_path, tmp_path / "m")
+    tensors = load_file(str(w))
+    del tensors["preprocess.scale"]
+    save_file(tensors, str(w))
+    card["sha256"] = sha256_file(w)
+    cpath.write_text(json.dumps(card))
+    with pytest.raises(GalguardValueError, match="lack the tensor 'preprocess.scale'"):
+        galguard.models.load(w)
+
+
+def test_a_fifo_as_weights_or_card_never_hangs(model_path, tmp_path):
+    w, cpath, _ = _copy_model(model_path, tmp_path / "m")
+    fifo = tmp_path / "f.safetensors"
+    os.mkfifo(fifo)
+    (tmp_path / "f.json").write_text(cpath.read_text())
+    with pytest.raises(GalguardValueError, match="not a regular file"):
+        galguard.models.load(fifo)
+    cpath.unlink()
+    os.mkfifo(cpath)
+    with pytest.raises(GalguardValueError, match="not a regular file"):
+        galguard.models.load(w)
+
+
+# ------------------------------------------------------------------------------------------------
+# 13. determinism as the README states it, with the shipped model
+
+@pytest.mark.slow
+def test_batch_and_chunk_sizes_change_no_verdict_with_the_shipped_model():
+    from galguard.sim import sample_path
+
+    files = sorted(str(p) for p in sample_path("y10").iterdir())[:8]
+    a = galguard.check(files, preset="fast", noise_realisations=4, seed=2)
+    b = galguard.check(files, preset="fast", noise_realisations=4, seed=2, batch_size=2,
+                       chunk_size=3, attack_batch_size=7)
+    for name in ("pred_label", "onepixel_success", "flags", "fragile", "noise_flip_rate",
+                 "onepixel_label"):
+        assert np.array_equal(np.asarray(a[name]), np.asarray(b[name]), equal_nan=True), name
+    np.testing.assert_allclose(np.asarray(a["probs"]), np.asarray(b["probs"]), atol=1e-6)

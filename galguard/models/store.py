@@ -10,6 +10,8 @@ before anything is read from them.
 import hashlib
 import json
 import logging
+import os
+import stat
 import struct
 from importlib import resources
 from pathlib import Path
@@ -66,9 +68,59 @@ def available():
     return names
 
 
+def _require_regular(path, what):
+    """Only regular files are opened (a FIFO named as weights or card would block forever)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise GalguardValueError(f"{what} {str(path)!r} cannot be read: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise GalguardValueError(f"{what} {str(path)!r} is not a regular file")
+
+
+def _read_card(path):
+    """The model card at ``path``: a JSON object, checked field by field."""
+    _require_regular(path, "model card")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            card = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GalguardValueError(f"model card {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise GalguardValueError(f"model card {str(path)!r} must hold a JSON object, got "
+                                 f"{type(card).__name__}")
+    return card
+
+
+def _check_card(card, path):
+    """The fields `load` needs, with their types (a clear error naming the card and field)."""
+    where = f"model card {str(path)!r}"
+    for key in ("architecture", "classes", "bands", "input_size", "sha256"):
+        if key not in card:
+            raise GalguardValueError(f"{where} lacks the key {key!r}")
+    for key in ("classes", "bands"):
+        v = card[key]
+        if isinstance(v, str) and key == "bands":
+            v = list(v)
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            raise GalguardValueError(f"{where}: {key} must be a non-empty list of names, got "
+                                     f"{card[key]!r}")
+    for key, lo in (("input_size", 8), ("latent_dim", 1)):
+        v = card.get(key, 256 if key == "latent_dim" else None)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 8192:
+            raise GalguardValueError(f"{where}: {key} must be an integer in [{lo}, 8192], got "
+                                     f"{v!r}")
+    if not isinstance(card["architecture"], str):
+        raise GalguardValueError(f"{where}: architecture must be a name, got "
+                                 f"{card['architecture']!r}")
+    if not isinstance(card["sha256"], str):
+        raise GalguardValueError(f"{where}: sha256 must be a hex string, got {card['sha256']!r}")
+
+
 def _refuse_pickle(path):
     """Raise if ``path`` is, by name or by content, a pickle or a torch.save (zip) archive."""
     path = Path(path)
+    _require_regular(path, "weights")
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise GalguardValueError(
             f"refusing to load {str(path)!r}: {path.suffix} files hold pickled Python objects, "
@@ -116,9 +168,12 @@ def _resolve(name_or_path):
             f"name_or_path {str(p)!r} is a directory; give the .safetensors file or its .json card")
     if p.suffix.lower() == ".json":
         card_path = p
-        with open(p) as fh:
-            card = json.load(fh)
-        w = p.parent / card.get("weights_file", p.with_suffix(".safetensors").name)
+        card = _read_card(p)
+        name = card.get("weights_file", p.with_suffix(".safetensors").name)
+        if not isinstance(name, str) or os.path.basename(name) != name:
+            raise GalguardValueError(f"model card {str(p)!r}: weights_file must be a file name "
+                                     f"beside the card, got {name!r}")
+        w = p.parent / name
     else:
         _refuse_pickle(p)
         w, card_path = p, p.with_suffix(".json")
@@ -159,26 +214,33 @@ def load(name_or_path="default", *, device="cpu"):
     """
     w, card_path = _resolve(name_or_path)
     _refuse_pickle(w)
-    with open(card_path) as fh:
-        try:
-            card = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise GalguardValueError(f"model card {str(card_path)!r} is not valid JSON: {exc}") \
-                from None
-    for key in ("architecture", "classes", "bands", "input_size", "sha256"):
-        if key not in card:
-            raise GalguardValueError(f"model card {str(card_path)!r} lacks the key {key!r}")
+    card = _read_card(card_path)
+    _check_card(card, card_path)
     digest = sha256_file(w)
     if digest != card["sha256"]:
         raise GalguardValueError(
             f"refusing to load {str(w)!r}: its sha256 is {digest} but its card "
             f"{str(card_path)!r} records {card['sha256']}; the file was modified or corrupted")
-    tensors = load_file(str(w), device="cpu")
-    net = build_network(card["architecture"], in_channels=len(card["bands"]),
-                        n_classes=len(card["classes"]), input_size=int(card["input_size"]),
-                        latent_dim=int(card.get("latent_dim", 256)))
-    pre = Preprocess(tensors["preprocess.lo"], tensors["preprocess.hi"],
-                     tensors["preprocess.scale"])
+    try:
+        tensors = load_file(str(w), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any safetensors problem, named
+        raise GalguardValueError(f"weights {str(w)!r} are not a valid safetensors file "
+                                 f"({type(exc).__name__}: {exc})") from None
+    for key in ("preprocess.lo", "preprocess.hi", "preprocess.scale"):
+        if key not in tensors:
+            raise GalguardValueError(f"weights {str(w)!r} lack the tensor {key!r} (card "
+                                     f"{str(card_path)!r})")
+    try:
+        net = build_network(card["architecture"], in_channels=len(card["bands"]),
+                            n_classes=len(card["classes"]), input_size=int(card["input_size"]),
+                            latent_dim=int(card.get("latent_dim", 256)))
+        pre = Preprocess(tensors["preprocess.lo"], tensors["preprocess.hi"],
+                         tensors["preprocess.scale"])
+    except GalguardValueError as exc:
+        raise GalguardValueError(f"model card {str(card_path)!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise GalguardValueError(f"model card {str(card_path)!r} and weights {str(w)!r} do "
+                                 f"not make a model: {type(exc).__name__}: {exc}") from None
     pc = card.get("preprocessing", {})
     for key, t in (("clip_lo", pre.lo), ("clip_hi", pre.hi), ("scale", pre.scale)):
         if key in pc and not np.allclose(pc[key], t.numpy(), rtol=1e-6, atol=0):
@@ -187,15 +249,22 @@ def load(name_or_path="default", *, device="cpu"):
                 f"weights' {t.tolist()}")
     stats = None
     if "latent_class_means" in tensors:
+        for key in ("latent_precision", "latent_centroid_separation"):
+            if key not in tensors:
+                raise GalguardValueError(f"weights {str(w)!r} lack the tensor {key!r}")
         stats = {"class_means": tensors["latent_class_means"],
                  "precision": tensors["latent_precision"],
                  "centroid_separation": tensors["latent_centroid_separation"]}
-    model = GalaxyClassifier(net, pre, classes=card["classes"], bands=card["bands"],
-                             input_size=card["input_size"], card=card, latent_stats=stats,
-                             name=card.get("name", w.stem), sha256=digest)
+    try:
+        model = GalaxyClassifier(net, pre, classes=card["classes"], bands=card["bands"],
+                                 input_size=card["input_size"], card=card, latent_stats=stats,
+                                 name=str(card.get("name", w.stem)), sha256=digest)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise GalguardValueError(f"model card {str(card_path)!r} and weights {str(w)!r} do "
+                                 f"not make a model: {exc}") from None
     try:
         model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise GalguardValueError(f"weights {str(w)!r} do not match the architecture in "
                                  f"{str(card_path)!r}: {exc}") from None
     model.eval()

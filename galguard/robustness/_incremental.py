@@ -72,6 +72,9 @@ class IncrementalEvaluator:
         self.shape = (C, H, W)
         # Clean activations: for each layer, its input map (padded as the layer pads) and the
         # plan of window sizes.
+        # Each image's clean maps are computed on their own (batch 1), so that they, and every
+        # candidate evaluated from them, do not depend on which other images share the call
+        # (the convolutions take other floating-point paths for other batch shapes).
         x = self.pre(images)
         self.inputs = []      # per layer: the (padded) clean input map
         self.plan = []        # per layer: (kind, module, in_size (h, w), out_size (h, w), pad, k)
@@ -98,12 +101,12 @@ class IncrementalEvaluator:
             if min(out_map) < 1:
                 raise ValueError("feature map vanishes")
             self.plan.append((kind, m, hw, out_hw, p, k, size, out_map))
-            x = m(x)
+            x = _per_image(m, x)
             hw, size = out_hw, out_map
         self.final = x                                   # (B, Cf, Hf, Wf)
         self.final_hw = hw
         self.flat = torch.flatten(x, 1)
-        self.latent = self.bottleneck(self.flat)
+        self.latent = _per_image(self.bottleneck, self.flat)
         Wb = self.bottleneck.weight                      # (D, Cf * Hf * Wf)
         Cf, Hf, Wf = x.shape[1:]
         if Wb.shape[1] != Cf * Hf * Wf:
@@ -206,6 +209,13 @@ class IncrementalEvaluator:
         latent = torch.empty_like(lat)
         latent[order] = lat
         return self.classifier(latent)
+
+
+def _per_image(module, x):
+    """``module`` applied to each row of ``x`` alone (results independent of the batch)."""
+    if x.shape[0] <= 1:
+        return module(x)
+    return torch.cat([module(x[i:i + 1]) for i in range(x.shape[0])])
 
 
 def _gather(maps, b, oy, ox, h, w):
