@@ -38,6 +38,21 @@ def timed(fn, repeats):
     return min(walls), min(cpus)
 
 
+def interleaved(contenders, repeats, threads):
+    """{name: [min wall s, min CPU s]}: every contender once per round, ``repeats`` rounds
+    (so load changes hit all alike); ``(n_threads or None, fn)`` per contender."""
+    res = {k: [np.inf, np.inf] for k in contenders}
+    for _ in range(repeats):
+        for key, (n, fn) in contenders.items():
+            if n is not None:
+                kernels.set_num_threads(n)
+            w, c = timed(fn, 1)
+            res[key][0] = min(res[key][0], w)
+            res[key][1] = min(res[key][1], c)
+    kernels.set_num_threads(threads)
+    return res
+
+
 def galaxy_means(n, size=100, seed=0):
     """Electron-count means of n 3-band cutouts: sky (~16k e-) plus Sersic-like galaxies."""
     rng = np.random.default_rng(seed)
@@ -70,15 +85,7 @@ def bench_poisson(args):
             "numpy Generator.poisson": (None, lambda: gen.poisson(lam64)),
             f"torch.poisson ({args.threads} threads)": (None, lambda: torch.poisson(t)),
         }
-        res = {k: [np.inf, np.inf] for k in contenders}
-        for _ in range(args.repeats):  # interleaved
-            for key, (threads, fn) in contenders.items():
-                if threads is not None:
-                    kernels.set_num_threads(threads)
-                w, c = timed(fn, 1)
-                res[key][0] = min(res[key][0], w)
-                res[key][1] = min(res[key][1], c)
-        kernels.set_num_threads(args.threads)
+        res = interleaved(contenders, args.repeats, args.threads)
         numpy_wall = res["numpy Generator.poisson"][0]
         numpy_cpu = res["numpy Generator.poisson"][1]
         for key, (w, c) in res.items():
@@ -104,15 +111,7 @@ def bench_binomial(args):
         "numpy Generator.binomial": (None, lambda: gen.binomial(counts64, 0.1)),
         f"torch.binomial ({args.threads} threads)": (None, lambda: torch.binomial(tc, tp)),
     }
-    res = {k: [np.inf, np.inf] for k in contenders}
-    for _ in range(args.repeats):
-        for key, (threads, fn) in contenders.items():
-            if threads is not None:
-                kernels.set_num_threads(threads)
-            w, c = timed(fn, 1)
-            res[key][0] = min(res[key][0], w)
-            res[key][1] = min(res[key][1], c)
-    kernels.set_num_threads(args.threads)
+    res = interleaved(contenders, args.repeats, args.threads)
     nw, nc = res["numpy Generator.binomial"]
     print(f"\n## Binomial thinning, p = 0.1, of galaxy counts ({n}x3x100x100)")
     print("| sampler | Mdraws/s (wall) | CPU ns/draw | vs numpy (wall) | vs numpy (CPU time) |")

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table, vstack
 
-from ._files import check_replaceable, temporary_path, umask
+from ._files import atomic_write, check_replaceable, temporary_path, umask
 from .errors import GalguardValueError
 
 __all__ = ["FORMATS", "SUFFIXES", "format_from_path", "write_catalog", "read_catalog",
@@ -562,12 +562,9 @@ class Journal:
                 p.unlink()
 
     def _write_manifest(self):
-        tmp = self.dir / "manifest.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.manifest, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "manifest.json")
+        text = json.dumps(self.manifest, indent=1, sort_keys=True)
+        atomic_write(self.dir / "manifest.json", lambda tmp: tmp.write_text(text, "utf-8"),
+                     name="journal manifest")
 
     def open(self, *, resume=False):
         """Create the journal (``resume=False``; an old one is cleared) or reopen it.
@@ -650,18 +647,12 @@ class Journal:
         run and ``inputs`` (the `inputs_digest` of its files)."""
         import pyarrow.parquet as pq
 
-        final = self.chunk_path(index)
-        tmp = final.with_name(final.name + ".tmp")
         at = _arrow_table(table, {})
         md = dict(at.schema.metadata or {})
         md.update({b"galguard_run": self.run_id.encode(), b"galguard_inputs": inputs.encode()})
-        pq.write_table(at.replace_schema_metadata(md), str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+        at = at.replace_schema_metadata(md)
+        atomic_write(self.chunk_path(index), lambda tmp: pq.write_table(at, str(tmp)),
+                     name="journal chunk")
 
     def read_chunk(self, index):
         import pyarrow.parquet as pq

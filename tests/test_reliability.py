@@ -560,3 +560,19 @@ def test_batch_and_chunk_sizes_change_no_verdict_with_the_shipped_model():
                  "onepixel_label"):
         assert np.array_equal(np.asarray(a[name]), np.asarray(b[name]), equal_nan=True), name
     np.testing.assert_allclose(np.asarray(a["probs"]), np.asarray(b["probs"]), atol=1e-6)
+
+
+def test_a_full_disk_gives_one_clear_line(model_path, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from galguard.catalog import Journal
+
+    def full(self, index, table, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Journal, "write_chunk", full)
+    d = tmp_path / "in"
+    cutout_files(d, 2)
+    assert cli.main(check_argv(model_path, d, tmp_path / "o.parquet")) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err and "Traceback" not in err
