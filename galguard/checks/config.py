@@ -307,8 +307,10 @@ def add_arguments(parser, *, skip=()):
         default = _DEFAULTS[name]
         spelling = opt.flag(name, default)
         if opt.kind == "bool":
+            doc = opt.doc[0].lower() + opt.doc[1:]
             g.add_argument(spelling, dest=name, action="store_false" if default else "store_true",
-                           default=default, help=opt.doc)
+                           default=default,
+                           help=f"do not {doc}" if default else f"{opt.doc} (default: off)")
             continue
         if opt.kind == "flags":
             shown = ",".join(flag_names(default))

@@ -533,7 +533,7 @@ def de_mutate(pop, *, ids, generation, F=0.5, strategy="rand1", best=None, CR=1.
     return trial
 
 
-def _pixel_index(x, extent):
+def pixel_index(x, extent):
     """Vectorised twin of ``pixel_index`` in de.h: int(x) clamped into [0, extent - 1]."""
     x = np.asarray(x, dtype=np.float32)
     ok = x >= 0
@@ -553,8 +553,8 @@ def de_write_candidates(images, members, *, out=None):
     bb, pp = np.meshgrid(np.arange(B), np.arange(P), indexing="ij")
     for j in range(pixels):  # later pixels overwrite earlier ones, as in the kernels
         gene = members[:, :, j * (2 + C):(j + 1) * (2 + C)]
-        xi = _pixel_index(gene[..., 0], W)
-        yi = _pixel_index(gene[..., 1], H)
+        xi = pixel_index(gene[..., 0], W)
+        yi = pixel_index(gene[..., 1], H)
         for c in range(C):
             view[bb, pp, c, yi, xi] = gene[..., 2 + c]
     return out

@@ -423,4 +423,4 @@ def decode_members(members, *, height, width, channels):
             return t.clamp(0, n).to(torch.int64).clamp(0, n - 1)
 
         return idx(xs, width), idx(ys, height), vals.clone()
-    return _reference._pixel_index(xs, width), _reference._pixel_index(ys, height), vals.copy()
+    return _reference.pixel_index(xs, width), _reference.pixel_index(ys, height), vals.copy()
