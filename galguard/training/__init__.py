@@ -24,7 +24,7 @@ from .config import ARCHITECTURES, TrainConfig
 from .loop import Checkpoint, train
 from .losses import BANDS, CLASSES, DA_METHODS, MMD_BANDWIDTHS, mmd2, sinkhorn_divergence
 from .metrics import classification_metrics, evaluate, plot_evaluation
-from .simdata import dim_and_observe, load_sim_split, sim_fingerprint
+from ..sim._cache import dim_and_observe, load_sim_split, sim_fingerprint
 
 __all__ = ["train", "TrainConfig", "ARCHITECTURES", "evaluate", "classification_metrics", "mmd2", "sinkhorn_divergence",
            "plot_evaluation", "load_sim_split", "dim_and_observe", "sim_fingerprint",

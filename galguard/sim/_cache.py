@@ -1,12 +1,18 @@
-"""Simulated training data (galguard.sim), dimmed and observed at a depth, cached on disk.
+"""Simulated training sets: galaxies dimmed and observed at a depth, cached on disk (keyed by the
+simulator's code).
 """
 
 import logging
 import time
 from pathlib import Path
+
 import numpy as np
+
 from .._files import atomic_write
 from ..errors import GalguardValueError
+from ._morphology import R_MAG_RANGE, validate_mag_law
+from ._render import simulate
+from ._survey import depth_params
 
 
 log = logging.getLogger(__name__)
@@ -20,10 +26,8 @@ def sim_fingerprint():
     documentation do not invalidate a cache, while any change to the code does."""
     import hashlib
 
-    from .. import sim
-
     digest = hashlib.sha256()
-    for path in sorted(Path(sim.__file__).parent.glob("*.py")):
+    for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode())
         digest.update(_code_dump(path).encode())
     return digest.hexdigest()[:10]
@@ -138,7 +142,6 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     # the simulator's code is part of the key: a cache made by another version is never reused
     mag_key = f"_v{sim_fingerprint()}"
     if mag_range is not None or counts_slope:
-        from ..sim._morphology import R_MAG_RANGE, validate_mag_law
 
         (mlo, mhi), slope = validate_mag_law(
             R_MAG_RANGE if mag_range is None else mag_range, counts_slope)
@@ -148,8 +151,6 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
     else:
         mag_range, counts_slope = None, 0.0
     if dm_range is not None and tuple(map(float, dm_range)) != (0.0, 0.0):
-        from .. import sim
-
         lo, hi = map(float, dm_range)
         x10, labels = load_sim_split(seed=seed, start=start, n=n, depth="y10", size=size,
                                      cache_dir=cache_dir, n_jobs=n_jobs, progress=progress,
@@ -160,7 +161,7 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
                                        f"_dm{lo:g}-{hi:g}_{depth}.npy")
             if cpath.exists():
                 return np.load(cpath, allow_pickle=False), labels
-        p10, pd = sim.depth_params("y10"), sim.depth_params(depth)
+        p10, pd = depth_params("y10"), depth_params(depth)
         x, _ = dim_and_observe(x10, np.arange(start, start + n), seed=seed, dm_range=(lo, hi),
                                depth=depth, gain_y10=p10["gain"], gain=pd["gain"], sky=pd["sky"])
         if cpath is not None:
@@ -173,11 +174,9 @@ def load_sim_split(*, seed, start, n, depth, size=100, cache_dir=None, n_jobs=1,
         if path.exists():
             with np.load(path, allow_pickle=False) as f:
                 return f[f"images_{depth}"], f["labels"]
-    from .. import sim
-
     t0 = time.time()
     law = {} if mag_range is None else {"mag_range": mag_range, "counts_slope": counts_slope}
-    out = sim.simulate(n, seed=seed, start=start, depths=("y10", "y1"), size=size,
+    out = simulate(n, seed=seed, start=start, depths=("y10", "y1"), size=size,
                        n_jobs=n_jobs, progress=progress, **law)
     log.info("simulated %d galaxies (seed %d, start %d) in %.0f s", n, seed, start,
              time.time() - t0)
