@@ -86,6 +86,78 @@ class Checkpoint:
         return model, best, opt, state
 
 
+def _prepare_data(source, source_labels, target, validation, validation_labels, cfg):
+    """The training tensors, checked: source, validation (given, or a seeded split of the
+    source), target (for domain adaptation), class counts and class weights."""
+    bands, k, da, seed, val_fraction = cfg.bands, len(cfg.classes), cfg.da, cfg.seed, \
+        cfg.val_fraction
+    classes = cfg.classes
+    xs = _images(source, "source")
+    if xs.shape[1] != len(bands):
+        raise GalguardValueError(f"source must have {len(bands)} bands ({','.join(bands)}), got "
+                                 f"shape {tuple(xs.shape)}")
+    ys = _labels(source_labels, xs.shape[0], k, "source_labels")
+    if validation is None:
+        perm = np.random.default_rng([seed, 7]).permutation(xs.shape[0])
+        nv = max(1, int(round(val_fraction * xs.shape[0])))
+        vi, ti = torch.from_numpy(np.sort(perm[:nv])), torch.from_numpy(np.sort(perm[nv:]))
+        xv, yv, xs, ys = xs[vi], ys[vi], xs[ti], ys[ti]
+    else:
+        xv = _images(validation, "validation")
+        yv = _labels(validation_labels, xv.shape[0], k, "validation_labels")
+    if tuple(xv.shape[1:]) != tuple(xs.shape[1:]):
+        raise GalguardValueError(f"validation must have shape (N, {', '.join(map(str, xs.shape[1:]))}),"
+                                 f" got {tuple(xv.shape)}")
+    xt = None
+    if da != "none":
+        if target is None:
+            raise GalguardValueError(f"target (unlabelled target-domain images) is needed for "
+                                     f"da={da!r}")
+        xt = _images(target, "target")
+        if tuple(xt.shape[1:]) != tuple(xs.shape[1:]):
+            raise GalguardValueError(f"target must have shape (M, {', '.join(map(str, xs.shape[1:]))}),"
+                                     f" got {tuple(xt.shape)}")
+    ns = xs.shape[0]
+    counts = torch.bincount(ys, minlength=k)
+    if bool((counts == 0).any()):
+        raise GalguardValueError(f"source_labels must contain every class, got counts "
+                                 f"{counts.tolist()} for {classes}")
+    class_weights = (ns / (k * counts.double())).float()
+    return xs, ys, xv, yv, xt, counts, class_weights
+
+
+def _batch_loss(model, xb, yb, tb, cfg, class_weights, loss_w, weights_ready):
+    """One batch's losses: class-weighted cross-entropy on the source, plus the domain term on
+    the source and target latents (``tb`` None: no domain term). Returns ``(ce, domain, loss,
+    logits, weights_ready)``; SIDDA's learned weights ``loss_w`` are started from the first
+    adapted batch (``init_loss_weights="data"``)."""
+    if tb is not None:
+        latent, logits = model(torch.cat([xb, tb], 0))
+        zs, zt, logits = latent[:len(xb)], latent[len(xb):], logits[:len(xb)]
+    else:
+        latent, logits = model(xb)
+    ce = F.cross_entropy(logits, yb, weight=class_weights)
+    dom = torch.zeros(())
+    if tb is not None and cfg.da == "mmd":
+        dom = mmd2(zs, zt)
+        loss = ce + cfg.mmd_weight * dom
+    elif tb is not None and cfg.da == "sinkhorn":
+        dom, _ = sinkhorn_divergence(zs, zt)
+        if not weights_ready:
+            # start each learned weight where it is heading (e_i^2 = L_i minimises
+            # L_i / (2 e_i^2) + log e_i), so that neither term swamps the other
+            with torch.no_grad():
+                loss_w.copy_(torch.stack([ce.detach(), dom.detach()]).clamp_min(1e-6).sqrt())
+                loss_w[0].clamp_(min=1e-3)
+                loss_w[1].clamp_(min=0.25 * float(loss_w[0]))
+            weights_ready = True
+        e1, e2 = loss_w[0], loss_w[1]
+        loss = ce / (2 * e1 ** 2) + dom / (2 * e2 ** 2) + torch.log(e1.abs() * e2.abs())
+    else:
+        loss = ce
+    return ce, dom, loss, logits, weights_ready
+
+
 def train(source, source_labels, *, target=None, validation=None, validation_labels=None,
           config=None, checkpoint_dir=None, resume=False, progress=True, num_threads=None,
           name=None, card=None, **options):
@@ -153,37 +225,9 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
     classes, bands = tuple(classes), tuple(bands)
     k = len(classes)
 
-    xs = _images(source, "source")
-    if xs.shape[1] != len(bands):
-        raise GalguardValueError(f"source must have {len(bands)} bands ({','.join(bands)}), got "
-                                 f"shape {tuple(xs.shape)}")
-    ys = _labels(source_labels, xs.shape[0], k, "source_labels")
-    if validation is None:
-        perm = np.random.default_rng([seed, 7]).permutation(xs.shape[0])
-        nv = max(1, int(round(val_fraction * xs.shape[0])))
-        vi, ti = torch.from_numpy(np.sort(perm[:nv])), torch.from_numpy(np.sort(perm[nv:]))
-        xv, yv, xs, ys = xs[vi], ys[vi], xs[ti], ys[ti]
-    else:
-        xv = _images(validation, "validation")
-        yv = _labels(validation_labels, xv.shape[0], k, "validation_labels")
-    if tuple(xv.shape[1:]) != tuple(xs.shape[1:]):
-        raise GalguardValueError(f"validation must have shape (N, {', '.join(map(str, xs.shape[1:]))}),"
-                                 f" got {tuple(xv.shape)}")
-    xt = None
-    if da != "none":
-        if target is None:
-            raise GalguardValueError(f"target (unlabelled target-domain images) is needed for "
-                                     f"da={da!r}")
-        xt = _images(target, "target")
-        if tuple(xt.shape[1:]) != tuple(xs.shape[1:]):
-            raise GalguardValueError(f"target must have shape (M, {', '.join(map(str, xs.shape[1:]))}),"
-                                     f" got {tuple(xt.shape)}")
+    xs, ys, xv, yv, xt, counts, class_weights = _prepare_data(
+        source, source_labels, target, validation, validation_labels, cfg)
     ns = xs.shape[0]
-    counts = torch.bincount(ys, minlength=k)
-    if bool((counts == 0).any()):
-        raise GalguardValueError(f"source_labels must contain every class, got counts "
-                                 f"{counts.tolist()} for {classes}")
-    class_weights = (ns / (k * counts.double())).float()
 
     old_threads = torch.get_num_threads()
     if num_threads is not None:
@@ -264,32 +308,9 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
             for step in bar:
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 xb, yb = xs[idx], ys[idx]
-                if use_da:
-                    tb = xt[tord[step * batch_size:(step + 1) * batch_size]]
-                    latent, logits = model(torch.cat([xb, tb], 0))
-                    zs, zt, logits = latent[:len(idx)], latent[len(idx):], logits[:len(idx)]
-                else:
-                    latent, logits = model(xb)
-                ce = F.cross_entropy(logits, yb, weight=class_weights)
-                dom = torch.zeros(())
-                if use_da and da == "mmd":
-                    dom = mmd2(zs, zt)
-                    loss = ce + mmd_weight * dom
-                elif use_da and da == "sinkhorn":
-                    dom, _ = sinkhorn_divergence(zs, zt)
-                    if not weights_ready:
-                        # start each learned weight where it is heading (e_i^2 = L_i minimises
-                        # L_i / (2 e_i^2) + log e_i), so that neither term swamps the other
-                        with torch.no_grad():
-                            loss_w.copy_(torch.stack([ce.detach(), dom.detach()]).clamp_min(
-                                1e-6).sqrt())
-                            loss_w[0].clamp_(min=1e-3)
-                            loss_w[1].clamp_(min=0.25 * float(loss_w[0]))
-                        weights_ready = True
-                    e1, e2 = loss_w[0], loss_w[1]
-                    loss = ce / (2 * e1 ** 2) + dom / (2 * e2 ** 2) + torch.log(e1.abs() * e2.abs())
-                else:
-                    loss = ce
+                tb = xt[tord[step * batch_size:(step + 1) * batch_size]] if use_da else None
+                ce, dom, loss, logits, weights_ready = _batch_loss(
+                    model, xb, yb, tb, cfg, class_weights, loss_w, weights_ready)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip is not None:
