@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._model_io import model_latent, model_logits
 from ..errors import GalguardValueError
 
 __all__ = ["Preprocess", "GalaxyClassifier", "fit_latent_stats", "as_tensor"]
@@ -174,10 +175,11 @@ class GalaxyClassifier(nn.Module):
         self.classes = tuple(classes)
         self.bands = tuple(bands)
         self.input_size = int(input_size)
-        if preprocess.lo.numel() != len(self.bands):
+        if isinstance(preprocess, Preprocess) and preprocess.lo.numel() != len(self.bands):
             raise GalguardValueError(
                 f"preprocess has constants for {preprocess.lo.numel()} bands but bands is "
                 f"{self.bands!r}")
+        self._latent_dim = None
         self.card = dict(card or {})
         self.name = name if name is not None else self.card.get("name")
         self.sha256 = sha256 if sha256 is not None else self.card.get("sha256")
@@ -228,7 +230,8 @@ class GalaxyClassifier(nn.Module):
                 f"{tuple(x.shape)}")
 
     def forward(self, x):
-        """Raw flux (N, C, H, W) float32 -> (latent (N, D), logits (N, K))."""
+        """Raw flux (N, C, H, W) float32 -> (latent (N, D), logits (N, K)) (logits alone for a
+        wrapped module without a latent output)."""
         self._check_input(x)
         return self.network(self.preprocess(x))
 
@@ -249,8 +252,14 @@ class GalaxyClassifier(nn.Module):
         try:
             out = []
             for i in range(0, x.shape[0], batch_size):
-                latent, logits = self(x[i:i + batch_size].to(device))
-                r = latent if what == "latent" else torch.softmax(logits.double(), dim=1)
+                o = self(x[i:i + batch_size].to(device))
+                if what == "latent":
+                    r = model_latent(o)
+                    if r is None:
+                        raise GalguardValueError(f"model {self.name!r} has no latent output "
+                                                 "(wrap it with latent_layer=...)")
+                else:
+                    r = torch.softmax(model_logits(o).double(), dim=1)
                 out.append(r.float().cpu().numpy())
         finally:
             self.train(was_training)
@@ -261,7 +270,15 @@ class GalaxyClassifier(nn.Module):
 
     @property
     def latent_dim(self):
-        return int(self.network.bottleneck.out_features)
+        """Size of the latent vector (None for a wrapped module without one)."""
+        bottleneck = getattr(self.network, "bottleneck", None)
+        if isinstance(bottleneck, nn.Linear):
+            return int(bottleneck.out_features)
+        return self._latent_dim
+
+    def set_latent_dim(self, d):
+        """Record the latent size of a network without a ``bottleneck`` (see `wrap`)."""
+        self._latent_dim = None if d is None else int(d)
 
     def predict(self, cutouts, *, batch_size=None, device=None):
         """Class probabilities for raw flux cutouts.

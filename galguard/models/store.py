@@ -105,11 +105,14 @@ def _check_card(card, path):
         if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
             raise GalguardValueError(f"{where}: {key} must be a non-empty list of names, got "
                                      f"{card[key]!r}")
-    for key, lo in (("input_size", 8), ("latent_dim", 1)):
+    for key, lo in (("input_size", 1 if card.get("architecture") == "wrapped" else 8),
+                    ("latent_dim", 1)):
         v = card.get(key, 256 if key == "latent_dim" else None)
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 8192:
-            raise GalguardValueError(f"{where}: {key} must be an integer in [{lo}, 8192], got "
-                                     f"{v!r}")
+        if key == "latent_dim" and v is None and card.get("architecture") == "wrapped":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 1 << 20:
+            raise GalguardValueError(f"{where}: {key} must be an integer in [{lo}, {1 << 20}], "
+                                     f"got {v!r}")
     if not isinstance(card["architecture"], str):
         raise GalguardValueError(f"{where}: architecture must be a name, got "
                                  f"{card['architecture']!r}")
@@ -226,6 +229,10 @@ def load(name_or_path="default", *, device="cpu"):
     except Exception as exc:  # noqa: BLE001 - any safetensors problem, named
         raise GalguardValueError(f"weights {str(w)!r} are not a valid safetensors file "
                                  f"({type(exc).__name__}: {exc})") from None
+    if card["architecture"] == "wrapped":
+        model = _load_wrapped(card, card_path, w, tensors, digest)
+        log.info("loaded wrapped model %s (%s) sha256 %s", model.name, w, digest[:12])
+        return model.to(device)
     for key in ("preprocess.lo", "preprocess.hi", "preprocess.scale"):
         if key not in tensors:
             raise GalguardValueError(f"weights {str(w)!r} lack the tensor {key!r} (card "
@@ -247,14 +254,7 @@ def load(name_or_path="default", *, device="cpu"):
             raise GalguardValueError(
                 f"model card {str(card_path)!r}: preprocessing {key} {pc[key]} differs from the "
                 f"weights' {t.tolist()}")
-    stats = None
-    if "latent_class_means" in tensors:
-        for key in ("latent_precision", "latent_centroid_separation"):
-            if key not in tensors:
-                raise GalguardValueError(f"weights {str(w)!r} lack the tensor {key!r}")
-        stats = {"class_means": tensors["latent_class_means"],
-                 "precision": tensors["latent_precision"],
-                 "centroid_separation": tensors["latent_centroid_separation"]}
+    stats = _latent_stats_from(tensors, w)
     try:
         model = GalaxyClassifier(net, pre, classes=card["classes"], bands=card["bands"],
                                  input_size=card["input_size"], card=card, latent_stats=stats,
@@ -274,7 +274,59 @@ def load(name_or_path="default", *, device="cpu"):
     return model.to(device)
 
 
-def save(model, path, *, card=None):
+def _latent_stats_from(tensors, w):
+    if "latent_class_means" not in tensors:
+        return None
+    for key in ("latent_precision", "latent_centroid_separation"):
+        if key not in tensors:
+            raise GalguardValueError(f"weights {str(w)!r} lack the tensor {key!r}")
+    return {"class_means": tensors["latent_class_means"],
+            "precision": tensors["latent_precision"],
+            "centroid_separation": tensors["latent_centroid_separation"]}
+
+
+def _load_wrapped(card, card_path, w, tensors, digest):
+    """A wrapped user model: its factory builds the module, then the tensors are loaded."""
+    from .wrap import build_from_factory, wrap
+
+    where = f"model card {str(card_path)!r}"
+    if "factory" not in card:
+        raise GalguardValueError(f"{where} lacks the key 'factory' (how to build the module)")
+    module = build_from_factory(card["factory"], card.get("factory_kwargs", {}), card=where)
+    pre = None
+    if card.get("preprocess") == "galguard":
+        for key in ("preprocess.lo", "preprocess.hi", "preprocess.scale"):
+            if key not in tensors:
+                raise GalguardValueError(f"weights {str(w)!r} lack the tensor {key!r} ({where})")
+        pre = Preprocess(tensors["preprocess.lo"], tensors["preprocess.hi"],
+                         tensors["preprocess.scale"])
+    model = wrap(module, classes=card["classes"], bands=card["bands"],
+                 input_size=card["input_size"], preprocess=pre,
+                 latent_layer=card.get("latent_layer"), name=str(card.get("name", w.stem)))
+    stats = _latent_stats_from(tensors, w)
+    if stats is not None:
+        model.set_latent_stats(stats)
+    want = model.state_dict()
+    missing = sorted(set(want) - set(tensors))
+    extra = sorted(set(tensors) - set(want))
+    if missing or extra:
+        raise GalguardValueError(
+            f"weights {str(w)!r} do not fit the module built by {card['factory']!r} ({where}): "
+            f"missing tensors {missing[:8]}, unexpected tensors {extra[:8]}")
+    for key, t in want.items():
+        if tuple(t.shape) != tuple(tensors[key].shape):
+            raise GalguardValueError(
+                f"weights {str(w)!r}: tensor {key!r} has shape {tuple(tensors[key].shape)} but "
+                f"the module built by {card['factory']!r} needs {tuple(t.shape)} ({where})")
+    model.load_state_dict(tensors, strict=True)
+    model.card, model.sha256 = card, digest
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def save(model, path, *, card=None, factory=None, factory_kwargs=None):
     """Write ``model`` as ``path`` (.safetensors) and its card (same stem, .json).
 
     Parameters
@@ -286,14 +338,33 @@ def save(model, path, *, card=None):
         Card entries (default ``model.card``); architecture, classes, bands, input size,
         preprocessing constants,
         weights file name and sha256 are filled in (and overwrite ``card``'s).
+    factory : str, optional
+        For a model made by `galguard.models.wrap`: ``"package.module:callable"``, the
+        importable function that builds the module (your own installed code); required there.
+        `load` imports it, calls it with ``factory_kwargs`` and loads the tensors.
+    factory_kwargs : dict, optional
+        JSON-serialisable keyword arguments of ``factory``.
 
     Returns
     -------
     (Path, Path)
         Weights and card paths.
     """
+    from .wrap import WrappedNetwork, build_from_factory, check_json
+
     if not isinstance(model, GalaxyClassifier):
         raise GalguardValueError(f"model must be a GalaxyClassifier, got {type(model).__name__}")
+    wrapped = isinstance(model.network, WrappedNetwork)
+    if wrapped:
+        if factory is None:
+            raise GalguardValueError("factory must be given to save a wrapped model: "
+                                     "'package.module:callable', the function that builds it")
+        factory_kwargs = check_json({} if factory_kwargs is None else factory_kwargs,
+                                    "factory_kwargs")
+        build_from_factory(factory, factory_kwargs, card="factory")  # fails now, not at load
+    elif factory is not None:
+        raise GalguardValueError("factory is only for wrapped models (galguard.models.wrap); "
+                                 f"{type(model.network).__name__} is built by its architecture")
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
@@ -301,14 +372,15 @@ def save(model, path, *, card=None):
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": CARD_FORMAT})
     path.chmod(0o644)  # readable like the rest of an installed package
-    arch = {"ConvNet": "convnet", "ResNet18": "resnet18"}.get(type(model.network).__name__)
+    arch = "wrapped" if wrapped else {"ConvNet": "convnet", "ResNet18": "resnet18"}.get(
+        type(model.network).__name__)
     if card is None:
         card = model.card
     out = dict(card or {})
     out.pop("sha256", None)
     out.update({
         "format": CARD_FORMAT,
-        "name": out.get("name", path.stem),
+        "name": out.get("name") or (model.name if wrapped else None) or path.stem,
         "architecture": arch,
         "classes": list(model.classes),
         "bands": list(model.bands),
@@ -321,7 +393,15 @@ def save(model, path, *, card=None):
         "weights_file": path.name,
         "sha256": sha256_file(path),
     })
-    out["preprocessing"].update(model.preprocess.constants())
+    if isinstance(model.preprocess, Preprocess):
+        out["preprocessing"].update(model.preprocess.constants())
+    if wrapped:
+        out.update({"factory": factory, "factory_kwargs": factory_kwargs,
+                    "latent_layer": model.network.latent_layer,
+                    "preprocess": "galguard" if isinstance(model.preprocess, Preprocess)
+                    else "none"})
+        if not isinstance(model.preprocess, Preprocess):
+            out.pop("preprocessing", None)
     card_path = path.with_suffix(".json")
     with open(card_path, "w") as fh:
         json.dump(out, fh, indent=2, sort_keys=False)
