@@ -97,6 +97,10 @@ def test_onepixel_successes_have_a_pixel_another_label_and_a_latent_shift():
     assert np.all(np.isnan(t["latent_shift_onepixel"][~s]))
     assert np.all((t["onepixel_x"][s] >= 0) & (t["onepixel_x"][s] < SIZE))
     assert np.all((t["flags"][s] & int(Flag.ONEPIXEL_FLIP)) != 0)
+    # class names beside the labels
+    names = np.array(fragile.classes)
+    assert np.all(t["pred_class"] == names[np.asarray(t["pred_label"])])
+    assert np.all(t["onepixel_class"][s] == names[np.asarray(t["onepixel_label"])[s]])
 
 
 def test_same_seed_same_table_whatever_the_chunking(model):
@@ -137,6 +141,7 @@ def test_bad_rows_keep_their_place(model, tmp_path):
     assert np.all(t["error"][bad] != "") and np.all(t["error"][~bad] == "")
     assert np.all((t["flags"][bad] & Flag.BAD_INPUT) != 0)
     assert np.all(t["pred_label"][bad] == -1) and np.all(np.isnan(t["pred_prob"][bad]))
+    assert np.all(t["pred_class"][bad] == "") and np.all(t["pred_class"][~bad] != "")
     assert np.all(t["onepixel_x"][bad] == -1) and not np.any(t["onepixel_success"][bad])
     assert np.all(np.isnan(t["noise_flip_rate"][bad])) and np.all(t["fragile"][bad])
     assert list(t["source"][~bad]) == [str(p) for p in paths]

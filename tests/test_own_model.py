@@ -107,6 +107,7 @@ def test_check_with_a_wrapped_model_from_python_and_the_cli(saved, tmp_path):
                                                    "BANDS": "g,r,i"})
     t = galguard.check(cut, model=model, preset="fast", noise_realisations=3)
     assert np.all(t["error"] == "") and np.all(np.isfinite(t["ood_score"]))
+    assert set(t["pred_class"]) <= {"spiral", "elliptical", "merger"}
     assert np.all(np.isfinite(t["latent_shift_noise"]))
     from astropy.io import fits
     d = tmp_path / "in"

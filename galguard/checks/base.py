@@ -99,8 +99,9 @@ class Prediction(Check):
     name = "prediction"
 
     def empty(self, n, dims):
-        return {"pred_label": np.full(n, -1, np.int64), "pred_prob": _nan(n),
-                "probs": _nan(n, dims["classes"])}
+        return {"pred_label": np.full(n, -1, np.int64),
+                "pred_class": np.full(n, "", f"U{dims.get('name_width', 1)}"),
+                "pred_prob": _nan(n), "probs": _nan(n, dims["classes"])}
 
     def run(self, model, ctx):
         ctx.latent, ctx.probs = forward_probs(model, ctx.images, ctx.config.batch_size)
@@ -187,7 +188,9 @@ class OnePixelCheck(Check):
                 "onepixel_x": np.full(pshape, -1, np.int64),
                 "onepixel_y": np.full(pshape, -1, np.int64),
                 "onepixel_values": np.full(pshape + (dims["channels"],), np.nan, np.float32),
-                "onepixel_label": np.full(n, -1, np.int64), "onepixel_prob": _nan(n),
+                "onepixel_label": np.full(n, -1, np.int64),
+                "onepixel_class": np.full(n, "", f"U{dims.get('name_width', 1)}"),
+                "onepixel_prob": _nan(n),
                 "onepixel_queries": np.zeros(n, np.int64)}
 
     def run(self, model, ctx):

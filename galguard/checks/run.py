@@ -32,9 +32,10 @@ __all__ = ["check", "check_cutouts", "COLUMNS", "resolve_model", "table_meta", "
 log = logging.getLogger(__name__)
 
 #: The columns of the table `check` returns, in order (DESIGN.md's contract).
-COLUMNS = ("id", "source", "pred_label", "pred_prob", "probs", "noise_flip_rate",
+COLUMNS = ("id", "source", "pred_label", "pred_class", "pred_prob", "probs", "noise_flip_rate",
            "noise_prob_drop", "onepixel_success", "onepixel_x", "onepixel_y", "onepixel_values",
-           "onepixel_label", "onepixel_prob", "onepixel_queries", "latent_shift_noise",
+           "onepixel_label", "onepixel_class", "onepixel_prob", "onepixel_queries",
+           "latent_shift_noise",
            "latent_shift_onepixel", "ood_score", "flags", "fragile", "error")
 
 
@@ -74,9 +75,17 @@ def _shape_problem(model, shape):
     return ""
 
 
-def empty_table(n, n_classes, channels, pixels):
+def class_names(model, n_classes):
+    """The model's class names (``"0"``, ``"1"``... for a model that names none)."""
+    names = tuple(getattr(model, "classes", ()) or ())
+    return names if len(names) == n_classes else tuple(str(k) for k in range(n_classes))
+
+
+def empty_table(n, n_classes, channels, pixels, names=None):
     """The `check` table of ``n`` rows with nothing computed (bad rows' values)."""
-    dims = {"classes": n_classes, "channels": channels, "pixels": pixels}
+    names = tuple(names) if names else tuple(str(k) for k in range(n_classes))
+    width = max([1, *(len(c) for c in names)])
+    dims = {"classes": n_classes, "channels": channels, "pixels": pixels, "name_width": width}
     t = Table()
     t["id"] = np.full(n, -1, np.int64)
     t["source"] = np.full(n, "", dtype="U1")
@@ -187,13 +196,17 @@ def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=No
             n_classes = res["probs"].shape[1]
     if n_classes is None:
         n_classes = 0
-    t = empty_table(n, n_classes, C, config.pixels)
+    names = class_names(model, n_classes)
+    t = empty_table(n, n_classes, C, config.pixels, names)
     ids = np.asarray(meta["id"], np.int64) if "id" in meta.colnames else keys_all
     t["id"] = np.where(ids >= 0, ids, keys_all)  # unknown ids: the global input position
     if "source" in meta.colnames:
         t["source"] = np.asarray(meta["source"]).astype(str)
     for name, values in res.items():
         t[name][idx] = values
+    lookup = np.array([""] + list(names))  # label -1 (not computed) -> ""
+    for label, col in (("pred_label", "pred_class"), ("onepixel_label", "onepixel_class")):
+        t[col] = lookup[np.asarray(t[label]) + 1]
     verdict = np.zeros(n, np.int64)
     if idx.size:
         verdict[idx] = res["flags"]
@@ -280,14 +293,14 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
 
         ``id``, ``source``
             From the input metadata.
-        ``pred_label``, ``pred_prob``, ``probs``
-            Predicted class, its probability and all class probabilities (-1 / NaN for bad
-            rows).
+        ``pred_label``, ``pred_class``, ``pred_prob``, ``probs``
+            Predicted class, its name, its probability and all class probabilities (-1, "",
+            NaN for bad rows).
         ``noise_flip_rate``, ``noise_prob_drop``
             Fraction of shallower-depth realisations whose class differs, and the mean drop of
             the predicted class probability (NaN when not run or no gain/sky is known).
         ``onepixel_success``, ``onepixel_x``, ``onepixel_y``, ``onepixel_values``,
-        ``onepixel_label``, ``onepixel_prob``, ``onepixel_queries``
+        ``onepixel_label``, ``onepixel_class``, ``onepixel_prob``, ``onepixel_queries``
             Attack on the predicted class: whether a pixel flips it (re-verified), the pixel
             ``image[..., y, x]``, the per-band values written, the class and probability after
             the attack, and the model evaluations spent.
@@ -355,7 +368,8 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
                 t.replace_column("probs", np.full((len(t), k), np.nan, np.float32))
     if not tables:
         channels = len(getattr(module, "bands", ())) or 0
-        table = empty_table(0, n_classes or 0, channels, config.pixels)
+        table = empty_table(0, n_classes or 0, channels, config.pixels,
+                            class_names(module, n_classes or 0))
     elif len(tables) == 1:
         table = tables[0]
     else:
