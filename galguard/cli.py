@@ -20,7 +20,7 @@ EXIT_USAGE = 2       #: the command line was wrong (argparse's own convention)
 EXIT_BAD_INPUTS = 3  #: the command ran, but some inputs were bad (their rows carry errors)
 
 # Subcommand modules, in the order they appear in --help.
-_SUBCOMMANDS = ["simulate", "train", "evaluate", "check", "report", "demo"]
+_SUBCOMMANDS = ["simulate", "train", "evaluate", "calibrate", "check", "report", "demo"]
 
 
 _EPILOG = f"""\

@@ -177,3 +177,67 @@ def test_pickles_are_still_refused_for_user_models(saved, tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "m.pt")
     with pytest.raises(GalguardValueError, match="pickled"):
         load(tmp_path / "m.pt")
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration on your own data
+
+def reference_files(d, n=12, seed=20):
+    from astropy.io import fits
+
+    d.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(galaxies(n, seed=seed)):
+        h = fits.Header()
+        h["BANDS"], h["GAIN"], h["SKYLEVEL"], h["TRUELAB"] = "g,r,i", 4.0, 20.0, i % 3
+        fits.PrimaryHDU(img, header=h).writeto(d / f"r{i:02d}.fits")
+    (d / "broken.fits").write_bytes(b"not fits at all")
+    return d
+
+
+def test_calibrate_sets_thresholds_that_check_uses_unless_given(saved, tmp_path):
+    from galguard.models import calibrate
+
+    model = saved[0]
+    ref = reference_files(tmp_path / "ref")
+    # input order: broken.fits (a bad row: its label is not used) before r00 ... r11
+    with pytest.raises(GalguardValueError, match=r"must be in 0..2, got values in -1"):
+        calibrate(model, str(ref), labels=np.r_[np.arange(12) % 3, -1])
+    cal = calibrate(model, str(ref), labels=np.r_[-1, np.arange(12) % 3], percentile=90)
+    info = cal.card["calibration"]
+    assert info["n_reference"] == 12 and info["n_skipped"] == 1 and info["labels"] == "given"
+    thr = cal.card["thresholds"]
+    assert set(thr) == {"ood_threshold", "latent_shift_threshold"}
+    assert model.card.get("thresholds") is None  # the input model is not modified
+    cut = read_cutouts(galaxies(3, seed=30), meta={"GAIN": 4.0, "SKYLEVEL": 20.0,
+                                                   "BANDS": "g,r,i"})
+    t = galguard.check(cut, model=cal, onepixel=False, noise_realisations=2)
+    cfg = json.loads(t.meta["config"])
+    assert cfg["ood_threshold"] == pytest.approx(thr["ood_threshold"])
+    t = galguard.check(cut, model=cal, onepixel=False, noise_realisations=2, ood_threshold=7.0)
+    assert json.loads(t.meta["config"])["ood_threshold"] == 7.0
+    with pytest.raises(GalguardValueError, match="no galaxy of class"):
+        calibrate(model, str(ref), labels=np.zeros(13, int))
+    with pytest.raises(GalguardValueError, match="one value per reference cutout"):
+        calibrate(model, str(ref), labels=np.zeros(5, int))
+
+
+def test_cli_calibrate_then_check_uses_the_card(saved, tmp_path, capsys):
+    _, w, _ = saved
+    ref = reference_files(tmp_path / "ref")
+    out = tmp_path / "cal.safetensors"
+    assert cli.main(["calibrate", "--model", str(w), str(ref), "--labels", "header",
+                     "-o", str(out), "-q"]) == cli.EXIT_OK
+    assert "12 reference galaxies (1 skipped)" in capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["factory"] == "survey_models:build" and "thresholds" in card
+    assert cli.main(["calibrate", "--model", str(w), str(ref), "-o", str(out)]) == \
+        cli.EXIT_USAGE  # exists
+    cat = tmp_path / "cat.ecsv"
+    assert cli.main(["check", str(ref / "r00.fits"), "-o", str(cat), "--model", str(out),
+                     "--no-onepixel", "--noise-realisations", "2", "--quiet"]) == cli.EXIT_OK
+    cfg = json.loads(read_catalog(cat).meta["config"])
+    assert cfg["ood_threshold"] == pytest.approx(card["thresholds"]["ood_threshold"])
+    assert cli.main(["check", str(ref / "r00.fits"), "-o", str(cat), "--model", str(out),
+                     "--no-onepixel", "--noise-realisations", "2", "--quiet", "--overwrite",
+                     "--ood-threshold", "9"]) == cli.EXIT_OK
+    assert json.loads(read_catalog(cat).meta["config"])["ood_threshold"] == 9.0

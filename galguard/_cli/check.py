@@ -56,10 +56,13 @@ def add_check_options(p):
 
 
 def config_from_args(args):
-    """A `CheckConfig` from parsed options (raises GalguardValueError for bad values)."""
-    from ..checks.config import from_args
+    """A `CheckConfig` from parsed options (raises GalguardValueError for bad values); the
+    thresholds of a calibrated model's card apply where the options were not given."""
+    from ..checks.config import from_args, given_options, with_card_thresholds
+    from ..models import read_card
 
-    return from_args(args)
+    config = from_args(args)
+    return with_card_thresholds(config, read_card(str(args.model)), given=given_options(args))
 
 
 def register(subparsers):

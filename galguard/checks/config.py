@@ -26,7 +26,16 @@ from ..robustness.noise import MODES
 from ..robustness.onepixel import PRESETS, validate_bounds
 
 __all__ = ["CheckConfig", "Option", "option", "OPTIONS", "add_arguments", "from_args",
-           "VERDICT_NAMES", "flags_from_names", "flag_names"]
+           "VERDICT_NAMES", "flags_from_names", "flag_names", "given_options",
+           "with_card_thresholds", "CARD_THRESHOLDS"]
+
+#: The thresholds a calibrated model card may carry (`galguard.models.calibrate`); `check`
+#: takes them from the card unless they are given.
+CARD_THRESHOLDS = ("ood_threshold", "latent_shift_threshold")
+
+
+class _Default(float):
+    """A command-line default: equal to the field's default, but known not to be given."""
 
 #: Names of the verdict flags (the bits `CheckConfig.fragile_flags` may hold).
 VERDICT_NAMES = tuple(f.name for f in Flag if f.value and f & VERDICT_FLAGS)
@@ -333,7 +342,8 @@ def add_arguments(parser, *, skip=()):
                 what = {"int": "an integer", "real": "a number"}.get(kind, "a value")
                 raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
-        g.add_argument(spelling, dest=name, default=default,
+        g.add_argument(spelling, dest=name,
+                       default=_Default(default) if kind == "real" else default,
                        type=None if kind in ("str", "choice") else parse,
                        choices=tuple(opt.choices) if kind == "choice" else None,
                        metavar=opt.metavar or ("NAME" if kind == "str" else None),
@@ -341,9 +351,25 @@ def add_arguments(parser, *, skip=()):
                        .replace("%%(default)s", "%(default)s"))
 
 
+def given_options(args):
+    """The names of the real-valued options given on the command line (not defaults)."""
+    return {name for name in OPTIONS if hasattr(args, name)
+            and not isinstance(getattr(args, name), _Default)}
+
+
+def with_card_thresholds(config, card, *, given=()):
+    """``config`` with the thresholds of a calibrated model ``card`` (`CARD_THRESHOLDS`), for
+    those not in ``given`` (the options the user set)."""
+    thresholds = (card or {}).get("thresholds") or {}
+    take = {k: float(v) for k, v in thresholds.items() if k in CARD_THRESHOLDS
+            and k not in given}
+    return dataclasses.replace(config, **take) if take else config
+
+
 def from_args(args, **overrides):
     """A `CheckConfig` from options added by `add_arguments` (raises GalguardValueError)."""
-    values = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+    values = {name: (float(getattr(args, name)) if isinstance(getattr(args, name), _Default)
+                     else getattr(args, name)) for name in OPTIONS if hasattr(args, name)}
     values.update(overrides)
     if values.get("model") is not None:
         values["model"] = str(values["model"])

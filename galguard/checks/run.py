@@ -25,7 +25,7 @@ from ..errors import GalguardValueError
 from ..flags import Flag, fragile_mask
 from ..robustness.onepixel import PRESETS
 from .base import CHECKS, Context
-from .config import OPTIONS, CheckConfig
+from .config import OPTIONS, CheckConfig, with_card_thresholds
 
 __all__ = ["check", "check_cutouts", "COLUMNS", "resolve_model", "table_meta", "empty_table"]
 
@@ -332,6 +332,7 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
     Same inputs, model and seed give the same table, whatever ``chunk_size``, ``batch_size`` or
     device: every random draw is keyed on (seed, global row position, realisation/generation).
     """
+    explicit_config = config
     config = config if config is not None else CheckConfig()
     if not isinstance(config, CheckConfig):
         raise GalguardValueError(f"config must be a CheckConfig, got {type(config).__name__}")
@@ -343,6 +344,8 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
     options["model"] = str(model) if isinstance(model, str) or hasattr(model, "__fspath__") \
         else name
     config = dataclasses.replace(config, **options)
+    if explicit_config is None:  # a calibrated model's thresholds, unless given
+        config = with_card_thresholds(config, getattr(module, "card", None), given=set(options))
     if device is not None and isinstance(model, torch.nn.Module):
         dev = torch.device(device)
         if model_device(module).type != dev.type:

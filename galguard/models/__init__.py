@@ -8,9 +8,10 @@ weights shipped with galguard.
 
 from .classifier import GalaxyClassifier, Preprocess, fit_latent_stats
 from .networks import ARCHITECTURES, ConvNet, ResNet18, build_network
-from .store import available, load, save, sha256_file, weights_dir
+from .calibrate import calibrate
+from .store import available, load, read_card, save, sha256_file, weights_dir
 from .wrap import NoPreprocess, WrappedNetwork, wrap
 
 __all__ = ["GalaxyClassifier", "Preprocess", "fit_latent_stats", "ConvNet", "ResNet18",
            "build_network", "ARCHITECTURES", "available", "load", "save", "sha256_file",
-           "weights_dir", "wrap", "WrappedNetwork", "NoPreprocess"]
+           "weights_dir", "read_card", "calibrate", "wrap", "WrappedNetwork", "NoPreprocess"]

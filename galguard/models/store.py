@@ -189,6 +189,12 @@ def _resolve(name_or_path):
     return w, card_path
 
 
+def read_card(name_or_path="default"):
+    """The model card (a dict) of a shipped model name or a saved model, without its weights."""
+    _, card_path = _resolve(name_or_path)
+    return _read_card(card_path)
+
+
 def load(name_or_path="default", *, device="cpu"):
     """Load a model: a shipped one by name, or a ``.safetensors`` file with its ``.json`` card.
 
