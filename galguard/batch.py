@@ -58,6 +58,8 @@ class BatchResult:
         Chunks in the run.
     n_resumed : int
         Chunks taken from the journal of an earlier, interrupted run.
+    per_class : dict
+        Predicted class name -> number of rows (checked rows only).
     seconds : float
         Wall-clock time of the run.
     """
@@ -69,6 +71,7 @@ class BatchResult:
     n_chunks: int
     n_resumed: int
     seconds: float
+    per_class: dict = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,12 +484,16 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
         raise GalguardValueError(f"the journal {str(journal.dir)!r} holds chunks {stale[:5]} "
                                  f"beyond the {n_chunks} chunks of the inputs")
     writer = CatalogWriter(output, meta=meta, format=fmt)
+    per_class = {}
     try:
         for k in range(n_chunks):
             table = journal.read_chunk(k)
             counts = count_rows(table)
             n_bad += counts["bad"]
             n_fragile += counts["fragile"]
+            for name in np.asarray(table["pred_class"]).astype(str):
+                if name:
+                    per_class[name] = per_class.get(name, 0) + 1
             writer.write(table)
     except BaseException:
         writer.abort()
@@ -497,5 +504,6 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
     log.info("wrote %s: %d rows (%d bad, %d fragile) in %.1f s", output, n_rows, n_bad,
              n_fragile, seconds)
     return BatchResult(path=output, n_rows=n_rows, n_bad=n_bad, n_fragile=n_fragile,
+                       per_class=per_class,
                        n_chunks=n_chunks, n_resumed=len(done & set(range(n_chunks))),
                        seconds=seconds)

@@ -241,3 +241,37 @@ def test_cli_calibrate_then_check_uses_the_card(saved, tmp_path, capsys):
                      "--no-onepixel", "--noise-realisations", "2", "--quiet", "--overwrite",
                      "--ood-threshold", "9"]) == cli.EXIT_OK
     assert json.loads(read_catalog(cat).meta["config"])["ood_threshold"] == 9.0
+
+
+def test_wrap_with_galguard_preprocessing_round_trips(user_pkg, tmp_path):
+    import survey_models
+
+    from galguard.models import Preprocess
+
+    x = galaxies(16, seed=40)
+    model = wrap(survey_models.build(), classes="abc", bands="gri", input_size=SIZE,
+                 preprocess=Preprocess.from_data(x), latent_layer="embed")
+    w, c = save(model, tmp_path / "p.safetensors", factory="survey_models:build")
+    card = json.loads(c.read_text())
+    assert card["preprocess"] == "galguard" and "clip_lo" in card["preprocessing"]
+    again = load(w)
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+def test_summary_names_classes_and_calibrate_takes_a_label_catalog(saved, tmp_path, capsys):
+    from astropy.table import Table
+
+    _, w, _ = saved
+    ref = reference_files(tmp_path / "ref")
+    names = ["spiral", "elliptical", "merger"]
+    Table({"label": ["spiral"] + [names[i % 3] for i in range(12)]}).write(
+        tmp_path / "labels.ecsv")
+    out = tmp_path / "cal.safetensors"
+    assert cli.main(["calibrate", "--model", str(w), str(ref), "--labels",
+                     str(tmp_path / "labels.ecsv"), "-o", str(out), "-q"]) == cli.EXIT_OK
+    assert json.loads(out.with_suffix(".json").read_text())["calibration"]["labels"] == "given"
+    capsys.readouterr()
+    assert cli.main(["check", str(ref), "-o", str(tmp_path / "c.parquet"), "--model", str(out),
+                     "--no-onepixel", "--noise-realisations", "2"]) == cli.EXIT_BAD_INPUTS
+    err = capsys.readouterr().err
+    assert "predicted: " in err and any(n in err for n in names)

@@ -143,6 +143,8 @@ def run(args):
         print(f"{res.path}: {res.n_rows} cutouts, {res.n_fragile} fragile, {res.n_bad} bad "
               f"input(s); {res.seconds:.1f} s "
               f"({res.n_rows / max(res.seconds, 1e-9):.1f} cutouts/s)"
-              + (f", {res.n_resumed} chunk(s) resumed" if res.n_resumed else ""),
+              + (f", {res.n_resumed} chunk(s) resumed" if res.n_resumed else "")
+              + ("; predicted: " + ", ".join(f"{k} {v}" for k, v in sorted(res.per_class.items()))
+                 if res.per_class else ""),
               file=sys.stderr)
     return EXIT_BAD_INPUTS if res.n_bad else EXIT_OK
