@@ -138,8 +138,8 @@ def _load_images(table, rows, model):
     from .io import read_cutouts
 
     C = len(model.bands)
-    S = int(model.input_size)
-    data = np.zeros((len(rows), C, S, S), np.float32)
+    H, W = model.input_hw
+    data = np.zeros((len(rows), C, H, W), np.float32)
     gain = np.full((len(rows), C), np.nan)
     sky = np.full((len(rows), C), np.nan)
     found = np.zeros(len(rows), bool)
@@ -150,7 +150,7 @@ def _load_images(table, rows, model):
         if not source or source.startswith("<") or not os.path.exists(source):
             continue
         try:
-            cut = read_cutouts(source, hdu=_hdu_arg(hdu), size=S, bands=tuple(model.bands))
+            cut = read_cutouts(source, hdu=_hdu_arg(hdu), size=(H, W), bands=tuple(model.bands))
         except Exception as exc:  # noqa: BLE001 - the report goes on without this image
             log.warning("cannot read %s again: %s", source, exc)
             continue

@@ -275,3 +275,23 @@ def test_summary_names_classes_and_calibrate_takes_a_label_catalog(saved, tmp_pa
                      "--no-onepixel", "--noise-realisations", "2"]) == cli.EXIT_BAD_INPUTS
     err = capsys.readouterr().err
     assert "predicted: " in err and any(n in err for n in names)
+
+
+def test_a_non_square_input_size_round_trips_and_checks(user_pkg, tmp_path):
+    import survey_models
+
+    model = wrap(survey_models.build(), classes="abc", bands="gri", input_size=(16, 24),
+                 latent_layer="embed")
+    assert model.input_hw == (16, 24)
+    w, c = save(model, tmp_path / "ns.safetensors", factory="survey_models:build")
+    assert json.loads(c.read_text())["input_size"] == [16, 24]
+    again = load(w)
+    x = np.random.default_rng(0).normal(10, 2, (2, 3, 16, 24)).astype(np.float32)
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+    t = galguard.check(read_cutouts(x, meta={"GAIN": 4.0, "SKYLEVEL": 20.0, "BANDS": "g,r,i"}),
+                       model=again, preset="fast", noise_realisations=2)
+    assert np.all(t["error"] == "") and t["onepixel_x"].max() < 24
+    # cutouts of another shape are centre-cropped / padded to the model's (16, 24), flagged
+    t = galguard.check(np.ones((1, 3, 24, 16), np.float32), model=again, noise=False,
+                       preset="fast")
+    assert t["flags"][0] & int(Flag.RESIZED) and t["error"][0] == ""

@@ -92,7 +92,7 @@ def run(args):
     paths = expand_inputs(args.reference)
     labels = None
     if args.labels == "header":
-        cut = read_cutouts(paths, size=model.input_size, bands=model.bands)
+        cut = read_cutouts(paths, size=model.input_hw, bands=model.bands)
         labels = np.asarray(cut.meta["true_label"], np.int64)
         good = (np.asarray(cut.meta["flags"]) & 1) == 0
         if (labels[good] < 0).any():

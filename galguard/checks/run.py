@@ -62,13 +62,22 @@ def resolve_model(model, *, device=None):
         f"model must be a model name, a path or a torch.nn.Module, got {type(model).__name__}")
 
 
+def _input_hw(model):
+    """(H, W) a model takes, from ``input_hw`` or an int ``input_size``; None if unknown."""
+    hw = getattr(model, "input_hw", None)
+    if hw is not None:
+        return tuple(int(v) for v in hw)
+    size = getattr(model, "input_size", None)
+    return None if size is None else (int(size), int(size))
+
+
 def _shape_problem(model, shape):
     """A message when cutouts of (C, H, W) `shape` cannot go through `model`, else ""."""
     bands = getattr(model, "bands", None)
-    size = getattr(model, "input_size", None)
-    if bands is None or size is None:
+    hw = _input_hw(model)
+    if bands is None or hw is None:
         return ""
-    want = (len(bands), int(size), int(size))
+    want = (len(bands), *hw)
     if tuple(shape) != want:
         return (f"cutout shape {tuple(shape)} does not match the model input {want} "
                 f"(bands {','.join(bands)})")
@@ -244,9 +253,9 @@ def _iter_chunks(cutouts, config, read_kwargs, model):
         return
     from .. import io as gio
     kwargs = dict(read_kwargs or {})
-    size = getattr(model, "input_size", None)
-    if size is not None and "size" not in kwargs:
-        kwargs["size"] = int(size)
+    hw = _input_hw(model)
+    if hw is not None and "size" not in kwargs:
+        kwargs["size"] = hw
     bands = getattr(model, "bands", None)
     if bands and all(bands) and "bands" not in kwargs:
         kwargs["bands"] = tuple(bands)

@@ -49,7 +49,7 @@ def calibrate(model, reference, *, labels=None, percentile=99.0, seed=0, progres
     if not isinstance(model, GalaxyClassifier):
         raise GalguardValueError(f"model must be a GalaxyClassifier, got {type(model).__name__}")
     percentile = validate_real("percentile", percentile, lo=50.0, hi=100.0, lo_open=True)
-    cut = read_cutouts(reference, size=model.input_size, bands=model.bands)
+    cut = read_cutouts(reference, size=model.input_hw, bands=model.bands)
     good = (np.asarray(cut.meta["flags"]) & 1) == 0
     n_bad = int((~good).sum())
     if good.sum() < 2 * model.n_classes:

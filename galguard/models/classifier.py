@@ -153,8 +153,8 @@ class GalaxyClassifier(nn.Module):
         Frozen preprocessing.
     classes : sequence of str
     bands : sequence of str
-    input_size : int
-        Height and width of the cutouts the network expects.
+    input_size : int or (int, int)
+        Height and width of the cutouts the network expects (an int when square).
     card : dict, optional
         Model card (see :func:`galguard.models.load`).
     latent_stats : dict of tensors, optional
@@ -174,7 +174,11 @@ class GalaxyClassifier(nn.Module):
         self.preprocess = preprocess
         self.classes = tuple(classes)
         self.bands = tuple(bands)
-        self.input_size = int(input_size)
+        if isinstance(input_size, (tuple, list)):
+            h, w = (int(v) for v in input_size)
+            self.input_size = h if h == w else (h, w)
+        else:
+            self.input_size = int(input_size)
         if isinstance(preprocess, Preprocess) and preprocess.lo.numel() != len(self.bands):
             raise GalguardValueError(
                 f"preprocess has constants for {preprocess.lo.numel()} bands but bands is "
@@ -223,11 +227,17 @@ class GalaxyClassifier(nn.Module):
         if x.ndim != 4:
             raise GalguardValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
         c, h, w = x.shape[1:]
-        if c != len(self.bands) or h != self.input_size or w != self.input_size:
+        H, W = self.input_hw
+        if c != len(self.bands) or h != H or w != W:
             raise GalguardValueError(
-                f"images must have shape (N, {len(self.bands)}, {self.input_size}, "
-                f"{self.input_size}) for this model (bands {','.join(self.bands)}), got "
-                f"{tuple(x.shape)}")
+                f"images must have shape (N, {len(self.bands)}, {H}, {W}) for this model "
+                f"(bands {','.join(self.bands)}), got {tuple(x.shape)}")
+
+    @property
+    def input_hw(self):
+        """(height, width) of the cutouts the network expects."""
+        s = self.input_size
+        return tuple(s) if isinstance(s, tuple) else (s, s)
 
     def forward(self, x):
         """Raw flux (N, C, H, W) float32 -> (latent (N, D), logits (N, K)) (logits alone for a

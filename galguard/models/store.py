@@ -108,8 +108,13 @@ def _check_card(card, path):
     for key, lo in (("input_size", 1 if card.get("architecture") == "wrapped" else 8),
                     ("latent_dim", 1)):
         v = card.get(key, 256 if key == "latent_dim" else None)
-        if key == "latent_dim" and v is None and card.get("architecture") == "wrapped":
-            continue
+        if card.get("architecture") == "wrapped":
+            if key == "latent_dim" and v is None:
+                continue
+            if key == "input_size" and isinstance(v, list) and len(v) == 2:
+                if all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 8192
+                       for x in v):
+                    continue
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 1 << 20:
             raise GalguardValueError(f"{where}: {key} must be an integer in [{lo}, {1 << 20}], "
                                      f"got {v!r}")
@@ -390,7 +395,8 @@ def save(model, path, *, card=None, factory=None, factory_kwargs=None):
         "architecture": arch,
         "classes": list(model.classes),
         "bands": list(model.bands),
-        "input_size": model.input_size,
+        "input_size": (list(model.input_size) if isinstance(model.input_size, tuple)
+                       else model.input_size),
         "latent_dim": model.latent_dim,
         "preprocessing": {
             "method": "clip to per-band [clip_lo, clip_hi]; y = (arcsinh(scale * x) + 1) / 2",

@@ -87,9 +87,7 @@ def _size(input_size):
         if len(input_size) != 2:
             raise GalguardValueError(f"input_size must be an int or (H, W), got {input_size!r}")
         h, w = (validate_int("input_size", v, minimum=1, maximum=8192) for v in input_size)
-        if h != w:
-            raise GalguardValueError(f"input_size must be square for now, got {input_size!r}")
-        return h
+        return h if h == w else (h, w)
     return validate_int("input_size", input_size, minimum=1, maximum=8192)
 
 
@@ -116,7 +114,7 @@ def wrap(module, *, classes, bands, input_size, preprocess=None, latent_layer=No
     classes, bands : sequence of str
         Class names (in the order of the logits) and band names (in the order of the planes).
     input_size : int or (int, int)
-        The (square) cutout size the module takes.
+        The cutout size the module takes: an int (square) or (height, width).
     preprocess : Preprocess, optional
         galguard's frozen clip + arcsinh (`Preprocess.from_data` on reference images), applied
         before the module; None when the module does its own.
@@ -151,12 +149,13 @@ def wrap(module, *, classes, bands, input_size, preprocess=None, latent_layer=No
         module.eval()
         with torch.inference_mode():
             device = next((p.device for p in module.parameters()), torch.device("cpu"))
-            out = model(torch.zeros(1, len(bands), size, size, device=device))
+            out = model(torch.zeros(1, len(bands), *model.input_hw, device=device))
     except GalguardValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's module failed on its input shape
         raise GalguardValueError(f"module {type(module).__name__} fails on a "
-                                 f"(1, {len(bands)}, {size}, {size}) input: "
+                                 f"(1, {len(bands)}, {', '.join(map(str, model.input_hw))}) "
+                                 f"input: "
                                  f"{type(exc).__name__}: {exc}") from None
     finally:
         module.train(was_training)
