@@ -655,3 +655,26 @@ def test_bps_submit_parsl_local(tmp_path, model_path):
         assert_same_flags(flags, check(str(stack), model=model_path, **OPTIONS))
     logs = list((tmp_path / "submit").rglob("*.stdout"))
     assert logs, "bps wrote no per-quantum logs under ./submit"
+
+
+def test_run_with_a_wrapped_user_model(tmp_path, monkeypatch):
+    """The task's model field takes a saved user model (its factory importable)."""
+    (tmp_path / "task_user_models.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import task_user_models
+
+    from galguard.models import save, wrap
+    table = make_table(3, seed=7)
+    size = table["image"].shape[-1]
+    model = wrap(task_user_models.build(), classes=("spiral", "elliptical", "merger"),
+                 bands="gri", input_size=size, name="user-cnn")
+    path = save(model, tmp_path / "user.safetensors", factory="task_user_models:build")[0]
+    flags = make_task(str(path)).run(table).flags
+    assert len(flags) == 3 and (flags["error"] == "").all()
+    assert set(flags["pred_class"]) <= {"spiral", "elliptical", "merger"}
+    assert flags.meta["model_name"] == "user-cnn"
