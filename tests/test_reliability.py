@@ -381,7 +381,7 @@ def test_cli_odd_paths_are_usage_errors_or_bad_rows_never_tracebacks(model_path,
     assert cli.main(check_argv(model_path, f"@{bad_list}", out)) == cli.EXIT_USAGE
     assert "is not UTF-8" in capsys.readouterr().err
     d = tmp_path / "odd"
-    paths = cutout_files(d, 2)
+    cutout_files(d, 2)
     os.symlink(d / "loop.fits", d / "loop.fits")  # a link to itself
     os.symlink(tmp_path / "nowhere.fits", d / "dangling.fits")
     os.mkfifo(d / "pipe.fits")

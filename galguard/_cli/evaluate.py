@@ -3,7 +3,6 @@ error and Brier score of a model on labelled data sets, with a plot."""
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 __all__ = ["register", "run", "parse_data_spec"]

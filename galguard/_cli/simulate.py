@@ -1,7 +1,6 @@
 """``galguard simulate``: render simulated LSST-like galaxy cutouts as FITS files."""
 
 import logging
-import sys
 from pathlib import Path
 
 __all__ = ["register", "run"]

@@ -4,7 +4,6 @@ domain adaptation, and write it as ``NAME.safetensors`` + ``NAME.json`` (the mod
 import json
 import shlex
 import logging
-import sys
 import time
 from pathlib import Path
 

@@ -22,7 +22,6 @@ import numpy as np
 from .._validate import validate_bool, validate_choice, validate_int, validate_real
 from ..errors import GalguardValueError
 from ..flags import VERDICT_FLAGS, Flag
-from ..robustness.noise import MODES
 from ..robustness.onepixel import PRESETS, validate_bounds
 
 __all__ = ["CheckConfig", "Option", "option", "OPTIONS", "add_arguments", "from_args",

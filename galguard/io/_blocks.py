@@ -2,8 +2,8 @@
 """
 
 import numpy as np
-from ..flags import Flag
 
+from ..flags import Flag
 from ._options import PLANE_FIELDS
 
 

@@ -2,12 +2,13 @@
 """
 
 import logging
+
 import numpy as np
+
 from ..flags import Flag
+from ._blocks import Block
 from ._cutouts import Cutouts, empty_meta
 from ._estimate import RAW_SKY_NSIGMA, border_background, default_border
-
-from ._blocks import Block, bad
 from ._options import PLANE_FIELDS
 from ._sources import unit_blocks, units
 

@@ -4,11 +4,12 @@
 import logging
 import os
 import stat
+
 import numpy as np
-from ._fits import AstropyAccess, FitsioAccess
-from ._header import HeaderView, has_band_info, header_dict, names_single_band, plane_info
 
 from ._blocks import Block, bad, numeric_f32
+from ._fits import AstropyAccess, FitsioAccess
+from ._header import HeaderView, has_band_info, header_dict, names_single_band, plane_info
 from ._options import MAX_CUBE_BANDS, PLANE_FIELDS, ROW_COLUMNS
 
 log = logging.getLogger(__name__)

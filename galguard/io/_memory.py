@@ -2,12 +2,13 @@
 """
 
 import logging
-import numpy as np
-from ..errors import GalguardValueError
-from ._header import HeaderView, header_dict, plane_info
 
+import numpy as np
+
+from ..errors import GalguardValueError
 from ._blocks import Block, bad
 from ._fits_blocks import dim_problem, layout3
+from ._header import HeaderView, header_dict, plane_info
 from ._options import PLANE_FIELDS, ROW_COLUMNS
 
 log = logging.getLogger(__name__)

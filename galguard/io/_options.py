@@ -2,9 +2,10 @@
 """
 
 import math
-import numpy as np
-from ..errors import GalguardValueError
 
+import numpy as np
+
+from ..errors import GalguardValueError
 
 #: file names a directory listing picks up (case-insensitive)
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fz",

@@ -2,11 +2,12 @@
 """
 
 import os
+
 import numpy as np
+
 from ..errors import GalguardValueError
 from ._cutouts import Cutouts
 from ._estimate import DEFAULT_GAIN
-
 from ._finish import generate
 from ._options import DEFAULT_CHUNK_SIZE, make_opts
 from ._paths import expand_item

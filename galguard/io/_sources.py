@@ -5,10 +5,10 @@ import os
 import sys
 
 import numpy as np
-from ._cutouts import Cutouts
-from ._fits import AstropyAccess
 
 from ._blocks import bad
+from ._cutouts import Cutouts
+from ._fits import AstropyAccess
 from ._fits_blocks import access_blocks, path_blocks
 from ._memory import array_blocks, cutouts_blocks, nddata_blocks
 from ._paths import expand_item

@@ -11,7 +11,6 @@ import warnings
 from .._validate import validate_int
 from ..errors import CoreUnavailableWarning
 
-
 _REQUIRED = (
     "build_info",
     "poisson",

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import GalguardValueError

@@ -160,12 +160,10 @@ class IncrementalEvaluator:
     def logits(self, b, ys, xs, values):
         """Logits (n, K) for candidates: image index b (n,), pixel (ys, xs) (n,), values (n, C)."""
         n = b.shape[0]
-        dev = values.device
         C = self.shape[0]
         # The changed window entering the first layer: the preprocessed pixel values.
         win = self.pre(values.view(n, C, 1, 1))          # (n, C, 1, 1)
         oy, ox = ys.long(), xs.long()
-        ar = torch.arange(n, device=dev)
         for (kind, m, hw, out_hw, p, k, size, out_map), clean in zip(self.plan, self.inputs):
             if kind == "point":
                 win = m(win)

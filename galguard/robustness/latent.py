@@ -11,7 +11,6 @@ from another on average.
 import logging
 import math
 
-import numpy as np
 import torch
 
 from .._model_io import model_latent

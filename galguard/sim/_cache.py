@@ -3,8 +3,8 @@ simulator's code).
 """
 
 import logging
-import time
 from pathlib import Path
+import time
 
 import numpy as np
 
@@ -13,7 +13,6 @@ from ..errors import GalguardValueError
 from ._morphology import R_MAG_RANGE, validate_mag_law
 from ._render import simulate
 from ._survey import depth_params
-
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import logging
 import importlib.resources
+import logging
 from pathlib import Path
+
 import numpy as np
+
 from .._files import atomic_write
 from ..errors import GalguardValueError
-
 from ._render import SimData
 from ._survey import BANDS, PIXEL_SCALE, depth_params, validate_depth
 

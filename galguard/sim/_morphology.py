@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
+
 from ..errors import GalguardValueError
-
 from ._survey import OVERSAMPLE, PIXEL_SCALE, STREAM_NEIGHBOUR
-
 
 # --------------------------------------------------------------------------------------------
 # Numpy pattern helpers (on the oversampled grid, coordinates in arcsec from the stamp centre)

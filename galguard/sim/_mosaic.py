@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-import numpy as np
-from .._validate import validate_int
-from .._display import rgb
-from ..errors import GalguardValueError
 
+import numpy as np
+
+from .._display import rgb
+from .._validate import validate_int
+from ..errors import GalguardValueError
 from ._render import SimData
 from ._survey import CLASSES, DEPTHS, depth_params
-
 
 # --------------------------------------------------------------------------------------------
 # Mosaic

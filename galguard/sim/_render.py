@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
-import logging
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import math
 import multiprocessing
 import os
 import time
+
 import numpy as np
+
 from .._validate import validate_int
 from ..errors import GalguardValueError
-
-from ._morphology import Grid, MAKERS, R_MAG_RANGE, colour, draw_r_mag, neighbours, make_psf, validate_mag_law
-from ._survey import BANDS, BAND_PARAMS, CLASSES, DEPTHS, DEPTH_CODE, MIN_PER_WORKER, PIXEL_SCALE, STREAM_GALAXY, STREAM_NOISE, class_labels, depth_params, validate_depths, validate_fractions
+from ._morphology import (MAKERS, R_MAG_RANGE, Grid, colour, draw_r_mag, make_psf, neighbours,
+                          validate_mag_law)
+from ._survey import (BAND_PARAMS, BANDS, CLASSES, DEPTH_CODE, DEPTHS, MIN_PER_WORKER, PIXEL_SCALE,
+                      STREAM_GALAXY, STREAM_NOISE, class_labels, depth_params, validate_depths,
+                      validate_fractions)
 
 logger = logging.getLogger(__name__)
 

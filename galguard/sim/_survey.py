@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import numpy as np
+
 from .._validate import validate_int
 from ..errors import GalguardValueError
-
 
 CLASSES = ("spiral", "elliptical", "merger")
 BANDS = ("g", "r", "i")

@@ -3,19 +3,20 @@
 
 import copy
 import dataclasses
-import logging
 import json
+import logging
 import math
+from pathlib import Path
 import platform
 import time
-from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from ..errors import GalguardValueError
 from ..models.classifier import GalaxyClassifier, Preprocess, as_tensor, fit_latent_stats
 from ..models.networks import build_network
-
 from .config import TrainConfig
 from .losses import mmd2, sinkhorn_divergence
 

@@ -3,7 +3,6 @@
 
 import torch
 
-
 CLASSES = ("spiral", "elliptical", "merger")
 BANDS = ("g", "r", "i")
 DA_METHODS = ("none", "mmd", "sinkhorn")

@@ -2,10 +2,11 @@
 """
 
 from pathlib import Path
+
 import numpy as np
+
 from ..errors import GalguardValueError
 from ..models.classifier import GalaxyClassifier
-
 from .losses import CLASSES
 
 
