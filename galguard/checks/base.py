@@ -23,7 +23,7 @@ import torch
 from .._model_io import evaluating, forward_probs
 from ..flags import Flag
 from ..robustness.latent import get_latent_stats, latent_shift, ood_score
-from ..robustness.noise import noise_stability
+from ..robustness.noise import effective_gain, noise_stability
 from ..robustness.onepixel import OnePixelAttack
 
 __all__ = ["Check", "Context", "Prediction", "NoiseStability", "OnePixelCheck",
@@ -45,6 +45,8 @@ class Context:
         (M,) int64 global row keys of the random streams.
     meta : astropy.table.Table
         The good rows' metadata (gain, sky, ...).
+    variance, mask : numpy.ndarray or None
+        The good rows' variance (None: the cutouts carry none) and bad-pixel mask.
     flags : numpy.ndarray
         (M,) int64 verdict bits, ORed into by each check.
     latent, probs, pred : torch.Tensor
@@ -58,6 +60,8 @@ class Context:
     keys: torch.Tensor
     meta: object
     flags: np.ndarray
+    variance: object = None
+    mask: object = None
     latent: object = None
     probs: object = None
     pred: object = None
@@ -113,7 +117,9 @@ class Prediction(Check):
 
 
 class NoiseStability(Check):
-    """Flip rate and probability drop under shallower-depth realisations; NOISE_UNSTABLE."""
+    """Flip rate and probability drop under shallower-depth realisations; NOISE_UNSTABLE (not
+    from a guessed gain: NOISE_MODEL_ESTIMATED instead, unless ``noise_estimated_verdict``).
+    With a variance plane the gain is the per-pixel effective gain (f + s) / var."""
 
     name = "noise"
 
@@ -130,46 +136,36 @@ class NoiseStability(Check):
         sky = np.asarray(ctx.meta["sky"], np.float64).reshape(m, -1)
         ok = np.all(np.isfinite(gain) & (gain > 0), axis=1) & \
             np.all(np.isfinite(sky) & (sky >= 0), axis=1)
-        ok &= self._counts_in_range(ctx.images, gain, sky, cfg, ok)
         if not ok.all():
-            log.warning("%d cutout(s) have no usable gain or sky level, or electron counts "
-                        "beyond the exact samplers' range; their noise check is skipped (NaN, "
-                        "flag NOISE_SKIPPED)", int((~ok).sum()))
+            log.warning("%d cutout(s) have no usable gain or sky level; their noise check is "
+                        "skipped (NaN, flag NOISE_SKIPPED)", int((~ok).sum()))
             ctx.flags[~ok] |= int(Flag.NOISE_SKIPPED)
+        in_flags = np.asarray(ctx.meta["flags"], np.int64) if "flags" in ctx.meta.colnames \
+            else np.zeros(m, np.int64)
+        guessed = (in_flags & int(Flag.GAIN_ESTIMATED)) != 0
+        ctx.flags[ok & guessed] |= int(Flag.NOISE_MODEL_ESTIMATED)
         sel = np.flatnonzero(ok)
         out = self.empty(m, {})
         if not sel.size:
             return out
         sel_t = torch.as_tensor(sel, device=ctx.images.device)
+        g = gain[sel]
+        if ctx.variance is not None:
+            g = torch.as_tensor(effective_gain(ctx.images[sel_t].cpu().numpy(), ctx.variance[sel],
+                                               sky=sky[sel], gain=g, mask=ctx.mask[sel]),
+                                device=ctx.images.device)
         clean = (None if ctx.latent is None else ctx.latent[sel_t], ctx.probs[sel_t])
-        nr = noise_stability(model, ctx.images[sel_t], gain=gain[sel], sky=sky[sel],
+        nr = noise_stability(model, ctx.images[sel_t], gain=g, sky=sky[sel],
                              p=cfg.depth_fraction, realisations=cfg.noise_realisations,
                              mode=cfg.noise_mode, seed=cfg.seed, index=ctx.keys[sel_t],
                              batch_size=cfg.batch_size, clean=clean)
         out["noise_flip_rate"][sel] = nr.flip_rate.cpu().numpy()
         out["noise_prob_drop"][sel] = nr.prob_drop.cpu().numpy()
-        ctx.flags[out["noise_flip_rate"] > cfg.noise_flip_threshold] |= int(Flag.NOISE_UNSTABLE)
+        unstable = out["noise_flip_rate"] > cfg.noise_flip_threshold
+        if not cfg.noise_estimated_verdict:
+            unstable &= ~guessed
+        ctx.flags[unstable] |= int(Flag.NOISE_UNSTABLE)
         ctx.extras["noise_latent_shift"] = (sel, nr.latent_shift.cpu().numpy())
-        return out
-
-
-    @staticmethod
-    def _counts_in_range(images, gain, sky, cfg, ok):
-        """Rows whose electron counts g (f + s) the exact samplers take (binomial thinning:
-        at most 2**31 per pixel; additive Poisson: means up to 1e15)."""
-        out = np.zeros(len(ok), bool)
-        sel = np.flatnonzero(ok)
-        if not sel.size:
-            return out
-        peak = images[torch.as_tensor(sel, device=images.device)].double().amax(dim=(2, 3))
-        electrons = torch.as_tensor(gain[sel], dtype=torch.float64, device=images.device) * (
-            peak + torch.as_tensor(sky[sel], dtype=torch.float64, device=images.device))
-        if cfg.noise_mode == "thin":
-            limit = 2.0**31 - 1
-        else:
-            limit = 1e15 * cfg.depth_fraction / max(1.0 - cfg.depth_fraction, 1e-300)
-        good = torch.isfinite(electrons).all(dim=1) & (electrons <= limit).all(dim=1)
-        out[sel] = good.cpu().numpy()
         return out
 
 

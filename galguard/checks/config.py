@@ -171,6 +171,11 @@ class CheckConfig:
     noise_flip_threshold: float = option(
         0.2, "NOISE_UNSTABLE when the fraction of noise realisations that flip the class "
         "exceeds this.", "real", minimum=0.0, maximum=1.0, group="verdicts", metavar="F")
+    noise_estimated_verdict: bool = option(
+        False, "Also draw NOISE_UNSTABLE verdicts where the gain is a guess (no gain keyword, no "
+        "variance plane: flag NOISE_MODEL_ESTIMATED). Off: such rows get their noise columns "
+        "but no verdict (docs/experiments.md measures how often a guessed gain changes it).",
+        "bool", group="verdicts")
     latent_shift_threshold: float = option(
         0.8, "LATENT_SHIFT when a latent shift (noise mean, or the one-pixel version's), in "
         "units of the model's mean class-centroid separation, exceeds this. 0.8 is the 99th "

@@ -112,7 +112,9 @@ def _run_checks(cutouts, idx, keys, config, model, device):
     x = torch.from_numpy(np.ascontiguousarray(cutouts.data[idx])).to(device)
     ctx = Context(config=config, images=x,
                   keys=torch.as_tensor(keys, dtype=torch.int64, device=device),
-                  meta=cutouts.meta[idx], flags=np.zeros(len(idx), np.int64))
+                  meta=cutouts.meta[idx], flags=np.zeros(len(idx), np.int64),
+                  variance=None if cutouts.variance is None else cutouts.variance[idx],
+                  mask=cutouts.mask[idx])
     out = {}
     for cls in CHECKS:
         if cls.enabled(config):

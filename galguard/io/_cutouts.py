@@ -1,4 +1,5 @@
-"""The `Cutouts` container: float32 (N, C, H, W) flux, a bad-pixel mask and per-cutout metadata."""
+"""The `Cutouts` container: float32 (N, C, H, W) flux, a bad-pixel mask, an optional variance
+and per-cutout metadata."""
 
 import logging
 
@@ -68,14 +69,17 @@ class Cutouts:
         Default: no pixel masked.
     meta : `~astropy.table.Table`, optional
         One row per cutout, in input order (see `META_COLUMNS`). Default: `empty_meta`.
+    variance : array-like, shape (N, C, H, W), optional
+        Per-pixel noise variance of ``data`` (BUNIT squared), from a VARIANCE or inverse-variance
+        plane or an NDData uncertainty; NaN where unknown. Default None: the source has none.
     bands : sequence of str, optional
         Band name of each plane ("" for unknown). Default: taken from the first row of
         ``meta['bands']`` where present, else all "".
 
     Attributes
     ----------
-    data, mask, meta, bands
-        As above. ``bands`` is a tuple.
+    data, mask, meta, variance, bands
+        As above. ``bands`` is a tuple; ``variance`` float32 or None.
 
     Notes
     -----
@@ -92,7 +96,7 @@ class Cutouts:
     (4, ('g', 'r', 'i'), 2)
     """
 
-    def __init__(self, data, mask=None, meta=None, *, bands=None):
+    def __init__(self, data, mask=None, meta=None, *, bands=None, variance=None):
         arr = np.asarray(data)
         if arr.ndim != 4:
             raise GalguardValueError(f"data must have shape (N, C, H, W), got {arr.shape}")
@@ -109,6 +113,13 @@ class Cutouts:
                 raise GalguardValueError(f"mask must have the shape of data {arr.shape}, got {m.shape}")
             if m.dtype != bool:
                 m = m.astype(bool)
+        if variance is not None:
+            variance = np.asarray(variance)
+            if variance.shape != arr.shape:
+                raise GalguardValueError(f"variance must have the shape of data {arr.shape}, "
+                                         f"got {variance.shape}")
+            if variance.dtype != np.float32 or not variance.dtype.isnative:
+                variance = variance.astype(np.float32)
         if meta is None:
             meta = empty_meta(n, c)
         elif not isinstance(meta, Table):
@@ -126,6 +137,7 @@ class Cutouts:
         self.data = arr
         self.mask = m
         self.meta = meta
+        self.variance = variance
         self.bands = bands
 
     # -- container protocol -------------------------------------------------------------------
@@ -150,12 +162,14 @@ class Cutouts:
             elif key.dtype.kind not in "iu":
                 raise GalguardValueError(f"index must be an int, slice, bool mask or int array, "
                                          f"got dtype {key.dtype}")
-        return Cutouts(self.data[key], self.mask[key], self.meta[key], bands=self.bands)
+        return Cutouts(self.data[key], self.mask[key], self.meta[key], bands=self.bands,
+                       variance=None if self.variance is None else self.variance[key])
 
     def __repr__(self):
         nbad = int(np.count_nonzero(self.flags & Flag.BAD_INPUT)) if len(self) else 0
+        var = "" if self.variance is None else " variance"
         return (f"<Cutouts N={len(self)} shape={self.data.shape[1:]} bands={self.bands} "
-                f"bad={nbad}>")
+                f"bad={nbad}{var}>")
 
     @property
     def shape(self):
@@ -174,7 +188,8 @@ class Cutouts:
 
     def copy(self):
         """A deep copy."""
-        return Cutouts(self.data.copy(), self.mask.copy(), self.meta.copy(), bands=self.bands)
+        return Cutouts(self.data.copy(), self.mask.copy(), self.meta.copy(), bands=self.bands,
+                       variance=None if self.variance is None else self.variance.copy())
 
     @classmethod
     def concatenate(cls, items):
@@ -188,7 +203,8 @@ class Cutouts:
         Returns
         -------
         Cutouts
-            ``index`` is renumbered 0 .. N-1 in the joined order.
+            ``index`` is renumbered 0 .. N-1 in the joined order. Where some batches carry a
+            variance and others none, the joined variance is NaN (unknown) for the latter.
 
         Raises
         ------
@@ -218,8 +234,13 @@ class Cutouts:
             cols = [tuple(it.meta.colnames) for it in items]
             join = "exact" if all(c == cols[0] for c in cols) else "outer"
             meta = vstack([it.meta for it in items], join_type=join, metadata_conflicts="silent")
+            var = None
+            if any(it.variance is not None for it in items):
+                var = np.concatenate([np.full(it.data.shape, np.nan, np.float32)
+                                      if it.variance is None else it.variance for it in items])
             out = cls(np.concatenate([it.data for it in items]),
-                      np.concatenate([it.mask for it in items]), meta, bands=tuple(bands))
+                      np.concatenate([it.mask for it in items]), meta, bands=tuple(bands),
+                      variance=var)
         if "index" in out.meta.colnames:
             out.meta["index"] = np.arange(len(out), dtype=np.int64)
         out.bands = tuple(bands)

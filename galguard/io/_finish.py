@@ -8,7 +8,7 @@ import numpy as np
 from ..flags import Flag
 from ._blocks import Block
 from ._cutouts import Cutouts, empty_meta
-from ._estimate import RAW_SKY_NSIGMA, border_background, default_border
+from ._estimate import RAW_SKY_NSIGMA, border_background, default_border, variance_gain
 from ._options import PLANE_FIELDS
 from ._sources import unit_blocks, units
 
@@ -156,13 +156,18 @@ def finish_block(b, opts, state):
     if anybad:
         data[bad] = 0.0
         b.flags[bad.reshape(b.n, -1).any(axis=1)] |= int(Flag.NONFINITE_MASKED)
+    if b.mask is not None and b.mask.any():
+        anybad = True
+    if b.variance is not None:
+        mask, vbad = _check_variance(b, mask)
+        anybad = anybad or vbad
     if (h, w) != state.size:
         data, mask = _resize(data, mask, *state.size)
         if b.variance is not None:
             b.variance, _ = _resize(b.variance, np.zeros(b.variance.shape, bool), *state.size, fill=np.nan)
         b.flags |= int(Flag.RESIZED)
     b.data, b.mask, b.owned = data, mask, True
-    if anybad or b.mask is not None and mask.any():
+    if anybad:
         allbad = mask.reshape(b.n, -1).all(axis=1)
     else:
         allbad = np.zeros(b.n, dtype=bool)
@@ -191,6 +196,29 @@ def finish_block(b, opts, state):
     return b
 
 
+def _check_variance(b, mask):
+    """Rows whose variance is all NaN have none (unknown); elsewhere unmasked pixels with a
+    non-finite or non-positive variance are masked and the row flagged VARIANCE_INVALID.
+    Returns (mask, any pixel masked)."""
+    v = b.variance
+    known = ~np.isnan(v).reshape(b.n, -1).all(axis=1)
+    invalid = ~(np.isfinite(v) & (v > 0)) & ~mask & known[:, None, None, None]
+    if not invalid.any():
+        return mask, False
+    b.flags[invalid.reshape(b.n, -1).any(axis=1)] |= int(Flag.VARIANCE_INVALID)
+    return mask | invalid, True
+
+
+def _variance_measure(b, idx, sky, unknown_sky):
+    """Gain and sky of the planes of rows ``idx`` from the variance plane (NaN where it gives
+    none; the sky only where ``unknown_sky``)."""
+    nan = np.full(unknown_sky.shape, np.nan)
+    if b.variance is None:
+        return nan, nan.copy()
+    known = np.where(unknown_sky, np.nan, sky)
+    return variance_gain(b.data[idx], b.variance[idx], mask=b.mask[idx], sky=known)
+
+
 def _sky_gain(b, opts, good):
     """Fill missing sky and gain (see `read_cutouts` Notes)."""
     need_s = np.isnan(b.sky) & good[:, None]
@@ -216,39 +244,39 @@ def _sky_gain(b, opts, good):
     else:
         raw = ns & valid & (level > RAW_SKY_NSIGMA * sd)
     # 1. images that still hold their sky: the border level is the sky; subtract it
+    g_raw = np.full(ns.shape, np.nan)
     if raw.any():
         ri, ci = np.nonzero(raw)
         b.data[idx[ri], ci] -= level[ri, ci].astype(np.float32)[:, None, None]
         b.data[idx[ri], ci] *= ~b.mask[idx[ri], ci]  # keep masked pixels at 0
         b.sky_removed[idx[ri], ci] = True
         sky[raw] = level[raw]
-        g_raw = np.where(valid, level / np.where(valid, var, 1.0), np.nan)
-        take = raw & ng & np.isfinite(g_raw) & (g_raw > 0)
-        gain[take] = g_raw[take]
+        g_raw = np.where(valid & raw, level / np.where(valid, var, 1.0), np.nan)
     resid = np.where(raw, 0.0, level)
-    # 2a. a variance map (NDData uncertainty) gives the gain pixel by pixel (preferred)
-    if b.variance is not None:
-        for r, cc in zip(*np.nonzero(ng & ~np.isnan(sky))):
-            v = b.variance[idx[r], cc]
-            f = b.data[idx[r], cc] + sky[r, cc]
-            ok = (v > 0) & np.isfinite(v) & ~b.mask[idx[r], cc] & (f > 0)
-            if ok.sum() >= 16:
-                gain[r, cc] = float(np.median(f[ok] / v[ok]))
-    # 2. gain where the sky is known: var = (level + sky) / gain
+    # 2. a variance plane measures the gain (and an unknown sky): var = (f + s) / g
+    vg, vs = _variance_measure(b, idx, sky, ns & ~raw)
+    got_g = ng & np.isfinite(vg) & (vg > 0)
+    got_s = ns & ~raw & np.isfinite(vs) & got_g
+    gain[got_g] = vg[got_g]
+    sky[got_s] = vs[got_s]
+    # 3. raw images: the border's Poisson relation level = var * gain
+    take = ng & ~got_g & np.isfinite(g_raw) & (g_raw > 0)
+    gain[take] = g_raw[take]
+    # 4. gain where the sky is known: var = (level + sky) / gain
     g_known = (resid + sky) / np.where(valid, var, np.nan)
-    take = ng & np.isnan(gain) & ~ns & np.isfinite(g_known) & (g_known > 0)
+    take = ng & np.isnan(gain) & (~ns | got_s) & np.isfinite(g_known) & (g_known > 0)
     gain[take] = g_known[take]
-    # 3. no way to estimate: the default gain
+    # 5. no way to estimate: the default gain
     dflt = ng & ~(np.isfinite(gain) & (gain > 0))
     gain[dflt] = opts.default_gain
-    # 4. sky-subtracted data with no sky value: the Poisson variance gives it, sky = g var - level
+    # 6. sky-subtracted data with no sky value: the Poisson variance gives it, sky = g var - level
     s_est = gain * var - resid
-    take = ns & ~raw & np.isfinite(s_est)
+    take = ns & ~raw & ~got_s & np.isfinite(s_est)
     sky[take] = np.maximum(s_est[take], 0.0)
     b.sky[idx], b.gain[idx] = sky, gain
     fl = b.flags[idx]
-    fl[ns.any(axis=1)] |= int(Flag.SKY_ESTIMATED)
-    fl[ng.any(axis=1)] |= int(Flag.GAIN_ESTIMATED)
+    fl[(ns & ~got_s).any(axis=1)] |= int(Flag.SKY_ESTIMATED)
+    fl[(ng & ~got_g).any(axis=1)] |= int(Flag.GAIN_ESTIMATED)
     fl[(np.isnan(sky) | np.isnan(gain)).any(axis=1)] |= int(Flag.HEADER_INCOMPLETE)
     b.flags[idx] = fl
 
@@ -262,6 +290,9 @@ def materialise(blocks, state):
     single = len(blocks) == 1 and blocks[0].data is not None
     data = np.zeros((0 if single else n, c, h, w), dtype=np.float32)
     mask = np.ones((0 if single else n, c, h, w), dtype=bool)
+    variance = None
+    if any(b.data is not None and b.variance is not None for b in blocks):
+        variance = np.full((n, c, h, w), np.nan, dtype=np.float32)
     meta = empty_meta(n, c)
     cols = {k: [] for k in ("source", "hdu", "row", "bands", "bunit", "flags", "error", "id",
                             "true_label")}
@@ -277,6 +308,8 @@ def materialise(blocks, state):
             else:
                 data[i:j] = b.data
                 mask[i:j] = b.mask
+            if variance is not None and b.variance is not None:
+                variance[i:j] = b.variance
             for k in PLANE_FIELDS:
                 planes[k][i:j] = getattr(b, k)
             skyrem[i:j] = b.sky_removed
@@ -307,7 +340,7 @@ def materialise(blocks, state):
     for k in PLANE_FIELDS:
         meta[k] = planes[k]
     meta["sky_removed"] = skyrem
-    return Cutouts(data, mask, meta, bands=bands)
+    return Cutouts(data, mask, meta, bands=bands, variance=variance)
 
 
 def generate(source, opts):

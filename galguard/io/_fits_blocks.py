@@ -11,6 +11,7 @@ from ._blocks import Block, bad, numeric_f32
 from ._fits import AstropyAccess, FitsioAccess
 from ._header import HeaderView, has_band_info, header_dict, names_single_band, plane_info
 from ._options import MAX_CUBE_BANDS, PLANE_FIELDS, ROW_COLUMNS
+from ._planes import plane_groups, read_planes
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,19 @@ def access_blocks(acc, label, opts):
         return
     primary = acc.header(0)
     catalog = next((x for x in infos if x.kind == "table" and x.extname == "CATALOG"), None)
+    imgs = [x for x in infos if x.kind == "image" and x.shape]
+    groups, problem = plane_groups(acc, imgs)
+    if problem:
+        yield bad(label, f"cannot pair the image, variance and mask planes: {problem} "
+                         f"(HDUs: {_hdu_names(acc)})")
+        return
     if opts.hdu is None:
+        if groups is not None:
+            yield from _group_blocks(acc, groups, primary, catalog, label, opts)
+            return
         if infos[0].kind == "image" and infos[0].shape:
             yield from _image_blocks(acc, infos[0], primary, catalog, label, opts)
             return
-        imgs = [x for x in infos if x.kind == "image" and x.shape]
         if not imgs:
             yield bad(label, f"no image data (non-numeric or empty HDUs: {_hdu_names(acc)})")
             return
@@ -68,10 +77,25 @@ def access_blocks(acc, label, opts):
                               f"{_hdu_names(acc)})", hdu=str(x.idx))
             return
         sel.append(x)
+    by_image = {g.image.idx: g for g in groups or ()}
+    chosen = [by_image.get(x.idx) for x in sel]
     if isinstance(opts.hdu, list):
-        yield from _band_ext_blocks(acc, sel, primary, label, opts)
+        yield from _band_ext_blocks(acc, sel, primary, label, opts, chosen)
     else:
-        yield from _image_blocks(acc, sel[0], primary, catalog, label, opts)
+        yield from _image_blocks(acc, sel[0], primary, catalog, label, opts, chosen[0])
+
+
+def _group_blocks(acc, groups, primary, catalog, label, opts):
+    """A file with variance or mask planes: one cutout (or stack) per image HDU, or one band
+    per image extension when all images are 2-D of one shape."""
+    images = [g.image for g in groups]
+    if len(groups) == 1:
+        yield from _image_blocks(acc, images[0], primary, catalog, label, opts, groups[0])
+    elif all(len(x.shape) == 2 and x.shape == images[0].shape for x in images):
+        yield from _band_ext_blocks(acc, images, primary, label, opts, groups)
+    else:
+        for g in groups:
+            yield from _image_blocks(acc, g.image, primary, None, label, opts, g)
 
 
 def dim_problem(shape):
@@ -100,7 +124,17 @@ def layout3(n3, hv, opts, nrows_meta):
     return "cube" if n3 <= MAX_CUBE_BANDS else "stack"
 
 
-def _image_blocks(acc, info, primary, catalog, label, opts):
+def _planes_of(acc, group, start, stop, opts, label, hdustr):
+    """(variance, mask, bad block or None) of rows start:stop of a plane group."""
+    if group is None or not group.has_planes:
+        return None, None, None
+    variance, mask, problem = read_planes(acc, group, start, stop, opts.mask_bits)
+    if problem:
+        return None, None, bad(label, problem, hdu=hdustr)
+    return variance, mask, None
+
+
+def _image_blocks(acc, info, primary, catalog, label, opts, group=None):
     hdustr = str(info.idx)
     shape = info.shape
     prob = dim_problem(shape)
@@ -114,9 +148,15 @@ def _image_blocks(acc, info, primary, catalog, label, opts):
         raw = acc.read_image(info.idx)
         data, owned = numeric_f32(raw, acc.fresh)
         data = data.reshape((1, 1) + shape) if nd == 2 else data[None]
+        variance, mask, fail = _planes_of(acc, group, None, None, opts, label, hdustr)
+        if fail is not None:
+            yield fail
+            return
         c = data.shape[1]
         pi = plane_info(hv, c)
-        yield Block(1, source=label, hdu=hdustr, data=data, owned=owned, bands=pi["bands"], info=pi)
+        yield Block(1, source=label, hdu=hdustr, data=data, owned=owned, bands=pi["bands"],
+                    info=pi, mask=None if mask is None else mask.reshape(data.shape),
+                    variance=None if variance is None else variance.reshape(data.shape))
         return
     # a stack: (N, H, W) single band or (N, C, H, W)
     n = shape[0]
@@ -132,8 +172,14 @@ def _image_blocks(acc, info, primary, catalog, label, opts):
         raw = acc.read_image(info.idx, i0, i1)
         data, owned = numeric_f32(raw, acc.fresh)
         data = data.reshape((i1 - i0, c) + shape[-2:])
+        variance, mask, fail = _planes_of(acc, group, i0, i1, opts, label, hdustr)
+        if fail is not None:
+            yield fail
+            return
         b = Block(i1 - i0, source=label, hdu=hdustr, rows=np.arange(i0, i1), data=data,
-                   owned=owned, bands=pi["bands"], info=pi)
+                   owned=owned, bands=pi["bands"], info=pi,
+                   mask=None if mask is None else mask.reshape(data.shape),
+                   variance=None if variance is None else variance.reshape(data.shape))
         if use_cat:
             cols = acc.read_table(catalog.idx, i0, i1)
             b.apply_rows({ROW_COLUMNS[k]: v for k, v in cols.items() if k in ROW_COLUMNS})
@@ -143,16 +189,17 @@ def _image_blocks(acc, info, primary, catalog, label, opts):
 _GENERIC_EXTNAMES = {"", "PRIMARY", "SCI", "IMAGE", "COMPRESSED_IMAGE", "DATA"}
 
 
-def _band_ext_blocks(acc, sel, primary, label, opts):
+def _band_ext_blocks(acc, sel, primary, label, opts, groups=None):
     hdustr = ",".join(str(x.idx) for x in sel)
+    groups = list(groups) if groups is not None else [None] * len(sel)
     shape0 = sel[0].shape
     for x in sel:
         if len(x.shape) != 2 or x.shape != shape0:
             yield bad(label, f"one band per extension needs 2-D planes of one shape; HDU {x.idx} "
                               f"has shape {x.shape}, HDU {sel[0].idx} {shape0}", hdu=hdustr)
             return
-    planes, bands, infos = [], [], []
-    for x in sel:
+    planes, bands, infos, variances, masks = [], [], [], [], []
+    for x, g in zip(sel, groups):
         own = header_dict(acc.header(x.idx)) if x.idx else primary
         hv = HeaderView(own, primary if x.idx else None)
         pi = plane_info(hv, 1)
@@ -162,12 +209,24 @@ def _band_ext_blocks(acc, sel, primary, label, opts):
         bands.append(name)
         infos.append(pi)
         planes.append(numeric_f32(acc.read_image(x.idx))[0])
+        variance, mask, fail = _planes_of(acc, g, None, None, opts, label, hdustr)
+        if fail is not None:
+            yield fail
+            return
+        variances.append(variance)
+        masks.append(mask)
     data = np.stack(planes)[None]
+    variance = mask = None
+    if any(v is not None for v in variances):
+        variance = np.stack([np.full(shape0, np.nan) if v is None else v for v in variances])[None]
+    if any(m is not None for m in masks):
+        mask = np.stack([np.zeros(shape0, bool) if m is None else m for m in masks])[None]
     info = {f: np.array([pi[f][0] for pi in infos]) for f in PLANE_FIELDS}
     info["bunit"] = infos[0]["bunit"]
     info["id"] = plane_info(HeaderView(primary), 1)["id"]
     info["true_label"] = plane_info(HeaderView(primary), 1)["true_label"]
-    yield Block(1, source=label, hdu=hdustr, data=data, owned=True, bands=bands, info=info)
+    yield Block(1, source=label, hdu=hdustr, data=data, owned=True, bands=bands, info=info,
+                variance=variance, mask=mask)
 
 
 def _one_line(e, limit=300):

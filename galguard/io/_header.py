@@ -122,8 +122,8 @@ def parse_header_bytes(buf):
     """Parse raw FITS header cards (bytes, 80 characters per card) up to END.
 
     A small, fast reader for the keywords galguard needs: ``KEY = value / comment`` cards
-    (strings, logicals, integers, floats), values parsed lazily on first access; HIERARCH,
-    CONTINUE and commentary cards are skipped. Returns ``(RawHeader, found_end)``.
+    (strings, logicals, integers, floats) and HIERARCH cards, values parsed lazily on first
+    access; CONTINUE and commentary cards are skipped. Returns ``(RawHeader, found_end)``.
     """
     out = RawHeader()
     text = buf.decode("ascii", "replace")
@@ -131,6 +131,11 @@ def parse_header_bytes(buf):
         key = text[i:i + 8].rstrip()
         if key == "END":
             return out, True
+        if key == "HIERARCH":  # HIERARCH MP_DETECTED = 5 (Rubin's mask-plane cards)
+            name, eq, value = text[i + 9:i + 80].partition("=")
+            if eq and name.strip():
+                dict.__setitem__(out, name.strip().upper(), _Raw(value))
+            continue
         if text[i + 8:i + 10] != "= ":
             continue
         key = key.upper()
@@ -170,11 +175,17 @@ def _float(v):
 
 
 def _bands_keyword(hv, n):
+    """Band names from BANDS ("g,r,i") or from 0-based BAND0..BAND{n-1} (Legacy Survey
+    cutouts)."""
     b = hv.get("BANDS")
     if isinstance(b, str):
         names = [s.strip() for s in b.replace(";", ",").split(",") if s.strip()]
         if len(names) == n:
             return names
+    if n > 1:
+        names = [hv.get(f"BAND{k}") for k in range(n)]
+        if all(isinstance(v, str) and v.strip() for v in names) and hv.get(f"BAND{n}") is None:
+            return [v.strip() for v in names]
     return None
 
 

@@ -125,7 +125,8 @@ def cutouts_blocks(cut, label, opts):
     for i0 in range(0, n, opts.chunk_size):
         i1 = min(n, i0 + opts.chunk_size)
         b = Block(i1 - i0, source=label, rows=np.arange(i0, i1), data=cut.data[i0:i1],
-                   mask=cut.mask[i0:i1], owned=False, bands=cut.bands)
+                   mask=cut.mask[i0:i1], owned=False, bands=cut.bands,
+                   variance=None if cut.variance is None else cut.variance[i0:i1])
         cols = {k: np.asarray(m[k][i0:i1]) for k in ("id", "true_label") + PLANE_FIELDS
                 if k in m.colnames}
         b.apply_rows(cols)

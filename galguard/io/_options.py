@@ -120,8 +120,11 @@ def _validate_fill(fill):
 
 
 def make_opts(hdu, bands, size, chunk_size, layout, estimate, border, subtract_sky,
-               default_gain, fill, backend, recursive, meta):
+               default_gain, fill, backend, recursive, meta, mask_bits=None):
+    from ._planes import validate_mask_bits
+
     o = _Opts()
+    o.mask_bits = validate_mask_bits(mask_bits)
     o.hdu = _validate_hdu(hdu)
     o.bands = _validate_bands(bands)
     o.size = _validate_size(size)

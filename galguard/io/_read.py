@@ -18,7 +18,8 @@ __all__ = ["read_cutouts", "iter_cutouts"]
 
 def iter_cutouts(source, *, chunk_size=DEFAULT_CHUNK_SIZE, hdu=None, bands=None, size=None,
                  layout="auto", meta=None, estimate=True, border=None, subtract_sky="auto",
-                 default_gain=DEFAULT_GAIN, fill=None, backend="auto", recursive=False):
+                 default_gain=DEFAULT_GAIN, fill=None, backend="auto", recursive=False,
+                 mask_bits=None):
     """Read cutouts in chunks of at most ``chunk_size`` rows (bounded memory).
 
     Takes the same arguments as `read_cutouts`, plus ``chunk_size``. Paths are listed lazily
@@ -46,7 +47,7 @@ def iter_cutouts(source, *, chunk_size=DEFAULT_CHUNK_SIZE, hdu=None, bands=None,
         FITS file or an unsupported top-level source type.
     """
     opts = make_opts(hdu, bands, size, chunk_size, layout, estimate, border, subtract_sky,
-                      default_gain, fill, backend, recursive, meta)
+                      default_gain, fill, backend, recursive, meta, mask_bits)
     _check_source(source, opts)
     return generate(source, opts)
 
@@ -75,7 +76,7 @@ def _check_source(source, opts):
 
 def read_cutouts(source, *, hdu=None, bands=None, size=None, layout="auto", meta=None,
                  estimate=True, border=None, subtract_sky="auto", default_gain=DEFAULT_GAIN,
-                 fill=None, backend="auto", recursive=False, chunk_size=None):
+                 fill=None, backend="auto", recursive=False, chunk_size=None, mask_bits=None):
     """Read galaxy cutouts into a `Cutouts` batch: float32 (N, C, H, W), mask and metadata.
 
     Parameters
@@ -95,9 +96,14 @@ def read_cutouts(source, *, hdu=None, bands=None, size=None, layout="auto", meta
         - a `Cutouts` (copied; ``bands`` and ``size`` apply).
     hdu : int, str or list, optional
         HDU number or EXTNAME to read; a list reads one band per listed extension. Default:
-        the primary HDU when it holds data; otherwise the one image extension; otherwise, when
-        all image extensions are 2-D of one shape, one band per extension (band names from
-        FILTER, BAND or a non-generic EXTNAME); otherwise each image extension is its own item.
+        a file with variance or mask planes (EXTNAME ``VARIANCE``/``VAR``, ``IVAR``/``INVVAR``/
+        ``WEIGHT``/``WHT``, ``MASK``/``BITMASK``/``DQ``/``FLAGS``) is one cutout (or stack)
+        per image HDU (``IMAGE``/``SCI``/``DATA``, or the other image HDUs) with its planes,
+        or one band per image extension paired with its planes by FILTER/BAND or by order
+        (see "Planes" below); otherwise the primary HDU when it holds data; otherwise the one
+        image extension; otherwise, when all image extensions are 2-D of one shape, one band
+        per extension (band names from FILTER, BAND or a non-generic EXTNAME); otherwise each
+        image extension is its own item.
     bands : str or sequence, optional
         Band names (``"g,r,i"`` or ``("g", "r", "i")``) or plane indices to keep, in this order.
         Named bands are matched against the source's band names; a source with unnamed planes
@@ -144,12 +150,19 @@ def read_cutouts(source, *, hdu=None, bands=None, size=None, layout="auto", meta
     chunk_size : int, optional
         Rows read at a time from a stack; default: a stack is read whole (the fastest, and the
         result holds everything anyway). Use `iter_cutouts` to bound memory.
+    mask_bits : str, int or sequence, optional
+        Which bits of a mask plane mark bad pixels: bit numbers (0-based) or names looked up in
+        the mask header's ``MP_<NAME>`` cards (Rubin, HSC), e.g. ``"BAD,SAT,CR,NO_DATA"`` or
+        ``[0, 1, 3]``. Default: every set bit is bad (for Rubin masks, whose DETECTED bit covers
+        every source, name the bits).
 
     Returns
     -------
     Cutouts
-        ``data`` float32 (N, C, H, W) native byte order, sky-subtracted; ``mask`` bool; ``meta``
-        one row per input cutout in input order (see `galguard.io.META_COLUMNS`).
+        ``data`` float32 (N, C, H, W) native byte order, sky-subtracted; ``mask`` bool;
+        ``variance`` float32 (N, C, H, W) where the source has a variance, inverse-variance or
+        NDData uncertainty, else None; ``meta`` one row per input cutout in input order (see
+        `galguard.io.META_COLUMNS`).
 
     Raises
     ------
@@ -181,6 +194,13 @@ def read_cutouts(source, *, hdu=None, bands=None, size=None, layout="auto", meta
     - sky-subtracted data with no sky value: :math:`s = g v - b`, so that the noise model
       :math:`k = g (f + s)` reproduces the observed background variance.
 
+    Planes: a variance plane gives the gain and, where the header lacks it, the sky level,
+    from the Poisson relation :math:`\\sigma^2 = (f + s) / g` fitted over the unmasked pixels
+    (see `galguard.io.variance_gain`; the flags SKY_ESTIMATED/GAIN_ESTIMATED are not set for
+    values measured this way). Mask-plane pixels join ``mask``. Pixels whose variance is not
+    finite or not positive (inverse variance 0: no data) are masked and the row is flagged
+    VARIANCE_INVALID.
+
     Read noise is ignored (it biases the gain estimate low by a factor
     :math:`1 + \\sigma_{rn}^2 / (g s)`). NaN/inf pixels are masked, set to 0 and flagged
     NONFINITE_MASKED; a cutout whose pixels are all non-finite or masked is BAD_INPUT.
@@ -201,7 +221,7 @@ def read_cutouts(source, *, hdu=None, bands=None, size=None, layout="auto", meta
     chunks = list(iter_cutouts(source, chunk_size=chunk_size, hdu=hdu, bands=bands, size=size,
                                layout=layout, meta=meta, estimate=estimate, border=border,
                                subtract_sky=subtract_sky, default_gain=default_gain, fill=fill,
-                               backend=backend, recursive=recursive))
+                               backend=backend, recursive=recursive, mask_bits=mask_bits))
     if len(chunks) == 1:
         return chunks[0]
     out = Cutouts.concatenate(chunks)

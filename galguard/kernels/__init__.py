@@ -20,7 +20,8 @@ split into batches, on the number of OpenMP threads, or on the device.
 Non-contiguous inputs are copied to a contiguous layout first; inputs are never modified.
 """
 
-from ._loader import backend, build_info, genes_per_member, get_num_threads, set_num_threads
+from ._loader import (MAX_COUNT, MAX_MEAN, backend, build_info, genes_per_member,
+                      get_num_threads, set_num_threads)
 from .de import de_init, de_mutate, de_select, de_write_candidates, decode_members
 from .sampling import binomial_thin, poisson
 
@@ -37,4 +38,6 @@ __all__ = [
     "build_info",
     "set_num_threads",
     "get_num_threads",
+    "MAX_COUNT",
+    "MAX_MEAN",
 ]

@@ -15,8 +15,19 @@ LSST Y10 -> Y1 is p ~ 0.1) are provided:
     the true mean and the added noise is independent of the noise already there: an
     approximation, kept for comparison with codes that "add Poisson noise".
 
+The gain may be given per pixel (an effective gain map, see `effective_gain`): a variance plane
+gives g = (f + s) / var pixel by pixel, which makes the thinning exact for Poisson counts where
+the gain varies across the cutout (stacks of unequal depth).
+
 Random draws come from the compiled core (`galguard.kernels`), keyed on (seed, global cutout
 index, realisation, pixel), so a cutout's noisy versions do not depend on its batch.
+
+Counts of any size are handled. The compiled samplers are exact up to 2**31 electrons a pixel
+(thinning) and means of 1e15 (Poisson); the few pixels beyond (a bright star's core: 4e5 e-/s at
+gain 5520 is 2.2e9 electrons) are drawn with numpy's exact int64 binomial and Poisson samplers
+from a generator keyed on (seed, cutout index, realisation), so they too are independent of the
+batch; past 2**53 electrons (where float64 no longer holds every integer) the normal
+approximation is used, whose relative error there is below 1e-8.
 """
 
 import dataclasses
@@ -30,7 +41,7 @@ from .._validate import validate_int
 from ..errors import GalguardValueError
 from .latent import latent_shift
 
-__all__ = ["degrade", "noise_stability", "NoiseResult", "MODES"]
+__all__ = ["degrade", "noise_stability", "effective_gain", "NoiseResult", "MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +53,7 @@ def _kernels():
     return kernels
 
 
-def _per_band(name, value, N, C, device):
+def _per_band(name, value, N, C, device, per_pixel=None):
     if isinstance(value, torch.Tensor):
         t = value.detach().to(device=device, dtype=torch.float64)
     else:
@@ -51,6 +62,11 @@ def _per_band(name, value, N, C, device):
         t = t.expand(N, C)
     elif t.ndim == 1 and t.shape[0] == C:
         t = t.expand(N, C)
+    if per_pixel is not None and t.ndim == 4:
+        if tuple(t.shape) != tuple(per_pixel):
+            raise GalguardValueError(f"{name} must be a scalar, ({C},), ({N}, {C}) or the images' "
+                                     f"shape {tuple(per_pixel)}, got shape {tuple(t.shape)}")
+        return t
     if t.shape != (N, C):
         raise GalguardValueError(
             f"{name} must be a scalar, ({C},) or ({N}, {C}), got shape {tuple(t.shape)}")
@@ -75,7 +91,7 @@ def degrade(images, *, gain, sky, p=0.1, mode="thin", seed=0, index=None, realis
     images : torch.Tensor
         (N, C, H, W) sky-subtracted flux; not modified.
     gain : float or array-like
-        Electrons per flux unit: scalar, (C,) or (N, C); finite and > 0.
+        Electrons per flux unit: scalar, (C,), (N, C) or per pixel (N, C, H, W); finite and > 0.
     sky : float or array-like
         Subtracted sky level in flux units: scalar, (C,) or (N, C); finite.
     p : float, optional
@@ -103,7 +119,7 @@ def degrade(images, *, gain, sky, p=0.1, mode="thin", seed=0, index=None, realis
     p = _validate_p(p)
     N, C = images.shape[:2]
     device = images.device
-    g = _per_band("gain", gain, N, C, device)
+    g = _per_band("gain", gain, N, C, device, per_pixel=tuple(images.shape))
     s = _per_band("sky", sky, N, C, device)
     if not bool(torch.isfinite(g).all()) or not bool((g > 0).all()):
         raise GalguardValueError("gain must be finite and > 0 in every band")
@@ -121,13 +137,87 @@ def degrade(images, *, gain, sky, p=0.1, mode="thin", seed=0, index=None, realis
     electrons = (g * (f + s)).clamp_min(0.0)
     if mode == "thin":
         counts = torch.round(electrons).contiguous()
-        thinned = k.binomial_thin(counts, p, seed=seed, index=index, realisation=realisation)
+        big = counts > k.MAX_COUNT
+        thinned = k.binomial_thin(torch.where(big, 0.0, counts), p, seed=seed, index=index,
+                                  realisation=realisation)
+        if bool(big.any()):
+            thinned = _large(thinned, counts, big, p, "thin", seed, index, realisation)
         out = thinned.double() / (g * p) - s
     else:
         lam = (electrons * (1.0 / p - 1.0)).contiguous()
-        n = k.poisson(lam, seed=seed, index=index, realisation=realisation)
+        big = lam > k.MAX_MEAN
+        n = k.poisson(torch.where(big, 0.0, lam), seed=seed, index=index,
+                      realisation=realisation)
+        if bool(big.any()):
+            n = _large(n, lam, big, p, "poisson", seed, index, realisation)
         out = f + (n.double() - lam) / g
     return out.to(torch.float32)
+
+
+#: the stream tag of the draws for counts beyond the compiled samplers' range
+_LARGE_TAG = 0x6C61726765
+_EXACT_LIMIT = 2.0**53
+
+
+def _large(drawn, values, big, p, mode, seed, index, realisation):
+    """Draws for the pixels ``big`` (counts or means beyond the compiled samplers' range): numpy's
+    exact int64 samplers with one generator per (seed, cutout index, realisation), pixels in
+    flat order; the normal approximation past 2**53."""
+    out = drawn.double().cpu().numpy().copy()
+    vals = values.double().cpu().numpy()
+    mask = big.cpu().numpy()
+    ids = index.cpu().numpy()
+    for r in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+        rng = np.random.default_rng([int(seed), int(ids[r]), int(realisation), _LARGE_TAG])
+        sel = mask[r]
+        v = vals[r][sel]
+        exact = v <= _EXACT_LIMIT
+        res = np.empty_like(v)
+        if mode == "thin":
+            res[exact] = rng.binomial(v[exact].astype(np.int64), p)
+            mean, var = v[~exact] * p, v[~exact] * p * (1.0 - p)
+        else:
+            res[exact] = rng.poisson(v[exact])
+            mean, var = v[~exact], v[~exact]
+        if (~exact).any():
+            res[~exact] = np.round(mean + np.sqrt(var) * rng.standard_normal(mean.shape))
+        out[r][sel] = res
+    return torch.from_numpy(out).to(device=drawn.device, dtype=torch.float64)
+
+
+def effective_gain(images, variance, *, sky, gain, mask=None):
+    """Per-pixel effective gain ``g = (f + s) / var`` (electrons per data unit) from a variance.
+
+    Parameters
+    ----------
+    images : array-like, (N, C, H, W)
+        Sky-subtracted flux f.
+    variance : array-like, (N, C, H, W)
+        Its variance (NaN where unknown).
+    sky : array-like, (N, C)
+        Subtracted sky levels s.
+    gain : array-like, (N, C)
+        Each plane's gain, used where the per-pixel value is ill-defined.
+    mask : array-like of bool, (N, C, H, W), optional
+        Masked pixels take the plane's gain.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (N, C, H, W). Where the variance is not finite or not positive, the pixel is
+        masked, or ``f + s <= 0`` (below the sky: no electrons to thin, so the gain does not
+        matter there), the plane's ``gain``.
+    """
+    f = np.asarray(images, np.float64)
+    v = np.asarray(variance, np.float64)
+    s = np.asarray(sky, np.float64)[:, :, None, None]
+    g = np.broadcast_to(np.asarray(gain, np.float64)[:, :, None, None], f.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pix = (f + s) / v
+    ok = np.isfinite(v) & (v > 0) & (f + s > 0) & np.isfinite(pix) & (pix > 0)
+    if mask is not None:
+        ok &= ~np.asarray(mask, bool)
+    return np.where(ok, pix, g)
 
 
 @dataclasses.dataclass
