@@ -361,7 +361,8 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
                                f"compute it again")
 
     module, name, sha = resolve_model(model, device=device)
-    read_kwargs = {"size": tuple(module.input_hw), "bands": tuple(module.bands)}
+    read_kwargs = {"size": tuple(module.input_hw), "bands": tuple(module.bands),
+                   "mask_bits": config.mask_bits}
     inputs_hash = hash_inputs(paths)
     meta = table_meta(config, name, sha, module)
     meta["inputs_hash"] = inputs_hash

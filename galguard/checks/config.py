@@ -66,9 +66,12 @@ class Option:
         that defaults to True).
     metavar : str, optional
     group : str
-        Option group in ``--help``: "checks", "verdicts" or "computation".
+        Option group in ``--help``: "input", "checks", "verdicts" or "computation".
     in_result : bool
         False for fields that change speed and memory only (not part of the resume hash).
+    normalise : callable, optional
+        Validates and normalises a value in place of the kind's own check (a "str" field with
+        a grammar of its own, e.g. ``mask_bits``).
     """
 
     doc: str
@@ -83,11 +86,14 @@ class Option:
     metavar: str = None
     group: str = "checks"
     in_result: bool = True
+    normalise: object = None
 
     def validate(self, name, value):
         """``value`` checked and normalised (raises GalguardValueError naming ``name``)."""
         if value is None and self.optional:
             return None
+        if self.normalise is not None:
+            return self.normalise(value)
         if self.kind == "str":
             if not isinstance(value, str):
                 raise GalguardValueError(f"{name} must be a str, got {value!r}")
@@ -128,6 +134,13 @@ def option(default, doc, kind, **kw):
     return dataclasses.field(default=default, metadata={"option": Option(doc, kind, **kw)})
 
 
+def _mask_bits_text(value):
+    """mask_bits as a normalised comma-separated string (validated as `read_cutouts` does)."""
+    from ..io._planes import validate_mask_bits
+
+    return ",".join(str(b) for b in validate_mask_bits(value))
+
+
 def _preset_docs():
     return {name: f"population {p['popsize']} x {p['max_iter']} generations, DE {p['strategy']}"
             + (f", crossover {p['crossover']}" if p["crossover"] else ", no crossover")
@@ -148,6 +161,11 @@ class CheckConfig:
         "CPU; 'paper' is the DeepAdversaries budget.", "choice", choices=_preset_docs())
     seed: int = option(0, "Seed of every random draw (noise and attack): same seed, same "
                        "result.", "int", minimum=0, maximum=_MAX_SEED)
+    mask_bits: object = option(
+        None, "Bits of mask planes (MASK, BITMASK, DQ, FLAGS extensions) that mark bad pixels: "
+        "bit numbers or the mask header's MP_ names, comma-separated (e.g. BAD,SAT,CR,NO_DATA "
+        "for Rubin, whose DETECTED bit covers every source). Default: every set bit.", "str",
+        optional=True, group="input", metavar="BITS", normalise=_mask_bits_text)
     noise: bool = option(True, "Run the noise-stability check (needs gain and sky levels).",
                          "bool")
     noise_realisations: int = option(10, "Shallower-depth noise realisations per cutout.",
@@ -299,7 +317,8 @@ def _cli_value(text, kind):
     return text
 
 
-_GROUP_TITLES = {"checks": "checks",
+_GROUP_TITLES = {"input": "input",
+                 "checks": "checks",
                  "verdicts": "verdict thresholds",
                  "computation": "computation (speed and memory only; results do not change)"}
 

@@ -261,6 +261,8 @@ def _iter_chunks(cutouts, config, read_kwargs, model):
     bands = getattr(model, "bands", None)
     if bands and all(bands) and "bands" not in kwargs:
         kwargs["bands"] = tuple(bands)
+    if config.mask_bits is not None:
+        kwargs.setdefault("mask_bits", config.mask_bits)
     offset = 0
     for chunk in gio.iter_cutouts(cutouts, chunk_size=config.chunk_size, **kwargs):
         for s in range(0, len(chunk), config.chunk_size):

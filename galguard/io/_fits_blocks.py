@@ -199,14 +199,21 @@ def _band_ext_blocks(acc, sel, primary, label, opts, groups=None):
                               f"has shape {x.shape}, HDU {sel[0].idx} {shape0}", hdu=hdustr)
             return
     planes, bands, infos, variances, masks = [], [], [], [], []
-    for x, g in zip(sel, groups):
+    # the primary header's per-plane keywords (GAINk, FILTERk, BANDS) describe the k-th band
+    # extension; scalar ones every band; the extension's own keywords win
+    prim = plane_info(HeaderView(primary), len(sel))
+    prim_names = prim["bands"] if len(set(prim["bands"])) == len(sel) else [""] * len(sel)
+    for k, (x, g) in enumerate(zip(sel, groups)):
         own = header_dict(acc.header(x.idx)) if x.idx else primary
-        hv = HeaderView(own, primary if x.idx else None)
-        pi = plane_info(hv, 1)
-        name = next((str(own[k]).strip() for k in ("FILTER", "BAND") if own.get(k)), "")
+        pi = plane_info(HeaderView(own), 1)
+        for f in PLANE_FIELDS:
+            if np.isnan(pi[f][0]):
+                pi[f][0] = prim[f][k]
+        pi["bunit"] = pi["bunit"] or prim["bunit"]
+        name = next((str(own[key]).strip() for key in ("FILTER", "BAND") if own.get(key)), "")
         if not name and x.extname not in _GENERIC_EXTNAMES:
             name = x.extname
-        bands.append(name)
+        bands.append(name or prim_names[k])
         infos.append(pi)
         planes.append(numeric_f32(acc.read_image(x.idx))[0])
         variance, mask, fail = _planes_of(acc, g, None, None, opts, label, hdustr)

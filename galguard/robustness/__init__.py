@@ -5,8 +5,8 @@ See `galguard.robustness.onepixel`, `galguard.robustness.noise` and
 """
 
 from .latent import get_latent_stats, latent_shift, ood_score
-from .noise import NoiseResult, degrade, noise_stability
+from .noise import NoiseResult, degrade, effective_gain, noise_stability
 from .onepixel import PRESETS, OnePixelAttack, OnePixelResult, paper_bounds
 
 __all__ = ["OnePixelAttack", "OnePixelResult", "PRESETS", "paper_bounds", "degrade",
-           "noise_stability", "NoiseResult", "latent_shift", "ood_score", "get_latent_stats"]
+           "effective_gain", "noise_stability", "NoiseResult", "latent_shift", "ood_score", "get_latent_stats"]

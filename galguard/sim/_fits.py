@@ -76,7 +76,54 @@ def _image_hdus(data, header, compress, dither_seed):
     return fits.HDUList([fits.PrimaryHDU(), comp])
 
 
-def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False):
+#: the mask-plane bits of `write_fits(planes=True)` files, as Rubin's MP_ cards name them
+MASK_PLANES = {"BAD": 0, "SAT": 1, "INTRP": 2, "CR": 3, "EDGE": 4, "DETECTED": 5}
+
+
+def variance_of(simdata):
+    """The variance plane of simulated cutouts as Rubin's ISR computes it from the observed
+    image: ``max(f + s, 0) / g`` (data units squared), float32 (N, 3, H, W)."""
+    p = depth_params(simdata.depth)
+    g = np.asarray(p["gain"], np.float64)[None, :, None, None]
+    s = np.asarray(p["sky"], np.float64)[None, :, None, None]
+    return (np.maximum(simdata.images.astype(np.float64) + s, 0.0) / g).astype(np.float32)
+
+
+def _strip_noise_keywords(hdr):
+    for key in list(hdr.keys()):
+        if key.startswith(("GAIN", "SKYLEV")):
+            del hdr[key]
+    return hdr
+
+
+def _plane_hdus(image, variance, header, bands_axis):
+    """Primary (the header, no data) + IMAGE, MASK, VARIANCE per band (bands_axis False: one
+    extension of each for the whole (N, 3, H, W) stack)."""
+    from astropy.io import fits
+
+    prim = fits.PrimaryHDU(header=header)
+    hdus = [prim]
+    mhdr = fits.Header()
+    for name, bit in MASK_PLANES.items():
+        mhdr[f"HIERARCH MP_{name}"] = (bit, f"mask plane bit {bit}")
+    if not bands_axis:
+        mask = np.zeros(image.shape, np.int32)
+        hdus += [fits.ImageHDU(image, name="IMAGE"), fits.ImageHDU(mask, mhdr, name="MASK"),
+                 fits.ImageHDU(variance, name="VARIANCE")]
+        return fits.HDUList(hdus)
+    for k, band in enumerate(BANDS):
+        bh = fits.Header()
+        bh["FILTER"] = (band, "band of this plane")
+        mh = mhdr.copy()
+        mh["FILTER"] = band
+        hdus += [fits.ImageHDU(image[k], bh, name="IMAGE"),
+                 fits.ImageHDU(np.zeros(image.shape[1:], np.int32), mh, name="MASK"),
+                 fits.ImageHDU(variance[k], bh.copy(), name="VARIANCE")]
+    return fits.HDUList(hdus)
+
+
+def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False, planes=False,
+               noise_keywords=True):
     """Write simulated cutouts as FITS files with the headers of ``docs/contracts.md``.
 
     Parameters
@@ -95,6 +142,15 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
         Tile-compress the images (RICE_1, quantize_level 16, subtractive dither with a fixed
         seed so files are reproducible); the image then lies in HDU 1 and files end in
         ``.fits.fz``.
+    planes : bool, optional
+        Write Rubin-like multi-extension files: an empty primary HDU with the header, then per
+        band an ``IMAGE``, ``MASK`` (int32, no bit set, ``MP_*`` cards of `MASK_PLANES`) and
+        ``VARIANCE`` extension (`variance_of`: computed from the observed image as Rubin's ISR
+        does) with FILTER; a stack has one (N, 3, H, W) extension of each. Not with
+        ``compress``.
+    noise_keywords : bool, optional
+        False leaves out the GAIN and SKYLEV keywords (and catalog columns), as most survey
+        cutouts do.
 
     Returns
     -------
@@ -111,6 +167,10 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
 
     if not isinstance(simdata, SimData):
         raise GalguardValueError(f"simdata must be a SimData, got {type(simdata).__name__}")
+    if planes and compress:
+        raise GalguardValueError("planes=True and compress=True exclude each other")
+    strip = (lambda h: h) if noise_keywords else _strip_noise_keywords
+    variance = variance_of(simdata) if planes else None
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     ext = ".fits.fz" if compress else ".fits"
@@ -125,8 +185,9 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
             if t.exists():
                 raise FileExistsError(f"{t} exists; pass overwrite=True to replace it")
     if stack:
-        hdr = _common_header(simdata)
-        hdus = _image_hdus(simdata.images, hdr, compress, 1)
+        hdr = strip(_common_header(simdata))
+        hdus = (_plane_hdus(simdata.images, variance, hdr, False) if planes
+                else _image_hdus(simdata.images, hdr, compress, 1))
         m = simdata.meta
         cols = [
             fits.Column("ID", "K", array=np.asarray(m["id"], dtype=np.int64)),
@@ -135,14 +196,17 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False)
         ]
         for name, col in (("GAIN", "gain"), ("SKYLEV", "sky"), ("MAGZP", "zeropoint"),
                           ("EXPTIME", "exptime"), ("SEEING", "seeing"), ("TRUEMAG", "mag")):
+            if not noise_keywords and name in ("GAIN", "SKYLEV"):
+                continue
             cols.append(fits.Column(name, "3D", array=np.asarray(m[col], dtype=np.float64)))
         hdus.append(fits.BinTableHDU.from_columns(cols, name="CATALOG"))
         _write_hdul(hdus, targets[0], overwrite)
         return targets
     logger.debug("writing %d file(s) to %s", len(targets), outdir)
     for i, t in enumerate(targets):
-        hdus = _image_hdus(simdata.images[i], _galaxy_header(simdata, i), compress,
-                           1 + int(idx[i]) % 10000)
+        hdr = strip(_galaxy_header(simdata, i))
+        hdus = (_plane_hdus(simdata.images[i], variance[i], hdr, True) if planes else
+                _image_hdus(simdata.images[i], hdr, compress, 1 + int(idx[i]) % 10000))
         _write_hdul(hdus, t, overwrite)
     return targets
 

@@ -56,7 +56,7 @@ def _pex_field(name, opt, default):
     if opt.kind == "bool":
         return pexConfig.Field(dtype=bool, default=default, doc=opt.doc)
     if opt.kind == "str":
-        return pexConfig.Field(dtype=str, default=default, doc=opt.doc)
+        return pexConfig.Field(dtype=str, default=default, optional=opt.optional, doc=opt.doc)
     if opt.kind == "choice":
         return pexConfig.ChoiceField(dtype=str, default=default, optional=False,
                                      allowed=dict(opt.choices), doc=opt.doc)
