@@ -255,3 +255,140 @@ def test_torch_tensor_and_large_counts_on_mef(files, model):
     assert np.all(np.isfinite(t["noise_flip_rate"]))
     assert not np.any(t["flags"] & int(Flag.NOISE_SKIPPED))
     assert torch.is_tensor(torch.from_numpy(cut.variance))
+
+
+# ------------------------------------------------------------------------------------------------
+# training and evaluation from FITS files and a label catalog
+
+from astropy.table import Table  # noqa: E402
+
+from galguard.training.files import ingest, read_labels  # noqa: E402
+
+CLASSES = ("spiral", "elliptical", "merger")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Simulated galaxies written as a survey would: no TRUELAB keyword, labels in catalogs
+    (source by file name in CSV, validation by id in Parquet, as MEF planes)."""
+    d = tmp_path_factory.mktemp("labelled")
+    src = simulate(90, seed=9, start=0, depths=("y10",), size=SIZE)["y10"]
+    val = simulate(45, seed=9, start=90, depths=("y10",), size=SIZE)["y10"]
+    write_fits(src, d / "src", label_keywords=False)
+    write_fits(val, d / "val", label_keywords=False, planes=True, noise_keywords=False)
+    Table({"file": [f"gal_{i:07d}.fits" for i in src.meta["index"]],
+           "label": src.meta["class"]}).write(d / "labels.csv")
+    Table({"objid": np.asarray(val.meta["id"]), "label": val.meta["class"]}).write(
+        d / "vlabels.parquet")
+    return d, src, val
+
+
+def test_catalog_errors_name_the_file_and_the_problem(tmp_path):
+    p = tmp_path / "a.csv"
+    Table({"id": [1, 2], "klass": ["a", "b"]}).write(p)
+    with pytest.raises(galguard.GalguardValueError, match="'label' column"):
+        read_labels(p)
+    Table({"id": [1, 2], "label": [0, 1]}).write(p, overwrite=True)
+    with pytest.raises(galguard.GalguardValueError, match="integer labels"):
+        read_labels(p)
+    assert read_labels(p, classes=["disc", "bulge"]).labels == {1: 0, 2: 1}
+    Table({"id": [1, 1], "label": ["a", "b"]}).write(p, overwrite=True)
+    with pytest.raises(galguard.GalguardValueError, match="two labels"):
+        read_labels(p)
+    Table({"id": [1, 2], "label": ["a", "c"]}).write(p, overwrite=True)
+    with pytest.raises(galguard.GalguardValueError, match=r"\['c'\] are not among"):
+        read_labels(p, classes=["a", "b"])
+    (tmp_path / "x.txt").write_text("id label\n")
+    with pytest.raises(galguard.GalguardValueError, match="unknown catalog format"):
+        read_labels(tmp_path / "x.txt")
+
+
+def test_ingest_leaves_out_and_reports_unlabelled_and_bad_cutouts(labelled, tmp_path):
+    d, src, _ = labelled
+    (tmp_path / "in").mkdir()
+    for f in sorted((d / "src").iterdir())[:5]:
+        (tmp_path / "in" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "in" / "broken.fits").write_bytes(b"SIMPLE  =  T" + b" " * 100)
+    cat_path = tmp_path / "few.ecsv"
+    Table({"file": [f"gal_{i:07d}.fits" for i in range(3)],
+           "label": src.meta["class"][:3]}).write(cat_path)
+    cat = read_labels(cat_path, classes=CLASSES)
+    got = ingest([str(tmp_path / "in")], tmp_path / "mm", "source", labels=cat)
+    r = got.report
+    assert (r["read"], r["kept"], r["bad"], r["unmatched"]) == (6, 3, 1, 2)
+    assert "gal_0000003.fits" in r["unmatched_examples"][0]
+    assert "broken.fits" in r["bad_examples"][0]
+    assert isinstance(got.images, np.memmap) and got.images.shape == (3, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(got.images, src.images[:3])
+    np.testing.assert_array_equal(got.labels, src.meta["label"][:3])
+
+
+def test_a_stack_keyed_by_file_without_row_is_refused(labelled, tmp_path):
+    _, src, _ = labelled
+    write_fits(src, tmp_path / "st", stack=True, label_keywords=False)
+    stack = next((tmp_path / "st").iterdir())
+    Table({"file": [stack.name], "label": ["spiral"]}).write(tmp_path / "l.csv")
+    with pytest.raises(galguard.GalguardValueError, match="add a 'row' column"):
+        ingest([str(stack)], tmp_path / "mm", "source",
+               labels=read_labels(tmp_path / "l.csv", classes=CLASSES))
+    n = len(src.images)
+    Table({"file": [stack.name] * n, "row": np.arange(n),
+           "label": src.meta["class"]}).write(tmp_path / "r.csv")
+    got = ingest([str(stack)], tmp_path / "mm2", "source",
+                 labels=read_labels(tmp_path / "r.csv", classes=CLASSES))
+    assert got.report["kept"] == n
+    np.testing.assert_array_equal(got.labels, src.meta["label"])
+
+
+@pytest.mark.slow
+def test_training_from_files_and_a_catalog_equals_the_simulated_route(labelled, tmp_path):
+    """The same galaxies, once as arrays with their labels (the simulated route) and once as
+    FITS files without label keywords plus catalogs: the same model, hence the same accuracy;
+    the card records the data; evaluate reads the catalog too; --resume continues."""
+    from galguard.models import load
+    from galguard.training import evaluate, train
+
+    d, src, val = labelled
+    common = ["--epochs", "3", "--batch-size", "30", "--seed", "1", "--no-progress"]
+    rc = cli.main(["train", "--name", "own", "--out", str(tmp_path / "m"), "--source",
+                   str(d / "src"), "--labels", str(d / "labels.csv"), "--validation",
+                   str(d / "val"), "--validation-labels", str(d / "vlabels.parquet"),
+                   "--classes", "spiral,elliptical,merger", *common])
+    assert rc == cli.EXIT_OK
+    files_model = load(str(tmp_path / "m" / "own.safetensors"))
+    sim_model = train(src.images, np.asarray(src.meta["label"]), validation=val.images,
+                      validation_labels=np.asarray(val.meta["label"]), epochs=3, batch_size=30,
+                      seed=1, progress=False)
+    yv = np.asarray(val.meta["label"])
+    a = evaluate(files_model, {"v": (val.images, yv)})["v"]
+    b = evaluate(sim_model, {"v": (val.images, yv)})["v"]
+    assert a["accuracy"] == b["accuracy"]
+    np.testing.assert_allclose(files_model.predict(val.images),
+                               sim_model.predict(val.images), atol=1e-5)
+    card = files_model.card["training_data"]
+    assert card["route"] == "files" and card["source"]["n"] == 90
+    assert card["source"]["class_counts"] == {c: int(np.sum(src.meta["class"] == c))
+                                              for c in ("spiral", "elliptical", "merger")}
+    assert card["source"]["labels"]["sha256"] and card["validation"]["labels"]["key"] == "id"
+    assert files_model.card["metrics"]["validation"]["accuracy"] == a["accuracy"]
+    assert not list((tmp_path / "m").glob(".train-data-*"))  # the memory maps are removed
+    # evaluate with the catalog
+    out = tmp_path / "ev"
+    assert cli.main(["evaluate", "--model", str(tmp_path / "m" / "own.safetensors"), "--data",
+                     f"val={d / 'val'}", "--labels", str(d / "vlabels.parquet"), "--out",
+                     str(out)]) == cli.EXIT_OK
+    import json
+
+    res = json.loads((out / "evaluation.json").read_text())["results"]["val"]
+    assert res["n"] == 45 and res["accuracy"] == pytest.approx(a["accuracy"])
+    # checkpoints and --resume
+    ck = tmp_path / "ck"
+    base = ["train", "--name", "r", "--out", str(tmp_path / "m2"), "--source", str(d / "src"),
+            "--labels", str(d / "labels.csv"), "--checkpoint-dir", str(ck), "--batch-size", "30",
+            "--no-progress"]
+    assert cli.main(base + ["--epochs", "2"]) == cli.EXIT_OK
+    first = load(str(tmp_path / "m2" / "r.safetensors"))
+    assert cli.main(base + ["--epochs", "2", "--resume"]) == cli.EXIT_OK  # nothing left to do
+    again = load(str(tmp_path / "m2" / "r.safetensors"))
+    assert again.card["training"]["epochs_run"] == 2
+    np.testing.assert_array_equal(first.predict(val.images), again.predict(val.images))

@@ -3,6 +3,8 @@ error and Brier score of a model on labelled data sets, with a plot."""
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 __all__ = ["register", "run", "parse_data_spec"]
@@ -29,6 +31,13 @@ def register(subparsers):
     p.add_argument("--model", default="default",
                    help="shipped model name or path to NAME.safetensors (default: default)")
     p.add_argument("--data", action="append", default=[], metavar="[LABEL=]SPEC")
+    p.add_argument("--labels", default=None, metavar="CATALOG",
+                   help="label catalog for the path --data (FITS, CSV, ECSV or Parquet; key "
+                        "column id/objid or file/source/filename [+ row], label column of "
+                        "class names, or integers in the model's class order); cutouts not in "
+                        "it are reported and left out. Default: TRUELAB keywords")
+    p.add_argument("--mask-bits", default=None, metavar="BITS",
+                   help="bits of mask planes that mark bad pixels (see galguard check)")
     p.add_argument("--out", type=Path, default=Path("galguard_out/evaluation"),
                    help="output directory (default galguard_out/evaluation)")
     p.add_argument("--bins", type=int, default=15, help="calibration bins (default 15)")
@@ -92,7 +101,17 @@ def _load(kind, value, args):
                               counts_slope=value.get("counts_slope", 0.0))
     from ..io import read_cutouts
 
-    cut = read_cutouts(value)
+    if args.labels:
+        from ..training.files import ingest
+
+        d = ingest([str(value)], args._data_dir, f"data{len(os.listdir(args._data_dir))}",
+                   labels=args._catalog, bands=tuple(args._model.bands) or None,
+                   size=tuple(args._model.input_hw), mask_bits=args.mask_bits)
+        if d.report["bad"] or d.report["unmatched"]:
+            log.warning("%s: %d bad and %d unlabelled cutouts left out", value, d.report["bad"],
+                        d.report["unmatched"])
+        return d.images, d.labels
+    cut = read_cutouts(value, mask_bits=args.mask_bits)
     labels = np.asarray(cut.meta["true_label"]) if "true_label" in cut.meta.colnames else None
     if labels is None or (labels < 0).any():
         raise GalguardValueError(f"data {str(value)!r} lacks true labels (TRUELAB) for some "
@@ -105,15 +124,33 @@ def _load(kind, value, args):
 
 def run(args):
     """Run ``galguard evaluate``; returns an exit code."""
+    from ..models import load
+
+    model = load(args.model)
+    specs = [parse_data_spec(s) for s in args.data]
+    args._model = model
+    if args.labels:
+        from ..training.files import read_labels
+
+        cat = read_labels(args.labels, classes=model.classes)
+        args._catalog = cat
+        args.out.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.TemporaryDirectory(dir=args.out, prefix=".evaluate-data-")
+        args._data_dir = tmp.name
+        try:
+            return _run(args, model, specs)
+        finally:
+            tmp.cleanup()
+    return _run(args, model, specs)
+
+
+def _run(args, model, specs):
     from astropy.table import Table
 
     from ..cli import EXIT_OK
     from ..errors import GalguardValueError
-    from ..models import load
     from ..training import evaluate, plot_evaluation
 
-    model = load(args.model)
-    specs = [parse_data_spec(s) for s in args.data]
     if not specs:
         test = (model.card.get("training_data") or {}).get("test")
         seed = (model.card.get("training_data") or {}).get("seed")

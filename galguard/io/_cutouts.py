@@ -14,9 +14,11 @@ __all__ = ["Cutouts", "META_COLUMNS", "empty_meta"]
 log = logging.getLogger(__name__)
 
 #: The metadata columns every `Cutouts.meta` carries, with their kind:
-#: ``"i"`` int64 (N,), ``"s"`` str (N,), ``"f"`` float64 (N, C), ``"b"`` bool (N, C).
+#: ``"i"`` int64 (N,), ``"s"`` str (N,), ``"f"`` float64 (N, C), ``"b"`` bool (N, C),
+#: ``"k"`` bool (N,).
 META_COLUMNS = (
     ("id", "i"),           # OBJID / catalog ID where given, else the global input position
+    ("id_given", "k"),     # True where ``id`` came from the source (OBJID, a catalog ID)
     ("index", "i"),        # global position in the input order (0-based)
     ("source", "s"),       # file path, or "<ndarray>", "<HDUList>", "<NDData>", "<image>" ...
     ("hdu", "s"),          # HDU number(s) read, comma-separated ("" when not from FITS)
@@ -48,6 +50,8 @@ def empty_meta(n, c):
             col = np.full(n, "", dtype="U1")
         elif kind == "f":
             col = np.full((n, c), np.nan, dtype=np.float64)
+        elif kind == "k":
+            col = np.zeros(n, dtype=bool)
         else:
             col = np.zeros((n, c), dtype=bool)
         t[name] = col

@@ -336,6 +336,7 @@ def materialise(blocks, state):
     for k in ("row", "flags", "id", "true_label"):
         meta[k] = np.concatenate(cols[k]).astype(np.int64) if cols[k] else np.zeros(0, np.int64)
     ids = np.asarray(meta["id"])
+    meta["id_given"] = ids >= 0
     meta["id"] = np.where(ids >= 0, ids, index)
     for k in PLANE_FIELDS:
         meta[k] = planes[k]

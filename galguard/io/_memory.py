@@ -130,6 +130,8 @@ def cutouts_blocks(cut, label, opts):
         cols = {k: np.asarray(m[k][i0:i1]) for k in ("id", "true_label") + PLANE_FIELDS
                 if k in m.colnames}
         b.apply_rows(cols)
+        if "id_given" in m.colnames:
+            b.ids[~np.asarray(m["id_given"][i0:i1], bool)] = -1  # positions are renumbered
         if "bunit" in m.colnames and n:
             b.bunit = str(m["bunit"][i0])
         if "source" in m.colnames:

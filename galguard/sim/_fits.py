@@ -123,7 +123,7 @@ def _plane_hdus(image, variance, header, bands_axis):
 
 
 def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False, planes=False,
-               noise_keywords=True):
+               noise_keywords=True, label_keywords=True):
     """Write simulated cutouts as FITS files with the headers of ``docs/contracts.md``.
 
     Parameters
@@ -151,6 +151,9 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False,
     noise_keywords : bool, optional
         False leaves out the GAIN and SKYLEV keywords (and catalog columns), as most survey
         cutouts do.
+    label_keywords : bool, optional
+        False leaves out the true class (TRUELAB, TRUECLAS keywords and catalog columns), as
+        in a survey's files, whose labels live in a separate catalog.
 
     Returns
     -------
@@ -169,7 +172,14 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False,
         raise GalguardValueError(f"simdata must be a SimData, got {type(simdata).__name__}")
     if planes and compress:
         raise GalguardValueError("planes=True and compress=True exclude each other")
-    strip = (lambda h: h) if noise_keywords else _strip_noise_keywords
+    def strip(hdr):
+        if not noise_keywords:
+            _strip_noise_keywords(hdr)
+        if not label_keywords:
+            for key in ("TRUELAB", "TRUECLAS"):
+                hdr.remove(key, ignore_missing=True)
+        return hdr
+
     variance = variance_of(simdata) if planes else None
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -189,11 +199,10 @@ def write_fits(simdata, outdir, *, stack=False, overwrite=False, compress=False,
         hdus = (_plane_hdus(simdata.images, variance, hdr, False) if planes
                 else _image_hdus(simdata.images, hdr, compress, 1))
         m = simdata.meta
-        cols = [
-            fits.Column("ID", "K", array=np.asarray(m["id"], dtype=np.int64)),
-            fits.Column("TRUELAB", "K", array=np.asarray(m["label"], dtype=np.int64)),
-            fits.Column("TRUECLAS", "10A", array=np.asarray(m["class"]).astype("S10")),
-        ]
+        cols = [fits.Column("ID", "K", array=np.asarray(m["id"], dtype=np.int64))]
+        if label_keywords:
+            cols += [fits.Column("TRUELAB", "K", array=np.asarray(m["label"], dtype=np.int64)),
+                     fits.Column("TRUECLAS", "10A", array=np.asarray(m["class"]).astype("S10"))]
         for name, col in (("GAIN", "gain"), ("SKYLEV", "sky"), ("MAGZP", "zeropoint"),
                           ("EXPTIME", "exptime"), ("SEEING", "seeing"), ("TRUEMAG", "mag")):
             if not noise_keywords and name in ("GAIN", "SKYLEV"):
