@@ -9,7 +9,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import GalguardValueError
 
-__all__ = ["border_background", "default_border", "DEFAULT_GAIN", "RAW_SKY_NSIGMA"]
+__all__ = ["border_background", "variance_gain", "default_border", "DEFAULT_GAIN",
+           "RAW_SKY_NSIGMA"]
 
 log = logging.getLogger(__name__)
 
