@@ -392,3 +392,20 @@ def test_training_from_files_and_a_catalog_equals_the_simulated_route(labelled, 
     again = load(str(tmp_path / "m2" / "r.safetensors"))
     assert again.card["training"]["epochs_run"] == 2
     np.testing.assert_array_equal(first.predict(val.images), again.predict(val.images))
+
+
+def test_decam_like_sci_wht_dq(tmp_path, rng):
+    """DECam community-pipeline names: SCI, WHT (inverse variance), DQ (every nonzero bad)."""
+    g, s = 4.0, 60.0
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    m = 200 * np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / 30.0)
+    sci = (rng.poisson(g * (m + s)) / g - s).astype(np.float32)
+    wht = (g / np.maximum(sci + s, 1e-3)).astype(np.float32)
+    dq = np.zeros((SIZE, SIZE), np.int16)
+    dq[4, 4], dq[5, 5] = 3, 7
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI"), fits.ImageHDU(wht, name="WHT"),
+                  fits.ImageHDU(dq, name="DQ")]).writeto(tmp_path / "decam.fits")
+    cut = read_cutouts(tmp_path / "decam.fits")
+    assert len(cut) == 1 and cut.mask.sum() == 2 and cut.mask[0, 0, 4, 4]
+    assert cut.meta["gain"][0, 0] == pytest.approx(g, rel=0.05)
+    assert cut.meta["sky"][0, 0] == pytest.approx(s, rel=0.05)
