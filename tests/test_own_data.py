@@ -242,6 +242,12 @@ def test_cli_check_reads_mef_planes_with_mask_bits(files, model, tmp_path):
     assert len(t) == 12 and np.all(t["error"] == "")
     assert np.all(np.isfinite(t["noise_flip_rate"]))
     assert galguard.CheckConfig.from_json(t.meta["config"]).mask_bits == "SAT,CR"
+    # the variance travels with the chunks to worker processes: the same catalog
+    out2 = tmp_path / "cat2.fits"
+    assert cli.main(["check", str(files / "mef"), "-o", str(out2), "--model", str(mp),
+                     "--no-onepixel", "--noise-realisations", "2", "--mask-bits", "SAT,CR",
+                     "--workers", "2", "--chunk-size", "5", "--quiet"]) == cli.EXIT_OK
+    np.testing.assert_array_equal(read_catalog(out2)["noise_flip_rate"], t["noise_flip_rate"])
     assert cli.main(["check", str(files / "mef"), "-o", str(tmp_path / "x.fits"), "--model",
                      str(mp), "--mask-bits", "99", "--quiet"]) == cli.EXIT_USAGE
 
@@ -385,12 +391,14 @@ def test_training_from_files_and_a_catalog_equals_the_simulated_route(labelled, 
     ck = tmp_path / "ck"
     base = ["train", "--name", "r", "--out", str(tmp_path / "m2"), "--source", str(d / "src"),
             "--labels", str(d / "labels.csv"), "--checkpoint-dir", str(ck), "--batch-size", "30",
-            "--no-progress"]
+            "--da", "mmd", "--target", str(d / "val"), "--no-progress"]
     assert cli.main(base + ["--epochs", "2"]) == cli.EXIT_OK
     first = load(str(tmp_path / "m2" / "r.safetensors"))
     assert cli.main(base + ["--epochs", "2", "--resume"]) == cli.EXIT_OK  # nothing left to do
     again = load(str(tmp_path / "m2" / "r.safetensors"))
     assert again.card["training"]["epochs_run"] == 2
+    assert again.card["training_data"]["target"]["n"] == 45
+    assert again.card["training_data"]["target"]["labels_used"] is False
     np.testing.assert_array_equal(first.predict(val.images), again.predict(val.images))
 
 
