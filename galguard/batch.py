@@ -114,7 +114,7 @@ def check_chunk(chunk, config, model, *, offset, device=None):
     t["row"] = np.asarray(meta["row"], np.int64)
     t["true_label"] = (np.asarray(meta["true_label"], np.int64) if "true_label" in meta.colnames
                        else np.full(n, -1, np.int64))
-    for name in ("source", "hdu", "error"):  # fixed-width unicode even for empty chunks
+    for name in ("source", "hdu", "error", "ood_reason"):  # fixed-width unicode, empty too
         if t[name].dtype.kind != "U":
             t[name] = np.asarray(t[name]).astype(str)
     return t[list(catalog_columns())]

@@ -26,8 +26,8 @@ from ..robustness.latent import get_latent_stats, latent_shift, ood_score
 from ..robustness.noise import effective_gain, noise_stability
 from ..robustness.onepixel import OnePixelAttack
 
-__all__ = ["Check", "Context", "Prediction", "NoiseStability", "OnePixelCheck",
-           "LatentMetrics", "CHECKS"]
+__all__ = ["Check", "Context", "Prediction", "OutOfDistribution", "NoiseStability",
+           "OnePixelCheck", "LatentMetrics", "CHECKS"]
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +203,63 @@ class OnePixelCheck(Check):
                 "onepixel_queries": r.queries.cpu().numpy()}
 
 
+class OutOfDistribution(Check):
+    """The out-of-distribution score and, for flagged rows, why in words; OUT_OF_DISTRIBUTION.
+
+    With the model's OOD reference (`galguard.ood`; the shipped models carry one): the input
+    statistics and the deep-kNN latent distance, each scaled by its reference percentile, the
+    larger of the two. Without one: the latent Mahalanobis score of ``latent_stats``."""
+
+    name = "ood"
+
+    def empty(self, n, dims):
+        return {"ood_score": _nan(n), "ood_reason": np.full(n, "", "U1")}
+
+    def run(self, model, ctx):
+        from ..ood.reference import explain, score_cutouts
+
+        cfg, m = ctx.config, ctx.n
+        out = self.empty(m, {})
+        ref = getattr(model, "ood_reference", None)
+        if ref is not None:
+            scorer, state = ref
+            latent = None if ctx.latent is None else ctx.latent.double().cpu().numpy()
+            if latent is None and scorer != "input":  # a logits-only model: the input part
+                scorer, state = ("input", {"input": state["input"]}) if "input" in state \
+                    else (None, None)
+            if scorer is not None:
+                total, parts, feats = score_cutouts(scorer, state, ctx.images.cpu().numpy(),
+                                                    latent=latent)
+                out["ood_score"] = total.astype(np.float32)
+                bad = out["ood_score"] > cfg.ood_threshold
+                names = list((model.card.get("ood") or {}).get("features") or [])
+                if bad.any() and names:
+                    words = explain({k: v[bad] for k, v in parts.items()}, feats[bad], state,
+                                    names, cfg.ood_threshold)
+                    out["ood_reason"] = out["ood_reason"].astype(object)
+                    out["ood_reason"][bad] = words
+                    out["ood_reason"] = out["ood_reason"].astype(str)
+                ctx.flags[bad] |= int(Flag.OUT_OF_DISTRIBUTION)
+                return out
+        stats = get_latent_stats(model)
+        if stats is None or ctx.latent is None:
+            return out
+        out["ood_score"] = ood_score(ctx.latent, stats).cpu().numpy()
+        bad = out["ood_score"] > cfg.ood_threshold
+        out["ood_reason"] = np.where(bad, "the latent vector is far from every class centroid",
+                                     "")
+        ctx.flags[bad] |= int(Flag.OUT_OF_DISTRIBUTION)
+        return out
+
+
 class LatentMetrics(Check):
-    """Normalised latent shifts of the perturbed versions and the OOD score; LATENT_SHIFT and
-    OUT_OF_DISTRIBUTION. Needs a model with ``latent_stats`` and a latent output."""
+    """Normalised latent shifts of the perturbed versions; LATENT_SHIFT. Needs a model with
+    ``latent_stats`` and a latent output."""
 
     name = "latent"
 
     def empty(self, n, dims):
-        return {"latent_shift_noise": _nan(n), "latent_shift_onepixel": _nan(n),
-                "ood_score": _nan(n)}
+        return {"latent_shift_noise": _nan(n), "latent_shift_onepixel": _nan(n)}
 
     def run(self, model, ctx):
         cfg, m = ctx.config, ctx.n
@@ -219,8 +267,6 @@ class LatentMetrics(Check):
         stats = get_latent_stats(model)
         if stats is None or ctx.latent is None:
             return out
-        out["ood_score"] = ood_score(ctx.latent, stats).cpu().numpy()
-        ctx.flags[out["ood_score"] > cfg.ood_threshold] |= int(Flag.OUT_OF_DISTRIBUTION)
         sep = float(stats["centroid_separation"])
         if not sep > 0:
             return out
@@ -241,4 +287,4 @@ class LatentMetrics(Check):
 
 
 #: The checks `check` runs, in order.
-CHECKS = (Prediction, NoiseStability, OnePixelCheck, LatentMetrics)
+CHECKS = (Prediction, OutOfDistribution, NoiseStability, OnePixelCheck, LatentMetrics)

@@ -36,7 +36,7 @@ COLUMNS = ("id", "source", "pred_label", "pred_class", "pred_prob", "probs", "no
            "noise_prob_drop", "onepixel_success", "onepixel_x", "onepixel_y", "onepixel_values",
            "onepixel_label", "onepixel_class", "onepixel_prob", "onepixel_queries",
            "latent_shift_noise",
-           "latent_shift_onepixel", "ood_score", "flags", "fragile", "error")
+           "latent_shift_onepixel", "ood_score", "ood_reason", "flags", "fragile", "error")
 
 
 def resolve_model(model, *, device=None):
@@ -214,6 +214,9 @@ def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=No
     if "source" in meta.colnames:
         t["source"] = np.asarray(meta["source"]).astype(str)
     for name, values in res.items():
+        values = np.asarray(values)
+        if values.dtype.kind == "U" and values.dtype.itemsize > t[name].dtype.itemsize:
+            t[name] = t[name].astype(values.dtype)  # room for the longest text
         t[name][idx] = values
     lookup = np.array([""] + list(names))  # label -1 (not computed) -> ""
     for label, col in (("pred_label", "pred_class"), ("onepixel_label", "onepixel_class")):
@@ -321,9 +324,11 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
             Mean latent distance to the noisy versions and the distance to the successful
             one-pixel version, divided by the model's mean class-centroid separation (NaN when
             not available).
-        ``ood_score``
-            ``min_k sqrt(Mahalanobis^2 / D)`` to the training class centroids (about 1 in
-            distribution).
+        ``ood_score``, ``ood_reason``
+            The out-of-distribution score (`galguard.ood`: with the model's reference, the
+            larger of the input-statistics and latent-kNN scores, each about 1 at the
+            reference's 99th percentile; without one, ``min_k sqrt(Mahalanobis^2 / D)`` to the
+            class centroids) and, where it passes ``ood_threshold``, why in words.
         ``flags``
             `galguard.flags.Flag` bitmask: the input flags OR the verdicts ONEPIXEL_FLIP,
             NOISE_UNSTABLE, LATENT_SHIFT, OUT_OF_DISTRIBUTION, LOW_CONFIDENCE.

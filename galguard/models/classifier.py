@@ -222,6 +222,38 @@ class GalaxyClassifier(nn.Module):
         self.latent_precision = prec
         self.latent_centroid_separation = sep
 
+    @property
+    def ood_reference(self):
+        """``(scorer, state)`` of the out-of-distribution reference (`galguard.ood.scorers`:
+        ``scorer`` such as ``"input+knn"``, ``state`` ``{part: {key: numpy array}}``), or None.
+        Stored as buffers ``ood__<part>__<key>`` (saved with the weights) and the card's
+        ``ood`` entry."""
+        name = (self.card.get("ood") or {}).get("scorer")
+        if not name:
+            return None
+        state = {}
+        for key, buf in self.named_buffers():
+            if key.startswith("ood__"):
+                _, part, field = key.split("__", 2)
+                state.setdefault(part, {})[field] = buf.detach().cpu().double().numpy()
+        parts = [p.strip() for p in name.split("+")]
+        if any(p not in state for p in parts):
+            return None
+        return name, state
+
+    def set_ood_reference(self, scorer, state, info=None):
+        """Attach an out-of-distribution reference (see `ood_reference`); ``info`` (a dict:
+        threshold, rates, what it was fitted on) goes into the card's ``ood`` entry."""
+        for key in [k for k, _ in self.named_buffers() if k.startswith("ood__")]:
+            delattr(self, key)
+        for part, st in state.items():
+            for field, value in st.items():
+                self.register_buffer(f"ood__{part}__{field}",
+                                     torch.as_tensor(np.asarray(value), dtype=torch.float32))
+        card = dict(self.card)
+        card["ood"] = {"scorer": scorer, **(info or {})}
+        self.card = card
+
     # ----------------------------------------------------------------------------------------
     def _check_input(self, x):
         if x.ndim != 4:

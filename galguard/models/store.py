@@ -272,6 +272,7 @@ def load(name_or_path="default", *, device="cpu"):
     except (TypeError, ValueError, RuntimeError) as exc:
         raise GalguardValueError(f"model card {str(card_path)!r} and weights {str(w)!r} do "
                                  f"not make a model: {exc}") from None
+    _attach_ood(model, tensors, w)
     try:
         model.load_state_dict(tensors, strict=True)
     except (RuntimeError, KeyError, TypeError) as exc:
@@ -282,6 +283,25 @@ def load(name_or_path="default", *, device="cpu"):
         p.requires_grad_(False)
     log.info("loaded model %s (%s) sha256 %s", model.name, w, digest[:12])
     return model.to(device)
+
+
+def _attach_ood(model, tensors, w):
+    """Register the ``ood__<part>__<key>`` tensors of a weights file as buffers (the card's
+    ``ood`` entry names the scorer), so that the strict state-dict load accepts them."""
+    keys = [k for k in tensors if k.startswith("ood__")]
+    if not keys:
+        return
+    if keys and not (model.card.get("ood") or {}).get("scorer"):
+        raise GalguardValueError(f"weights {str(w)!r} hold out-of-distribution tensors but the "
+                                 f"card has no 'ood' entry naming the scorer")
+    state = {}
+    for k in keys:
+        parts = k.split("__")
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise GalguardValueError(f"weights {str(w)!r}: bad tensor name {k!r}")
+        state.setdefault(parts[1], {})[parts[2]] = tensors[k]
+    model.set_ood_reference(model.card["ood"]["scorer"], state,
+                            {k: v for k, v in model.card["ood"].items() if k != "scorer"})
 
 
 def _latent_stats_from(tensors, w):
@@ -316,6 +336,8 @@ def _load_wrapped(card, card_path, w, tensors, digest):
     stats = _latent_stats_from(tensors, w)
     if stats is not None:
         model.set_latent_stats(stats)
+    model.card = dict(card)
+    _attach_ood(model, tensors, w)
     want = model.state_dict()
     missing = sorted(set(want) - set(tensors))
     extra = sorted(set(tensors) - set(want))

@@ -1,0 +1,113 @@
+"""Input-space statistics of a cutout: what its pixels say about units, depth, resolution and
+band order, without looking at the model.
+
+Each cutout gets `FEATURE_NAMES` (for C bands; the middle band is the colour reference):
+
+- ``noise_b``: log10 of the border's robust noise sigma (1.4826 x MAD) per band: the units and
+  the depth (counts instead of flux, an 8-bit render, another survey's depth);
+- ``sky_b``: asinh of the border median over that sigma: a sky left in, or a pedestal;
+- ``peak_b``: asinh of the 99.5th percentile above the border level, in sigmas: the dynamic range;
+- ``colour_b``: asinh of each band's central flux over the reference band's: band order swapped
+  or a band missing;
+- ``size``: log10 of the second-moment radius (pixels) of the light above 3 sigma in the band sum:
+  other pixel scales, much larger or smaller galaxies;
+- ``core``: log10 of the number of pixels above half the peak of the band sum: the PSF and the
+  concentration;
+- ``distinct``: log10 of the fraction of distinct pixel values (about 1 for float flux; a few
+  percent for 8-bit renders and quantised data);
+- ``integer``: the fraction of integer-valued pixels (counts, renders).
+
+These are the statistics a survey scientist would look at first; `galguard.ood` compares them
+with the model's reference set (a Mahalanobis distance with Ledoit-Wolf shrinkage).
+"""
+
+import numpy as np
+
+__all__ = ["input_features", "feature_names", "describe_feature"]
+
+_TEXT = {
+    "noise": "background noise level",
+    "sky": "background level (a sky left in, or a pedestal)",
+    "peak": "peak brightness over the noise (dynamic range)",
+    "colour": "colour (flux ratio to the reference band)",
+    "size": "size of the light distribution",
+    "core": "size of the bright core (PSF, concentration)",
+    "distinct": "number of distinct pixel values (quantised, e.g. an 8-bit render)",
+    "integer": "integer-valued pixels (counts, or an image render)",
+}
+
+
+def feature_names(bands):
+    """The names of `input_features` for these band names (or a band count)."""
+    if isinstance(bands, int):
+        bands = [str(k) for k in range(bands)]
+    bands = [b or str(k) for k, b in enumerate(bands)]
+    ref = len(bands) // 2
+    names = [f"noise_{b}" for b in bands] + [f"sky_{b}" for b in bands] + \
+        [f"peak_{b}" for b in bands] + [f"colour_{b}" for k, b in enumerate(bands) if k != ref]
+    return tuple(names + ["size", "core", "distinct", "integer"])
+
+
+def describe_feature(name, z):
+    """Words for a feature ``name`` that lies ``z`` reference standard deviations off."""
+    stem, _, band = name.partition("_")
+    where = f" in band {band}" if band else ""
+    direction = "higher" if z > 0 else "lower"
+    return f"{_TEXT.get(stem, stem)}{where} {direction} than in the training data ({abs(z):.0f} sigma)"
+
+
+def input_features(images, *, border=None):
+    """Input statistics of each cutout (see the module docstring).
+
+    Parameters
+    ----------
+    images : array-like, (N, C, H, W)
+        Flux in the data's units (masked pixels as the reader left them).
+    border : int, optional
+        Width of the border frame (default ``max(2, min(H, W) // 8)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (N, F), F = ``len(feature_names(C))``; finite everywhere.
+    """
+    x = np.asarray(images, np.float64)
+    n, c, h, w = x.shape
+    x = np.where(np.isfinite(x), x, 0.0)
+    b = max(2, min(h, w) // 8) if border is None else int(border)
+    ring = np.ones((h, w), bool)
+    if h > 2 * b and w > 2 * b:
+        ring[b:h - b, b:w - b] = False
+    flat = x.reshape(n, c, h * w)
+    edge = x[:, :, ring]                                            # (N, C, R)
+    level = np.median(edge, axis=2)
+    mad = np.median(np.abs(edge - level[..., None]), axis=2)
+    sigma = 1.4826 * mad
+    tiny = 1e-12 * np.maximum(np.abs(flat).max(axis=2), 1e-30)
+    sig = np.maximum(sigma, np.maximum(tiny, 1e-30))
+    peak = np.percentile(flat, 99.5, axis=2) - level
+    yy, xx = np.mgrid[:h, :w]
+    rr2 = ((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2)
+    centre = rr2 <= (min(h, w) / 4) ** 2
+    cflux = (x[:, :, centre] - level[..., None]).sum(axis=2)        # (N, C)
+    ref = c // 2
+    csig = sig[:, ref] * np.sqrt(centre.sum())
+    colour = [np.arcsinh(cflux[:, k] / np.maximum(np.abs(cflux[:, ref]), 3 * csig))
+              for k in range(c) if k != ref]
+    total = ((x - level[..., None, None]) / sig[..., None, None]).sum(axis=1)  # (N, H, W), in sigmas
+    above = total > 3.0 * np.sqrt(c)
+    wgt = np.where(above, total, 0.0)
+    sw = wgt.sum(axis=(1, 2))
+    r2 = (wgt * rr2[None]).sum(axis=(1, 2)) / np.maximum(sw, 1e-30)
+    size = np.where(sw > 0, 0.5 * np.log10(np.maximum(r2, 0.25)), -1.0)
+    tpeak = total.reshape(n, -1).max(axis=1)
+    core = np.log10(np.maximum((total > 0.5 * tpeak[:, None, None]).sum(axis=(1, 2)), 1))
+    srt = np.sort(flat, axis=2)
+    distinct = ((np.diff(srt, axis=2) != 0).sum(axis=2) + 1) / (h * w)
+    integer = (flat == np.round(flat)).mean(axis=2)
+    parts = [np.log10(sig), np.arcsinh(level / sig), np.arcsinh(peak / sig)]
+    if colour:
+        parts.append(np.stack(colour, 1))
+    parts.append(np.stack([size, core, np.log10(distinct.mean(axis=1)), integer.mean(axis=1)], 1))
+    out = np.concatenate(parts, axis=1)
+    return np.where(np.isfinite(out), out, 0.0)

@@ -1,0 +1,177 @@
+"""A model's out-of-distribution reference: fitting it, scoring cutouts with it, and the per-batch
+domain-shift test.
+
+The default scorer, chosen by measurement (``docs/experiments.md``, "Out-of-distribution
+scores"), is ``"input+knn"``: the input statistics (`galguard.ood.features`, Mahalanobis with
+Ledoit-Wolf shrinkage) and the deep k-nearest-neighbour distance of the normalised latent, each
+divided by its reference 99th percentile, the larger of the two. The reference (feature mean,
+scale and precision; a bank of at most 2000 normalised latents) is stored with the model's
+weights, and the threshold (the reference's 98th percentile of the combined score) in its card.
+"""
+
+import math
+
+import numpy as np
+
+from ..errors import GalguardValueError
+from .features import describe_feature, feature_names, input_features
+from .scorers import _K, _score_knn, combined_names, fit_scorer, score
+
+__all__ = ["DEFAULT_SCORER", "CHECK_SCORERS", "fit_reference", "score_cutouts", "domain_shift",
+           "explain"]
+
+DEFAULT_SCORER = "input+knn"
+#: the parts a check can compute from the images and the latent alone
+CHECK_SCORERS = ("input", "knn", "mahalanobis")
+#: the reference percentile of the combined score taken as the OUT_OF_DISTRIBUTION threshold
+THRESHOLD_PERCENTILE = 98.0
+BANK_SIZE = 2000
+
+
+def _latents(model, images, batch_size=256):
+    import torch
+
+    from .._model_io import forward_probs
+
+    x = torch.as_tensor(np.ascontiguousarray(images, np.float32))
+    latent, probs = forward_probs(model, x, batch_size)
+    return (None if latent is None else latent.double().cpu().numpy()), probs.double().numpy()
+
+
+def fit_reference(model, images, *, labels=None, scorer=DEFAULT_SCORER, held_out=None,
+                  percentile=THRESHOLD_PERCENTILE, bank_size=BANK_SIZE, seed=0, note=""):
+    """Fit and attach ``model``'s out-of-distribution reference on in-domain cutouts.
+
+    Parameters
+    ----------
+    model : GalaxyClassifier
+        Modified in place: `GalaxyClassifier.set_ood_reference` and the card's
+        ``thresholds["ood_threshold"]``.
+    images : array-like, (N, C, H, W)
+        In-domain reference cutouts (held out from training: the kNN distances of training
+        galaxies are smaller than those of new ones).
+    labels : array-like of int, optional
+        For the Mahalanobis part (default: the model's predictions).
+    scorer : str
+        A combination of `CHECK_SCORERS` joined by ``+``.
+    held_out : array-like, optional
+        More in-domain cutouts, not used for fitting: the fraction of them above the threshold
+        is recorded as the expected in-domain rate (the per-batch test's null hypothesis).
+    percentile : float
+        The reference percentile taken as the threshold (default 98).
+    bank_size : int
+        At most this many reference latents are kept for kNN (a seeded subset).
+    note : str
+        What the reference is (recorded in the card).
+
+    Returns
+    -------
+    dict
+        The card's ``ood`` entry.
+    """
+    parts = combined_names(scorer)
+    bad = [p for p in parts if p not in CHECK_SCORERS]
+    if bad:
+        raise GalguardValueError(f"scorer must combine {CHECK_SCORERS}, got {scorer!r}")
+    x = np.asarray(images, np.float32)
+    if len(x) < 20:
+        raise GalguardValueError(f"images must hold at least 20 reference cutouts, got {len(x)}")
+    latent, probs = _latents(model, x)
+    if latent is None and any(p in ("knn", "mahalanobis") for p in parts):
+        raise GalguardValueError(f"scorer {scorer!r} needs a latent, and the model returns none; "
+                                 f"use scorer='input'")
+    ref = {"features": input_features(x), "latent": latent,
+           "labels": probs.argmax(1) if labels is None else np.asarray(labels, np.int64)}
+    state = fit_scorer(scorer, ref)
+    if "knn" in state:  # leave-self-out scale: a reference latent is its own nearest neighbour
+        own = _score_knn(state["knn"], ref, k=_K + 1)
+        state["knn"]["scale"] = np.array(max(float(np.percentile(own, 99.0)), 1e-12))
+        bank = state["knn"]["bank"]
+        if len(bank) > bank_size:
+            keep = np.sort(np.random.default_rng([seed, 5]).choice(len(bank), bank_size,
+                                                                   replace=False))
+            state["knn"]["bank"] = bank[keep]
+    ref_scores = _reference_scores(scorer, state, ref)
+    threshold = float(np.percentile(ref_scores, percentile))
+    expected, expected_from = 1.0 - percentile / 100.0, "the threshold percentile"
+    if held_out is not None:
+        h = score_cutouts(scorer, state, np.asarray(held_out, np.float32), model)[0]
+        expected = float(np.mean(h > threshold))
+        expected_from = f"{len(h)} held-out in-domain cutouts"
+    info = {"threshold": threshold, "threshold_percentile": percentile,
+            "expected_rate": expected, "expected_rate_from": expected_from,
+            "n_reference": int(len(x)), "features": list(feature_names(model.bands)),
+            "k": _K, "note": note}
+    model.set_ood_reference(scorer, state, info)
+    card = dict(model.card)
+    card["thresholds"] = {**(card.get("thresholds") or {}), "ood_threshold": threshold}
+    model.card = card
+    return card["ood"]
+
+
+def _reference_scores(scorer, state, ref):
+    """The combined score of the reference itself, kNN left-self-out."""
+    total = None
+    for part in combined_names(scorer):
+        if part == "knn":
+            s = _score_knn(state["knn"], ref, k=_K + 1) / float(state["knn"]["scale"])
+        else:
+            s = score(part, {part: state[part]}, ref)
+        total = s if total is None else np.maximum(total, s)
+    return total
+
+
+def score_cutouts(scorer, state, images, model=None, *, latent=None):
+    """Combined score, scaled part scores and input features of cutouts."""
+    batch = {"features": input_features(images)}
+    if any(p in ("knn", "mahalanobis") for p in combined_names(scorer)):
+        if latent is None:
+            latent, _ = _latents(model, images)
+        batch["latent"] = np.asarray(latent, np.float64)
+    total, parts = score(scorer, state, batch, parts=True)
+    return total, parts, batch["features"]
+
+
+def explain(parts, features, state, names, threshold):
+    """Words for each row: which part of the score is past the threshold and, for the input
+    statistics, the feature furthest from the reference."""
+    n = len(features)
+    out = [""] * n
+    inp = state.get("input")
+    for i in range(n):
+        words = []
+        if "input" in parts and parts["input"][i] > threshold and inp is not None:
+            z = (features[i] - inp["mean"]) / inp["std"]
+            k = int(np.argmax(np.abs(z)))
+            words.append(describe_feature(names[k], float(z[k])))
+        for part, what in (("knn", "the model's latent representation is far from every "
+                                   "reference galaxy"),
+                           ("mahalanobis", "the latent vector is far from every class centroid")):
+            if part in parts and parts[part][i] > threshold:
+                words.append(what)
+        out[i] = "; ".join(words)
+    return out
+
+
+def domain_shift(n_flagged, n, expected_rate, *, alpha=0.01, margin=2.0):
+    """The per-batch test: are there more OUT_OF_DISTRIBUTION galaxies than in-domain data give?
+
+    One-sided exact binomial test of ``n_flagged`` of ``n`` against the null rate
+    ``p0 = max(margin * expected_rate, 0.02)`` (twice the in-domain rate measured on held-out
+    galaxies, at least 2 %: a batch of in-domain galaxies of another mixture, e.g. all at one
+    depth, must not raise the alarm). Deterministic; exact for any batch size.
+
+    Returns
+    -------
+    dict
+        ``statistic`` (the flagged fraction), ``p_value``, ``n``, ``n_flagged``, ``null_rate``,
+        ``alpha``, ``shifted`` (p < alpha), ``test``.
+    """
+    from scipy.stats import binomtest
+
+    n, k = int(n), int(n_flagged)
+    p0 = min(max(margin * float(expected_rate), 0.02), 0.5)
+    p = float(binomtest(k, n, p0, alternative="greater").pvalue) if n else math.nan
+    return {"test": "one-sided binomial test of the OUT_OF_DISTRIBUTION fraction",
+            "statistic": (k / n) if n else math.nan, "p_value": p, "n": n, "n_flagged": k,
+            "null_rate": p0, "alpha": float(alpha), "shifted": bool(n and p < alpha)}

@@ -1,0 +1,182 @@
+"""Post-hoc out-of-distribution scorers, each fitted on a reference set of in-domain galaxies.
+
+Every scorer has ``fit(ref)`` (a dict of reference arrays: ``features`` input statistics,
+``latent``, ``logits``, ``labels``) returning its state (a dict of arrays), and
+``score(state, batch)`` returning one float per cutout, larger = less like the reference:
+
+==============  ==============================================================================
+name            score
+==============  ==============================================================================
+mahalanobis     min over classes of the latent Mahalanobis distance (tied covariance), per
+                dimension (galguard's first score; Lee et al. 2018)
+knn             distance of the L2-normalised latent to its k-th nearest reference latent
+                (deep k-nearest neighbours, Sun et al. 2022; k = 10)
+energy          -logsumexp of the logits (Liu et al. 2020)
+vim             the virtual logit of ViM (Wang et al. 2022): the latent's residual off the
+                reference's principal subspace, scaled to the logits, as a class probability
+                (needs a linear last layer)
+input           Mahalanobis distance of the input statistics (`galguard.ood.features`) with
+                Ledoit-Wolf shrinkage, per feature
+==============  ==============================================================================
+
+Combinations (``"input+knn"`` ...) take the maximum of the scores, each divided by its value at
+the reference's 99th percentile, so that each contributes on the same scale.
+"""
+
+import numpy as np
+
+__all__ = ["SCORERS", "fit_scorer", "score", "auroc", "combined_names"]
+
+_K = 10
+
+
+def _ledoit_wolf_precision(x):
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf().fit(x)
+    return lw.precision_
+
+
+def _fit_input(ref):
+    f = np.asarray(ref["features"], np.float64)
+    mean = f.mean(axis=0)
+    std = np.maximum(f.std(axis=0), 0.02)  # a floor: a feature constant in the reference
+    z = (f - mean) / std
+    return {"mean": mean, "std": std, "precision": _ledoit_wolf_precision(z)}
+
+
+def _score_input(state, batch):
+    z = (np.asarray(batch["features"], np.float64) - state["mean"]) / state["std"]
+    m2 = np.einsum("nd,de,ne->n", z, state["precision"], z)
+    return np.sqrt(np.maximum(m2, 0.0) / z.shape[1])
+
+
+def _fit_maha(ref):
+    z = np.asarray(ref["latent"], np.float64)
+    y = np.asarray(ref["labels"], np.int64)
+    k = int(y.max()) + 1
+    means = np.stack([z[y == c].mean(axis=0) if np.any(y == c) else z.mean(axis=0)
+                      for c in range(k)])
+    return {"means": means, "precision": _ledoit_wolf_precision(z - means[y])}
+
+
+def _score_maha(state, batch):
+    z = np.asarray(batch["latent"], np.float64)
+    d = z[:, None, :] - state["means"][None]
+    m2 = np.einsum("nkd,de,nke->nk", d, state["precision"], d)
+    return np.sqrt(np.maximum(m2.min(axis=1), 0.0) / z.shape[1])
+
+
+def _normalise(z):
+    z = np.asarray(z, np.float64)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def _fit_knn(ref):
+    return {"bank": _normalise(ref["latent"]).astype(np.float32)}
+
+
+def _score_knn(state, batch, k=_K):
+    import torch
+
+    q = torch.as_tensor(_normalise(batch["latent"]), dtype=torch.float32)
+    bank = torch.as_tensor(state["bank"], dtype=torch.float32)
+    out = []
+    for i in range(0, len(q), 2048):
+        d = torch.cdist(q[i:i + 2048], bank)
+        out.append(d.topk(min(k, bank.shape[0]), dim=1, largest=False).values[:, -1])
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def _fit_energy(ref):
+    return {}
+
+
+def _score_energy(state, batch):
+    from scipy.special import logsumexp
+
+    return -logsumexp(np.asarray(batch["logits"], np.float64), axis=1)
+
+
+def _fit_vim(ref):
+    w, b = ref.get("weight"), ref.get("bias")
+    if w is None:
+        raise ValueError("ViM needs the last linear layer (weight, bias) on the latent")
+    w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
+    u = -np.linalg.pinv(w) @ b
+    x = np.asarray(ref["latent"], np.float64) - u
+    _, vecs = np.linalg.eigh(x.T @ x / len(x))
+    dim = x.shape[1]
+    keep = max(1, dim // 2) if dim > 16 else max(1, dim - 2)
+    ns = vecs[:, : dim - keep]                                        # the residual space
+    resid = np.linalg.norm(x @ ns, axis=1)
+    logits = np.asarray(ref["logits"], np.float64)
+    alpha = logits.max(axis=1).mean() / max(resid.mean(), 1e-12)
+    return {"u": u, "ns": ns, "alpha": np.array(alpha)}
+
+
+def _score_vim(state, batch):
+    from scipy.special import logsumexp
+
+    x = np.asarray(batch["latent"], np.float64) - state["u"]
+    v = float(state["alpha"]) * np.linalg.norm(x @ state["ns"], axis=1)
+    logits = np.asarray(batch["logits"], np.float64)
+    return v - logsumexp(np.concatenate([logits, v[:, None]], axis=1), axis=1)
+
+
+SCORERS = {"mahalanobis": (_fit_maha, _score_maha), "knn": (_fit_knn, _score_knn),
+           "energy": (_fit_energy, _score_energy), "vim": (_fit_vim, _score_vim),
+           "input": (_fit_input, _score_input)}
+
+
+def combined_names(name):
+    """The scorers of a name (``"input+knn"`` -> ``("input", "knn")``)."""
+    parts = tuple(p.strip() for p in str(name).split("+"))
+    for p in parts:
+        if p not in SCORERS:
+            raise ValueError(f"unknown OOD scorer {p!r}; known: {sorted(SCORERS)}")
+    return parts
+
+
+def fit_scorer(name, ref, *, percentile=99.0):
+    """The state of scorer ``name`` (or a ``+`` combination) fitted on ``ref``, with each
+    part's reference ``percentile`` as its scale (``"scale:<part>"`` keys)."""
+    state = {}
+    for part in combined_names(name):
+        fit, fn = SCORERS[part]
+        st = fit(ref)
+        s = fn(st, ref)
+        st["scale"] = np.array(max(float(np.percentile(s, percentile)), 1e-12)
+                               if part != "energy" else
+                               float(np.percentile(s, percentile) - np.percentile(s, 50)) or 1.0)
+        if part == "energy":
+            st["offset"] = np.array(float(np.percentile(s, 50)))
+        state[part] = st
+    return state
+
+
+def score(name, state, batch, *, parts=False):
+    """The score of ``name`` for ``batch``; a combination is the max of the parts, each divided
+    by its reference scale. ``parts=True`` also returns the scaled part scores (a dict)."""
+    out, each = None, {}
+    for part in combined_names(name):
+        st = state[part]
+        s = SCORERS[part][1](st, batch)
+        if part == "energy":
+            s = 1.0 + (s - float(st["offset"])) / float(st["scale"])
+        else:
+            s = s / float(st["scale"])
+        each[part] = s
+        out = s if out is None else np.maximum(out, s)
+    return (out, each) if parts else out
+
+
+def auroc(inside, outside):
+    """Area under the ROC curve separating ``outside`` (positives) from ``inside`` scores."""
+    from scipy.stats import mannwhitneyu
+
+    a, b = np.asarray(outside, np.float64), np.asarray(inside, np.float64)
+    if not (len(a) and len(b)):
+        return float("nan")
+    u = mannwhitneyu(a, b, alternative="two-sided").statistic
+    return float(u / (len(a) * len(b)))
