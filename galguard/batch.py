@@ -62,6 +62,8 @@ class BatchResult:
         Predicted class name -> number of rows (checked rows only).
     seconds : float
         Wall-clock time of the run.
+    domain_shift : dict
+        The per-batch domain-shift test over the whole run (also in the catalog meta).
     """
 
     path: Path
@@ -72,6 +74,7 @@ class BatchResult:
     n_resumed: int
     seconds: float
     per_class: dict = dataclasses.field(default_factory=dict)
+    domain_shift: dict = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +383,18 @@ def run_batch(paths, output, *, config, model="default", device=None, format=Non
         journal.unlock()
 
 
+def _domain_shift(journal, n_chunks, module, config):
+    """The per-batch domain-shift test over the whole run (every journaled chunk's flags)."""
+    import pyarrow.parquet as pq
+
+    from .ood.reference import domain_shift_of
+
+    flags = [pq.read_table(str(journal.chunk_path(k)), columns=["flags"])["flags"].to_numpy()
+             for k in range(n_chunks)]
+    return domain_shift_of(np.concatenate(flags) if flags else np.zeros(0, np.int64), module,
+                           config.domain_shift_alpha)
+
+
 def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, device, workers,
                 dask_scheduler, dask_local, resume, progress, t0, inputs_digest):
     """`run_batch` once the journal's lock is held."""
@@ -484,6 +499,8 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
     if stale:
         raise GalguardValueError(f"the journal {str(journal.dir)!r} holds chunks {stale[:5]} "
                                  f"beyond the {n_chunks} chunks of the inputs")
+    meta = dict(meta)
+    meta["domain_shift"] = _domain_shift(journal, n_chunks, module, config)
     writer = CatalogWriter(output, meta=meta, format=fmt)
     per_class = {}
     try:
@@ -505,6 +522,6 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
     log.info("wrote %s: %d rows (%d bad, %d fragile) in %.1f s", output, n_rows, n_bad,
              n_fragile, seconds)
     return BatchResult(path=output, n_rows=n_rows, n_bad=n_bad, n_fragile=n_fragile,
-                       per_class=per_class,
+                       per_class=per_class, domain_shift=meta["domain_shift"],
                        n_chunks=n_chunks, n_resumed=len(done & set(range(n_chunks))),
                        seconds=seconds)

@@ -225,6 +225,10 @@ def _gallery(table, rows, images, noisy, found, classes):
         flags = ", ".join(f.name for f in Flag if f.value and int(table["flags"][r]) & f.value)
         cap = (f"id {cid} &middot; p={float(table['pred_prob'][r]):.2f} &middot; "
                f"{html.escape(flags or 'no flags')}")
+        reason = str(table["ood_reason"][r]) if "ood_reason" in table.colnames else ""
+        if reason:
+            cap += f'<br><span class="ood-reason">out of distribution: {html.escape(reason)}</span>'
+
         html_parts.append(
             f'<figure class="gallery-entry" data-row="{r}" data-id="{cid}"'
             + (f' data-x="{mx:g}" data-y="{my:g}"' if mx is not None else "") + ">"
@@ -314,7 +318,9 @@ padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 .meta{color:#555;font-size:.9em}.note{background:#fff6e0;border-left:4px solid #e0a000;
-padding:.5em 1em}
+padding:.5em 1em}.shift{background:#eef6ee;border-left:4px solid #2a8a2a;padding:.5em 1em}
+.shift.alarm{background:#fdecea;border-left-color:#c62828;font-weight:bold}
+.ood-reason{color:#c62828}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery-entry{margin:0;border:1px solid #ddd;
 padding:4px;background:#fafafa}.gallery-entry figcaption{font-size:.8em;max-width:440px}
 img{max-width:100%}
@@ -483,6 +489,19 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
     flag_html = "".join(f'<tr><td>{esc(k)}</td><td data-flag="{esc(k)}">{v}</td></tr>'
                         for k, v in counts["per_flag"].items())
     notes_html = "".join(f'<p class="note">{esc(n)}</p>' for n in notes)
+    ds = meta.get("domain_shift")
+    if isinstance(ds, str):
+        try:
+            ds = json.loads(ds)
+        except ValueError:
+            ds = None
+    if isinstance(ds, dict) and ds:
+        from .ood.reference import describe_shift
+
+        cls = "shift alarm" if ds.get("shifted") else "shift"
+        notes_html = (f'<p class="{cls}" id="domain-shift" data-shifted='
+                      f'"{str(bool(ds.get("shifted"))).lower()}">{esc(describe_shift(ds))}</p>'
+                      + notes_html)
     hist_html = _img(hb64, "flip-rate histogram", counts=",".join(map(str, hcounts)),
                      edges=",".join(f"{e:g}" for e in edges))
     meta_bits = [("galguard", meta.get("galguard_version", "?")),

@@ -24,6 +24,8 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+
+import galguard.models as galguard_models
 import pytest
 from astropy.table import Table
 
@@ -240,10 +242,15 @@ def test_config_mirrors_checkconfig():
     fields = {f.name: f.default for f in dataclasses.fields(CheckConfig)}
     assert set(CHECK_OPTIONS) | {"model"} == set(fields)
     options = config.check_options()
-    assert set(options) == set(CHECK_OPTIONS)
+    # the calibrated thresholds default to None: the model card's value (else galguard's)
+    from galguard.checks.config import CARD_THRESHOLDS
+
+    assert set(options) == set(CHECK_OPTIONS) - set(CARD_THRESHOLDS)
     assert config.model == fields["model"]
-    for name in CHECK_OPTIONS:
+    for name in options:
         assert options[name] == fields[name], name
+    config.ood_threshold = 3.5
+    assert config.check_options()["ood_threshold"] == 3.5
     # The choices are those galguard.check accepts.
     from galguard.robustness.noise import MODES
     from galguard.robustness.onepixel import PRESETS
@@ -440,8 +447,12 @@ def test_default_config_with_the_shipped_model():
          "exptime": table["exptime"]})})
     assert_same_flags(flags, want)
     assert flags.meta["model_name"] == want.meta["model_name"]
-    assert json.loads(flags.meta["config"]) == CheckConfig().to_dict()
+    # the defaults, with the shipped model card's calibrated OOD threshold (as galguard.check)
+    card = galguard_models.read_card("default")
+    assert json.loads(flags.meta["config"]) == {**CheckConfig().to_dict(),
+                                                **card["thresholds"]}
     assert (flags["error"] == "").all() and (flags["pred_label"] >= 0).all()
+    assert flags.meta["domain_shift"] == want.meta["domain_shift"]
 
 
 @pytest.mark.slow

@@ -147,4 +147,7 @@ def run(args):
               + ("; predicted: " + ", ".join(f"{k} {v}" for k, v in sorted(res.per_class.items()))
                  if res.per_class else ""),
               file=sys.stderr)
+        from ..ood.reference import describe_shift
+
+        print(describe_shift(res.domain_shift), file=sys.stderr)
     return EXIT_BAD_INPUTS if res.n_bad else EXIT_OK

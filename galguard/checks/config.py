@@ -204,6 +204,10 @@ class CheckConfig:
         "training-like latents; 99th percentile 3.9-5.1 with the shipped ConvNets on simulated "
         "Y10 galaxies) exceeds this. Recalibrate on your own data.", "real", minimum=0.0,
         group="verdicts", metavar="S")
+    domain_shift_alpha: float = option(
+        0.01, "Significance level of the per-batch domain-shift test (table meta domain_shift: "
+        "are there more OUT_OF_DISTRIBUTION cutouts than in-domain data give?).", "real",
+        minimum=0.0, maximum=1.0, lo_open=True, group="verdicts", metavar="ALPHA")
     fragile_flags: int = option(
         _DEFAULT_FRAGILE, "Verdict flags that make a row fragile (a bitmask; flag names on the "
         f"command line, comma-separated, among {', '.join(VERDICT_NAMES)}).", "flags",

@@ -338,7 +338,10 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
             "" for a good row, else why the cutout could not be checked (BAD_INPUT is set).
 
         ``meta`` holds ``galguard_version``, ``model_name``, ``model_sha256``, ``seed``,
-        ``preset``, ``config`` (JSON of the full `CheckConfig`), ``flag_bits`` and ``classes``.
+        ``preset``, ``config`` (JSON of the full `CheckConfig`), ``flag_bits``, ``classes``
+        and ``domain_shift``: the per-batch test (`galguard.ood.reference.domain_shift`), a
+        dict with ``statistic`` (the OUT_OF_DISTRIBUTION fraction), ``p_value``, ``n``,
+        ``shifted`` ...
 
     Raises
     ------
@@ -398,4 +401,8 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
     table = table[list(COLUMNS)]
     table.meta.clear()
     table.meta.update(table_meta(config, name, sha, module))
+    from ..ood.reference import domain_shift_of
+
+    table.meta["domain_shift"] = domain_shift_of(table["flags"], module,
+                                                 config.domain_shift_alpha)
     return table

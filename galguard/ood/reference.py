@@ -6,7 +6,7 @@ scores"), is ``"input+knn"``: the input statistics (`galguard.ood.features`, Mah
 Ledoit-Wolf shrinkage) and the deep k-nearest-neighbour distance of the normalised latent, each
 divided by its reference 99th percentile, the larger of the two. The reference (feature mean,
 scale and precision; a bank of at most 2000 normalised latents) is stored with the model's
-weights, and the threshold (the reference's 98th percentile of the combined score) in its card.
+weights, and the threshold (the reference's 99th percentile of the combined score) in its card.
 """
 
 import math
@@ -18,13 +18,13 @@ from .features import describe_feature, feature_names, input_features
 from .scorers import _K, _score_knn, combined_names, fit_scorer, score
 
 __all__ = ["DEFAULT_SCORER", "CHECK_SCORERS", "fit_reference", "score_cutouts", "domain_shift",
-           "explain"]
+           "domain_shift_of", "explain"]
 
 DEFAULT_SCORER = "input+knn"
 #: the parts a check can compute from the images and the latent alone
 CHECK_SCORERS = ("input", "knn", "mahalanobis")
 #: the reference percentile of the combined score taken as the OUT_OF_DISTRIBUTION threshold
-THRESHOLD_PERCENTILE = 98.0
+THRESHOLD_PERCENTILE = 99.0
 BANK_SIZE = 2000
 
 
@@ -58,7 +58,7 @@ def fit_reference(model, images, *, labels=None, scorer=DEFAULT_SCORER, held_out
         More in-domain cutouts, not used for fitting: the fraction of them above the threshold
         is recorded as the expected in-domain rate (the per-batch test's null hypothesis).
     percentile : float
-        The reference percentile taken as the threshold (default 98).
+        The reference percentile taken as the threshold (default 99).
     bank_size : int
         At most this many reference latents are kept for kNN (a seeded subset).
     note : str
@@ -175,3 +175,33 @@ def domain_shift(n_flagged, n, expected_rate, *, alpha=0.01, margin=2.0):
     return {"test": "one-sided binomial test of the OUT_OF_DISTRIBUTION fraction",
             "statistic": (k / n) if n else math.nan, "p_value": p, "n": n, "n_flagged": k,
             "null_rate": p0, "alpha": float(alpha), "shifted": bool(n and p < alpha)}
+
+
+def domain_shift_of(flags, model, alpha):
+    """`domain_shift` of a batch from its rows' flags (BAD_INPUT rows left out) and the model's
+    expected in-domain OUT_OF_DISTRIBUTION rate (its card's ``ood.expected_rate``; for a model
+    without an OOD reference, 1 %: the rate a threshold at the reference's 99th percentile
+    gives)."""
+    from ..flags import Flag
+
+    f = np.asarray(flags, np.int64)
+    good = (f & int(Flag.BAD_INPUT)) == 0
+    k = int(np.count_nonzero(good & ((f & int(Flag.OUT_OF_DISTRIBUTION)) != 0)))
+    info = (getattr(model, "card", None) or {}).get("ood") or {}
+    expected = info.get("expected_rate")
+    out = domain_shift(k, int(good.sum()), 0.01 if expected is None else float(expected),
+                       alpha=alpha)
+    out["expected_rate"] = 0.01 if expected is None else float(expected)
+    out["expected_rate_from"] = info.get("expected_rate_from", "assumed (no OOD reference)")
+    return out
+
+
+def describe_shift(ds):
+    """One line about a `domain_shift` dict, for summaries and reports."""
+    if not ds or not ds.get("n"):
+        return "domain shift: no usable cutout"
+    verdict = "SHIFTED: this batch looks unlike the model's training data" if ds["shifted"] \
+        else "no domain shift detected"
+    return (f"{verdict} ({ds['n_flagged']} of {ds['n']} cutouts out of distribution, "
+            f"{100 * ds['statistic']:.1f} % against {100 * ds['null_rate']:.1f} % allowed; "
+            f"p = {ds['p_value']:.2g})")

@@ -17,7 +17,8 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
 from galguard.checks import CheckConfig
-from galguard.checks.config import OPTIONS, VERDICT_NAMES, flag_names, flags_from_names
+from galguard.checks.config import (CARD_THRESHOLDS, OPTIONS, VERDICT_NAMES, flag_names,
+                                    flags_from_names)
 
 from .tables import split_cutouts_table
 
@@ -86,6 +87,12 @@ def _check_fields():
     """A Config class holding one field per `CheckConfig` field, generated from OPTIONS."""
     defaults = {f.name: f.default for f in dataclasses.fields(CheckConfig)}
     fields = {name: _pex_field(name, opt, defaults[name]) for name, opt in OPTIONS.items()}
+    for name in CARD_THRESHOLDS:  # None: the model card's calibrated value, else the default
+        opt = OPTIONS[name]
+        fields[name] = pexConfig.RangeField(
+            dtype=float, default=None, optional=True, min=opt.minimum, max=opt.maximum,
+            doc=f"{opt.doc} None (default): the model card's calibrated value where it has "
+                f"one, else {defaults[name]}.")
     fields["fixed_bounds"] = pexConfig.ListField(
         dtype=float, default=None, optional=True, length=2,
         doc="[lo, hi] pixel value bounds in data units, used when bounds is 'fixed'.")
@@ -143,6 +150,9 @@ class GalguardCheckConfig(pipeBase.PipelineTaskConfig, _check_fields(),
             **config.check_options())`` runs the check the task runs.
         """
         options = {name: getattr(self, name) for name in CHECK_OPTIONS}
+        for name in CARD_THRESHOLDS:
+            if options[name] is None:  # the card's value (galguard.check applies it)
+                del options[name]
         if self.bounds == "fixed":
             options["bounds"] = tuple(float(v) for v in self.fixed_bounds)
         options["fragile_flags"] = flags_from_names(self.fragile_flags)
