@@ -52,6 +52,7 @@ def main():
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--models", default="all")
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--batches", type=int, default=1000)
     args = ap.parse_args()
 
     from galguard.models import available, load
@@ -103,6 +104,34 @@ def main():
             kind = SHIFTS[k][1] if k in SHIFTS else ("far" if k == "hubble_xdf" else "near")
             vals = [auroc(ins[s], score(s, states[s], scored[k])) for s in scorers]
             print(f"| {k} | {kind} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+        batch_tests(model, sets, args.batches)
+
+
+def batch_tests(model, sets, n_batches):
+    """The shipped reference as galguard.check uses it: per-galaxy flag rates and the per-batch
+    domain-shift test's alarm rate over random batches (drawn with replacement) per size."""
+    from galguard.ood.reference import domain_shift, score_cutouts
+
+    scorer, state = model.ood_reference
+    thr = model.card["ood"]["threshold"]
+    expected = model.card["ood"]["expected_rate"]
+    rng = np.random.default_rng(0)
+    sizes = (30, 100, 300)
+    print(f"\nshipped reference ({scorer}, threshold {thr:.3f}, expected in-domain rate "
+          f"{expected:.3f}): flagged fraction and domain-shift alarm rate over {n_batches} "
+          f"random batches per size")
+    print("| set | flagged | " + " | ".join(f"alarm, batch {b}" for b in sizes) + " |")
+    print("|---|---|" + "---|" * len(sizes))
+    for k, x in sets.items():
+        flagged = score_cutouts(scorer, state, x, model)[0] > thr
+        rates = []
+        for b in sizes:
+            alarms = 0
+            for _ in range(n_batches):
+                pick = rng.integers(0, len(x), b)
+                alarms += domain_shift(int(flagged[pick].sum()), b, expected)["shifted"]
+            rates.append(alarms / n_batches)
+        print(f"| {k} | {flagged.mean():.3f} | " + " | ".join(f"{r:.3f}" for r in rates) + " |")
 
 
 if __name__ == "__main__":

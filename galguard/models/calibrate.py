@@ -20,9 +20,12 @@ def calibrate(model, reference, *, labels=None, percentile=99.0, seed=0, progres
     """A copy of ``model`` calibrated on reference cutouts you trust.
 
     Fits the latent statistics (class means from ``labels`` or, without them, the model's own
-    predictions; tied covariance) on the reference galaxies, then sets the OUT_OF_DISTRIBUTION
-    and LATENT_SHIFT thresholds to the ``percentile`` of the reference set's OOD scores and of
-    the latent shifts one shallower-depth noise realisation causes. The card records how
+    predictions; tied covariance) and the out-of-distribution reference (`galguard.ood`: input
+    statistics and a bank of latents for kNN, input statistics alone for a model without a
+    latent; a fifth of the reference, from 100 cutouts up, held out to measure the in-domain
+    OOD rate the per-batch domain-shift test expects) on the reference galaxies, then sets the
+    OUT_OF_DISTRIBUTION and LATENT_SHIFT thresholds to the ``percentile`` of the reference set's
+    OOD scores and of the latent shifts one shallower-depth noise realisation causes. The card records how
     (percentile, number of galaxies used and skipped, labels given or predicted, a hash of the
     inputs' names); `galguard.check` uses these thresholds unless they are set explicitly.
 
@@ -57,7 +60,10 @@ def calibrate(model, reference, *, labels=None, percentile=99.0, seed=0, progres
                                  f"calibration needs at least {2 * model.n_classes}")
     ref = cut[np.flatnonzero(good)]
     out = copy.deepcopy(model)
-    latent = out.embed(ref)
+    try:
+        latent = out.embed(ref)
+    except GalguardValueError:  # a logits-only model: input statistics only
+        latent = None
     if labels is None:
         y = out.predict(ref).argmax(1)
         source = "predicted"
@@ -79,14 +85,39 @@ def calibrate(model, reference, *, labels=None, percentile=99.0, seed=0, progres
         names = [out.classes[k] for k in missing]
         raise GalguardValueError(f"the reference set has no galaxy of class(es) {names} "
                                  f"({source} labels); give labels or more galaxies")
-    stats = fit_latent_stats(latent, y, out.n_classes)
-    stats.pop("shrinkage", None)
-    out.set_latent_stats(stats)
+    if latent is not None:
+        stats = fit_latent_stats(latent, y, out.n_classes)
+        stats.pop("shrinkage", None)
+        out.set_latent_stats(stats)
+    # the out-of-distribution reference (input statistics + latent kNN; input only for a model
+    # without a latent), its threshold at the same percentile; a seeded fifth of the reference
+    # is held out to measure the in-domain rate the per-batch test expects
+    from ..ood.reference import DEFAULT_SCORER, MIN_REFERENCE, fit_reference
+
+    if len(ref) >= MIN_REFERENCE:
+        order = np.random.default_rng([seed, 3]).permutation(len(ref))
+        n_hold = len(ref) // 5 if len(ref) >= 100 else 0
+        fit_idx, hold_idx = np.sort(order[n_hold:]), np.sort(order[:n_hold])
+        scorer = DEFAULT_SCORER if latent is not None else "input"
+        fit_reference(out, ref.data[fit_idx], labels=y[fit_idx], scorer=scorer,
+                      held_out=ref.data[hold_idx] if n_hold else None, percentile=percentile,
+                      seed=seed, note=f"galguard calibrate: {len(fit_idx)} reference cutouts"
+                      + (f", {n_hold} held out for the expected rate" if n_hold else ""))
+    else:
+        log.warning("%d reference cutouts: too few for an out-of-distribution reference (at "
+                    "least %d); the latent Mahalanobis score is used", len(ref), MIN_REFERENCE)
+        if "ood" in out.card:  # the old reference belongs to other data
+            out.set_ood_reference("", {}, None)
+            out.card = {k: v for k, v in out.card.items() if k != "ood"}
     t = check(ref, model=out, onepixel=False, noise_realisations=1, seed=seed,
               progress=progress)
     thresholds = {}
+    if "ood" in out.card:
+        thresholds["ood_threshold"] = float(out.card["ood"]["threshold"])
     for name, col in (("ood_threshold", "ood_score"),
                       ("latent_shift_threshold", "latent_shift_noise")):
+        if name in thresholds:
+            continue
         v = np.asarray(t[col], np.float64)
         v = v[np.isfinite(v)]
         if v.size:

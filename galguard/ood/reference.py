@@ -26,15 +26,18 @@ CHECK_SCORERS = ("input", "knn", "mahalanobis")
 #: the reference percentile of the combined score taken as the OUT_OF_DISTRIBUTION threshold
 THRESHOLD_PERCENTILE = 99.0
 BANK_SIZE = 2000
+#: the fewest reference cutouts a reference is fitted on (kNN leaves each one out of its own k)
+MIN_REFERENCE = _K + 2
 
 
 def _latents(model, images, batch_size=256):
     import torch
 
-    from .._model_io import forward_probs
+    from .._model_io import evaluating, forward_probs
 
     x = torch.as_tensor(np.ascontiguousarray(images, np.float32))
-    latent, probs = forward_probs(model, x, batch_size)
+    with evaluating(model), torch.inference_mode():
+        latent, probs = forward_probs(model, x, batch_size)
     return (None if latent is None else latent.double().cpu().numpy()), probs.double().numpy()
 
 
@@ -74,8 +77,9 @@ def fit_reference(model, images, *, labels=None, scorer=DEFAULT_SCORER, held_out
     if bad:
         raise GalguardValueError(f"scorer must combine {CHECK_SCORERS}, got {scorer!r}")
     x = np.asarray(images, np.float32)
-    if len(x) < 20:
-        raise GalguardValueError(f"images must hold at least 20 reference cutouts, got {len(x)}")
+    if len(x) < MIN_REFERENCE:
+        raise GalguardValueError(f"images must hold at least {MIN_REFERENCE} reference cutouts, "
+                                 f"got {len(x)}")
     latent, probs = _latents(model, x)
     if latent is None and any(p in ("knn", "mahalanobis") for p in parts):
         raise GalguardValueError(f"scorer {scorer!r} needs a latent, and the model returns none; "

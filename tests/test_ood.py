@@ -1,0 +1,177 @@
+"""Out-of-distribution detection: input statistics, scorers, the shipped references on shifted
+inputs, words for flagged rows, the per-batch domain-shift test, storage and calibration."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import galguard
+from _tiny import galaxies, tiny_classifier  # tests/ is put on sys.path by conftest.py
+from galguard import cli
+from galguard.catalog import read_catalog
+from galguard.errors import GalguardValueError
+from galguard.flags import Flag
+from galguard.models import load, save
+from galguard.ood import SHIFTS, auroc, feature_names, input_features, make_shift
+from galguard.ood.reference import domain_shift, fit_reference
+from galguard.sim import simulate, write_fits
+
+FAST = dict(onepixel=False, noise=False)
+
+
+@pytest.fixture(scope="module")
+def sims():
+    """In-domain galaxies for the shipped models: held out (indices 60000..), Y10 and Y1, the
+    shipped models' training magnitude law."""
+    out = simulate(40, seed=0, start=60000, size=100, mag_range=(18.5, 25.5), counts_slope=0.3)
+    return out["y10"].images, out["y1"].images
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return load("default")
+
+
+def test_features_are_finite_and_see_units_and_renders(sims):
+    y10, _ = sims
+    f = input_features(y10)
+    names = feature_names(("g", "r", "i"))
+    assert f.shape == (40, len(names)) and np.isfinite(f).all()
+    k_int, k_dist = names.index("integer"), names.index("distinct")
+    counts = make_shift("counts_units", y10)
+    assert np.all(input_features(counts)[:, k_int] == 1.0) and np.all(f[:, k_int] < 0.01)
+    render = make_shift("render_8bit", y10)
+    assert render.min() >= 0 and render.max() <= 1
+    # (the simulated flux is k / gain - sky, k integer: already quantised, but finely)
+    assert np.all(input_features(render)[:, k_dist] < np.log10(0.05)) and \
+        np.all(f[:, k_dist] > np.log10(0.1))
+    # nothing non-finite comes out, even for empty or constant cutouts
+    assert np.isfinite(input_features(np.zeros((2, 3, 16, 16)))).all()
+
+
+def test_auroc():
+    assert auroc([0, 1, 2], [3, 4]) == 1.0 and auroc([3, 4], [0, 1, 2]) == 0.0
+    assert auroc([1, 2], [1, 2]) == 0.5
+
+
+def test_shipped_model_flags_far_shifts_and_few_in_domain(sims, default_model):
+    """The shipped reference: at most a few in-domain galaxies (Y10 and Y1) flagged, the far
+    shifts almost all flagged, each flagged row with its reason in words."""
+    y10, y1 = sims
+    inside = np.concatenate([y10, y1])
+    t = galguard.check(inside, model=default_model, **FAST)
+    flagged = (np.asarray(t["flags"]) & int(Flag.OUT_OF_DISTRIBUTION)) != 0
+    assert flagged.mean() <= 0.075  # expected 1.8 %; 6 of 80 is past 4 sigma
+    assert t.meta["domain_shift"]["shifted"] is False
+    for name in ("render_8bit", "counts_units", "pure_noise", "missing_band",
+                 "stars_and_artefacts", "coarser_pixels"):
+        assert SHIFTS[name][1] == "far"
+        s = galguard.check(make_shift(name, y10), model=default_model, **FAST)
+        bad = (np.asarray(s["flags"]) & int(Flag.OUT_OF_DISTRIBUTION)) != 0
+        assert bad.mean() >= 0.9, name
+        assert all(r for r in np.asarray(s["ood_reason"])[bad]), name
+        assert s.meta["domain_shift"]["shifted"] is True and \
+            s.meta["domain_shift"]["p_value"] < 1e-6, name
+    s = galguard.check(make_shift("counts_units", y10[:4]), model=default_model, **FAST)
+    assert any("integer-valued" in r or "noise level" in r for r in s["ood_reason"])
+
+
+def test_domain_shift_test_is_exact_and_deterministic():
+    a = domain_shift(1, 30, 0.018)
+    assert a == domain_shift(1, 30, 0.018) and not a["shifted"]
+    assert a["null_rate"] == pytest.approx(0.036)
+    b = domain_shift(12, 30, 0.018)
+    assert b["shifted"] and b["p_value"] < 1e-6 and b["statistic"] == pytest.approx(0.4)
+    # at the null rate the false-alarm probability is at most alpha, for every batch size
+    from scipy.stats import binom
+
+    for n in (30, 100, 1000):
+        k = np.arange(n + 1)
+        alarms = np.array([domain_shift(int(x), n, 0.018)["shifted"] for x in k])
+        assert binom.pmf(k, n, 0.036)[alarms].sum() <= 0.01 + 1e-12
+    assert not domain_shift(0, 0, 0.02)["shifted"]
+
+
+def test_a_mixed_batch_raises_the_alarm_and_a_clean_one_does_not(sims, default_model):
+    y10, _ = sims
+    mixed = np.concatenate([y10[:30], make_shift("render_8bit", y10[30:40])])
+    t = galguard.check(mixed, model=default_model, **FAST)
+    ds = t.meta["domain_shift"]
+    assert ds["n"] == 40 and ds["n_flagged"] >= 10 and ds["shifted"]
+    assert galguard.check(y10[:30], model=default_model, **FAST).meta["domain_shift"][
+        "shifted"] is False
+
+
+def test_cli_summary_catalog_meta_and_report_carry_the_domain_shift(sims, default_model,
+                                                                   tmp_path, capsys):
+    y10, _ = sims
+    sd = simulate(12, seed=0, start=60100, size=100, depths=("y10",))["y10"]
+    sd.images[:] = make_shift("counts_units", sd.images)  # the wrong units, in every file
+    write_fits(sd, tmp_path / "in")
+    out = tmp_path / "cat.ecsv"
+    rc = cli.main(["check", str(tmp_path / "in"), "-o", str(out), "--no-onepixel", "--no-noise"])
+    assert rc == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "SHIFTED" in err and "out of distribution" in err
+    t = read_catalog(out)
+    ds = t.meta["domain_shift"]
+    assert ds["shifted"] and ds["n"] == 12 and ds["n_flagged"] >= 11
+    assert all(str(r) for r in t["ood_reason"][(np.asarray(t["flags"]) & int(
+        Flag.OUT_OF_DISTRIBUTION)) != 0])
+    html_path = tmp_path / "r.html"
+    assert cli.main(["report", str(out), "-o", str(html_path)]) == cli.EXIT_OK
+    text = html_path.read_text()
+    assert 'id="domain-shift" data-shifted="true"' in text
+    assert "out of distribution:" in text
+
+
+def test_reference_is_saved_with_the_weights_and_checked_on_load(tmp_path):
+    x = galaxies(80, seed=3)
+    m = tiny_classifier(x, name="tiny-ood")
+    info = fit_reference(m, x[:60], held_out=x[60:])
+    assert info["scorer"] == "input+knn" and m.card["thresholds"]["ood_threshold"] == \
+        pytest.approx(info["threshold"])
+    w, c = save(m, tmp_path / "t.safetensors")
+    back = load(str(w))
+    name, state = back.ood_reference
+    assert name == "input+knn" and state["knn"]["bank"].shape == (60, m.latent_dim)
+    a = galguard.check(x, model=m, **FAST)
+    b = galguard.check(x, model=back, **FAST)
+    np.testing.assert_allclose(a["ood_score"], b["ood_score"], rtol=1e-5)
+    # OOD tensors without the card's entry: refused, named
+    card = json.loads(c.read_text())
+    del card["ood"]
+    c.write_text(json.dumps(card))
+    with pytest.raises(GalguardValueError, match="'ood' entry"):
+        load(str(w))
+
+
+def test_calibrate_fits_the_reference_also_for_a_logits_only_model():
+    from galguard.models import calibrate, wrap
+
+    x = galaxies(120, seed=4)
+    y = np.arange(len(x)) % 3
+    m = calibrate(tiny_classifier(x, name="tiny-cal"), x, labels=y)
+    assert m.card["ood"]["scorer"] == "input+knn"
+    assert m.card["ood"]["expected_rate_from"].startswith("24 held-out")
+    assert m.card["thresholds"]["ood_threshold"] == pytest.approx(m.card["ood"]["threshold"])
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    w = wrap(LogitsOnly(), classes=("a", "b", "c"), bands="gri", input_size=x.shape[-1])
+    cw = calibrate(w, x, labels=y)
+    assert cw.card["ood"]["scorer"] == "input"
+    t = galguard.check(np.concatenate([x[:10], make_shift("render_8bit", x[:10])]), model=cw,
+                       **FAST)
+    assert np.isfinite(t["ood_score"]).all()
+    assert np.mean(t["ood_score"][10:] > cw.card["thresholds"]["ood_threshold"]) >= 0.9
