@@ -1,14 +1,20 @@
 """Shifted inputs for evaluating out-of-distribution scores: small generators, no data files.
 
 Each function takes in-domain cutouts (N, C, H, W) in the simulator's units (electron/s,
-sky-subtracted; `galguard.sim`) and returns shifted versions of the same shape, or makes new
-ones. `SHIFTS` lists them with their kind ("far": the model should never be trusted; "near":
-plausible survey data with one property changed).
+sky-subtracted; `galguard.sim` at Y10) and returns shifted versions of the same shape, or makes
+new ones. `SHIFTS` lists them with their kind ("far": the model should never be trusted;
+"near": plausible survey data with one property changed).
+
+Shifts that change the image (pixel scale, PSF, size, stars, noise) are observed again the way
+the simulator observes: the transformed image is taken as the expected flux and Poisson counts
+are drawn at the Y10 gain and sky, ``k ~ Poisson(g (f + s))``, ``f' = k / g - s``. The noise
+then has the level and the quantisation (steps of 1 / g) of in-domain data, so that a score
+cannot tell the shift by an artefact of the generator.
 """
 
 import numpy as np
 
-__all__ = ["SHIFTS", "make_shift", "border_sigma"]
+__all__ = ["SHIFTS", "make_shift", "border_sigma", "observe"]
 
 
 def border_sigma(images):
@@ -34,53 +40,57 @@ def _fit(img, h, w, fill):
     return out
 
 
-def _noise_like(images, rng, scale=1.0):
-    s = border_sigma(images)[..., None, None] * scale
-    return lambda shape: rng.normal(size=shape) * s
+def _y10():
+    from ..sim._survey import depth_params
+
+    p = depth_params("y10")
+    return np.asarray(p["gain"], np.float64), np.asarray(p["sky"], np.float64)
+
+
+def observe(expected, rng, *, sky_factor=1.0):
+    """Poisson counts at the Y10 gain and sky (``sky_factor`` x the sky: larger pixels collect
+    more) for an expected flux image (N, 3, H, W); sky-subtracted flux back."""
+    g, s = _y10()
+    g = g.reshape(1, -1, 1, 1)
+    s = s.reshape(1, -1, 1, 1) * sky_factor
+    lam = np.maximum(g * (np.asarray(expected, np.float64) + s), 0.0)
+    return (rng.poisson(lam) / g - s).astype(np.float32)
 
 
 def coarser_pixels(images, rng, factor=2):
-    """Pixels ``factor`` times larger (summed, as a camera with larger pixels would count them;
-    the flux per pixel grows by factor**2), centred and padded with noise of the new level."""
+    """Pixels ``factor`` times larger (summed, as a camera with larger pixels counts them: the
+    flux per pixel grows by factor**2), centred; the frame outside is empty sky of those pixels."""
     n, c, h, w = images.shape
     hh, ww = h // factor, w // factor
     x = images[..., :hh * factor, :ww * factor].reshape(n, c, hh, factor, ww, factor).sum((3, 5))
-    return _fit(x, h, w, _noise_like(x, rng)).astype(np.float32)
+    frame = observe(np.zeros((n, c, h, w)), rng, sky_factor=factor ** 2)
+    return _fit(x, h, w, lambda shape: frame.astype(np.float64)).astype(np.float32)
 
 
 def finer_pixels(images, rng, factor=2):
-    """Pixels ``factor`` times smaller: each pixel's flux shared among factor**2 (the galaxy
-    appears larger), the centre kept, noise restored to the per-pixel level of finer pixels."""
+    """Pixels ``factor`` times smaller: the galaxy appears ``factor`` times larger and each pixel
+    holds 1 / factor**2 of the flux and of the sky; observed again."""
     from scipy.ndimage import zoom
 
-    n, c, h, w = images.shape
     z = zoom(images.astype(np.float64), (1, 1, factor, factor), order=1) / factor ** 2
-    z = _fit(z, h, w, np.zeros)
-    sig = border_sigma(images)[..., None, None]
-    extra = np.sqrt(np.maximum((sig / factor) ** 2 - border_sigma(z)[..., None, None] ** 2, 0))
-    return (z + rng.normal(size=z.shape) * extra).astype(np.float32)
+    z = _fit(z, *images.shape[-2:], np.zeros)
+    return observe(z, rng, sky_factor=1.0 / factor ** 2)
 
 
 def wider_psf(images, rng, sigma=2.0):
-    """A worse seeing: Gaussian blur of ``sigma`` pixels, the noise restored to its level."""
+    """A worse seeing: Gaussian blur of ``sigma`` pixels, observed again."""
     from scipy.ndimage import gaussian_filter
 
-    b = gaussian_filter(images.astype(np.float64), (0, 0, sigma, sigma))
-    sig = border_sigma(images)[..., None, None]
-    extra = np.sqrt(np.maximum(sig ** 2 - border_sigma(b)[..., None, None] ** 2, 0))
-    return (b + rng.normal(size=b.shape) * extra).astype(np.float32)
+    return observe(gaussian_filter(images.astype(np.float64), (0, 0, sigma, sigma)), rng)
 
 
 def larger_galaxies(images, rng, factor=2.0):
-    """Galaxies ``factor`` times larger at the same surface brightness and noise."""
+    """Galaxies ``factor`` times larger at the same surface brightness, observed again."""
     from scipy.ndimage import zoom
 
-    z = _fit(zoom(images.astype(np.float64), (1, 1, factor, factor), order=1), *images.shape[-2:],
-             np.zeros)
-    sig = border_sigma(images)[..., None, None]
-    smooth = border_sigma(z)[..., None, None]
-    extra = np.sqrt(np.maximum(sig ** 2 - smooth ** 2, 0))
-    return (z + rng.normal(size=z.shape) * extra).astype(np.float32)
+    z = _fit(zoom(images.astype(np.float64), (1, 1, factor, factor), order=1),
+             *images.shape[-2:], np.zeros)
+    return observe(z, rng)
 
 
 def swapped_bands(images, rng):
@@ -116,38 +126,36 @@ def counts_units(images, rng, gain=None, sky=None):
 
 
 def pure_noise(images, rng):
-    """Gaussian noise at the cutouts' own noise level: nothing there."""
-    return (rng.normal(size=images.shape) * border_sigma(images)[..., None, None]).astype(
-        np.float32)
+    """Empty sky observed at Y10: nothing there."""
+    return observe(np.zeros(images.shape), rng)
 
 
 def stars_and_artefacts(images, rng):
-    """No galaxy: a few stars (Moffat, beta 3, FWHM 3.5 px) and a cosmic ray, a hot pixel or a
-    bad column segment, on noise at the cutouts' own level."""
+    """No galaxy: a few stars (Moffat, beta 3, FWHM 3.5 px) observed at Y10, and a cosmic ray, a
+    hot pixel or a bad column segment."""
     n, c, h, w = images.shape
-    sig = border_sigma(images)
+    sig = border_sigma(observe(np.zeros((1, c, h, w)), rng))[0]
     yy, xx = np.mgrid[:h, :w]
-    out = rng.normal(size=images.shape) * sig[..., None, None]
+    model = np.zeros(images.shape)
     alpha = 3.5 / (2 * np.sqrt(2 ** (1 / 3.0) - 1))
     for i in range(n):
         for _ in range(rng.integers(1, 4)):
             y0, x0 = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w)
-            amp = rng.uniform(30, 3000) * sig[i]
             prof = (1 + ((yy - y0) ** 2 + (xx - x0) ** 2) / alpha ** 2) ** -3.0
-            out[i] += amp[:, None, None] * prof
-        kind = rng.integers(3)
-        b = rng.integers(c)
+            model[i] += rng.uniform(30, 3000) * sig[:, None, None] * prof
+    out = observe(model, rng)
+    for i in range(n):
+        kind, b = rng.integers(3), rng.integers(c)
         if kind == 0:  # a cosmic ray: a short track
             y, x = rng.integers(5, h - 5), rng.integers(5, w - 5)
             for k in range(rng.integers(3, 8)):
-                out[i, b, min(h - 1, y + k), min(w - 1, x + k // 2)] += 500 * sig[i, b]
+                out[i, b, min(h - 1, y + k), min(w - 1, x + k // 2)] += 500 * sig[b]
         elif kind == 1:
-            out[i, b, rng.integers(h), rng.integers(w)] += 2000 * sig[i, b]
+            out[i, b, rng.integers(h), rng.integers(w)] += 2000 * sig[b]
         else:
-            x = rng.integers(w)
-            y0 = rng.integers(h // 2)
-            out[i, b, y0:y0 + h // 3, x] += 300 * sig[i, b]
-    return out.astype(np.float32)
+            x, y0 = rng.integers(w), rng.integers(h // 2)
+            out[i, b, y0:y0 + h // 3, x] += 300 * sig[b]
+    return out
 
 
 #: name -> (function, kind, description)
