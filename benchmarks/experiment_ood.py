@@ -61,8 +61,8 @@ def main():
 
     names = available() if args.models == "all" else args.models.split(",")
     names = [n for n in names if n != "default"]
-    scorers = ["mahalanobis", "knn", "energy", "vim", "input", "input+mahalanobis",
-               "input+knn", "input+energy"]
+    scorers = ["mahalanobis", "knn", "energy", "vim", "input", "inputknn", "input+inputknn",
+               "input+knn", "input+inputknn+knn"]
     for name in names:
         t0 = time.time()
         model = load(name)

@@ -44,9 +44,13 @@ def test_features_are_finite_and_see_units_and_renders(sims):
     assert np.all(input_features(counts)[:, k_int] == 1.0) and np.all(f[:, k_int] < 0.01)
     render = make_shift("render_8bit", y10)
     assert render.min() >= 0 and render.max() <= 1
-    # (the simulated flux is k / gain - sky, k integer: already quantised, but finely)
-    assert np.all(input_features(render)[:, k_dist] < np.log10(0.05)) and \
-        np.all(f[:, k_dist] > np.log10(0.1))
+    # capped at 10 % distinct values: renders fall below, float or finely quantised flux not
+    from galguard.ood.features import DISTINCT_CAP
+
+    assert np.all(input_features(render)[:, k_dist] < np.log10(0.05))
+    assert np.all(f[:, k_dist] <= DISTINCT_CAP)
+    floats = y10 + np.random.default_rng(0).normal(0, 1e-4, y10.shape)
+    np.testing.assert_array_equal(input_features(floats)[:, k_dist], DISTINCT_CAP)
     # nothing non-finite comes out, even for empty or constant cutouts
     assert np.isfinite(input_features(np.zeros((2, 3, 16, 16)))).all()
 
@@ -131,12 +135,13 @@ def test_reference_is_saved_with_the_weights_and_checked_on_load(tmp_path):
     x = galaxies(80, seed=3)
     m = tiny_classifier(x, name="tiny-ood")
     info = fit_reference(m, x[:60], held_out=x[60:])
-    assert info["scorer"] == "input+knn" and m.card["thresholds"]["ood_threshold"] == \
+    assert info["scorer"] == "input+inputknn+knn" and m.card["thresholds"]["ood_threshold"] == \
         pytest.approx(info["threshold"])
     w, c = save(m, tmp_path / "t.safetensors")
     back = load(str(w))
     name, state = back.ood_reference
-    assert name == "input+knn" and state["knn"]["bank"].shape == (60, m.latent_dim)
+    assert name == "input+inputknn+knn" and state["knn"]["bank"].shape == (60, m.latent_dim)
+    assert state["inputknn"]["bank"].shape == (60, len(m.card["ood"]["features"]))
     a = galguard.check(x, model=m, **FAST)
     b = galguard.check(x, model=back, **FAST)
     np.testing.assert_allclose(a["ood_score"], b["ood_score"], rtol=1e-5)
@@ -154,7 +159,7 @@ def test_calibrate_fits_the_reference_also_for_a_logits_only_model():
     x = galaxies(120, seed=4)
     y = np.arange(len(x)) % 3
     m = calibrate(tiny_classifier(x, name="tiny-cal"), x, labels=y)
-    assert m.card["ood"]["scorer"] == "input+knn"
+    assert m.card["ood"]["scorer"] == "input+inputknn+knn"
     assert m.card["ood"]["expected_rate_from"].startswith("24 held-out")
     assert m.card["thresholds"]["ood_threshold"] == pytest.approx(m.card["ood"]["threshold"])
 
@@ -170,7 +175,7 @@ def test_calibrate_fits_the_reference_also_for_a_logits_only_model():
     torch.manual_seed(0)
     w = wrap(LogitsOnly(), classes=("a", "b", "c"), bands="gri", input_size=x.shape[-1])
     cw = calibrate(w, x, labels=y)
-    assert cw.card["ood"]["scorer"] == "input"
+    assert cw.card["ood"]["scorer"] == "input+inputknn"
     t = galguard.check(np.concatenate([x[:10], make_shift("render_8bit", x[:10])]), model=cw,
                        **FAST)
     assert np.isfinite(t["ood_score"]).all()

@@ -224,8 +224,9 @@ class OutOfDistribution(Check):
         if ref is not None:
             scorer, state = ref
             latent = None if ctx.latent is None else ctx.latent.double().cpu().numpy()
-            if latent is None and scorer != "input":  # a logits-only model: the input part
-                scorer, state = ("input", {"input": state["input"]}) if "input" in state \
+            pixel = [p for p in scorer.split("+") if p in ("input", "inputknn")]
+            if latent is None and len(pixel) < len(scorer.split("+")):  # logits only: pixels
+                scorer, state = ("+".join(pixel), {p: state[p] for p in pixel}) if pixel \
                     else (None, None)
             if scorer is not None:
                 total, parts, feats = score_cutouts(scorer, state, ctx.images.cpu().numpy(),

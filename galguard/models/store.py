@@ -134,6 +134,10 @@ def _refuse_pickle(path):
             f"which can execute code; galguard loads only .safetensors weights with a .json card")
     with open(path, "rb") as fh:
         head = fh.read(16)
+    if len(head) >= 9 and head[8:9] == b"{" and \
+            0 < struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8:
+        return  # the safetensors layout (u64 header length, then JSON): read by safetensors,
+        #         which never unpickles (a header length may well start with byte 0x80 or "(")
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or head[:1] in (b"(", b"]", b"}"):
         raise GalguardValueError(
             f"refusing to load {str(path)!r}: it holds pickled objects (pickle or torch.save "

@@ -5,7 +5,6 @@ Each cutout gets `FEATURE_NAMES` (for C bands; the middle band is the colour ref
 
 - ``noise_b``: log10 of the border's robust noise sigma (1.4826 x MAD) per band: the units and
   the depth (counts instead of flux, an 8-bit render, another survey's depth);
-- ``sky_b``: asinh of the border median over that sigma: a sky left in, or a pedestal;
 - ``peak_b``: asinh of the 99.5th percentile above the border level, in sigmas: the dynamic range;
 - ``colour_b``: asinh of each band's central flux over the reference band's: band order swapped
   or a band missing;
@@ -13,26 +12,32 @@ Each cutout gets `FEATURE_NAMES` (for C bands; the middle band is the colour ref
   other pixel scales, much larger or smaller galaxies;
 - ``core``: log10 of the number of pixels above half the peak of the band sum: the PSF and the
   concentration;
-- ``distinct``: log10 of the fraction of distinct pixel values (about 1 for float flux; a few
-  percent for 8-bit renders and quantised data);
+- ``distinct``: log10 of the fraction of distinct pixel values, capped at log10(0.1): a few
+  percent for 8-bit renders; at the cap for float flux, compressed data and the simulator's
+  (quantised in steps of 1 / gain), which must not differ from one another;
 - ``integer``: the fraction of integer-valued pixels (counts, renders).
 
 These are the statistics a survey scientist would look at first; `galguard.ood` compares them
-with the model's reference set (a Mahalanobis distance with Ledoit-Wolf shrinkage).
+with the model's reference set (a Mahalanobis distance with Ledoit-Wolf shrinkage). The border
+level is not one of them: `galguard.io` subtracts a sky left in the image before any check, and
+galaxy light reaching the border made it flag bright, large galaxies.
 """
 
 import numpy as np
 
-__all__ = ["input_features", "feature_names", "describe_feature"]
+__all__ = ["input_features", "feature_names", "describe_feature", "DISTINCT_CAP"]
+
+#: the distinct-value statistic is capped here (log10 of a fraction): only fewer distinct values
+#: than that (renders, 8-bit data) count
+DISTINCT_CAP = -1.0
 
 _TEXT = {
     "noise": "background noise level",
-    "sky": "background level (a sky left in, or a pedestal)",
     "peak": "peak brightness over the noise (dynamic range)",
     "colour": "colour (flux ratio to the reference band)",
     "size": "size of the light distribution",
     "core": "size of the bright core (PSF, concentration)",
-    "distinct": "number of distinct pixel values (quantised, e.g. an 8-bit render)",
+    "distinct": "number of distinct pixel values (quantised data, e.g. an 8-bit render)",
     "integer": "integer-valued pixels (counts, or an image render)",
 }
 
@@ -43,8 +48,8 @@ def feature_names(bands):
         bands = [str(k) for k in range(bands)]
     bands = [b or str(k) for k, b in enumerate(bands)]
     ref = len(bands) // 2
-    names = [f"noise_{b}" for b in bands] + [f"sky_{b}" for b in bands] + \
-        [f"peak_{b}" for b in bands] + [f"colour_{b}" for k, b in enumerate(bands) if k != ref]
+    names = [f"noise_{b}" for b in bands] + [f"peak_{b}" for b in bands] + \
+        [f"colour_{b}" for k, b in enumerate(bands) if k != ref]
     return tuple(names + ["size", "core", "distinct", "integer"])
 
 
@@ -105,9 +110,10 @@ def input_features(images, *, border=None):
     srt = np.sort(flat, axis=2)
     distinct = ((np.diff(srt, axis=2) != 0).sum(axis=2) + 1) / (h * w)
     integer = (flat == np.round(flat)).mean(axis=2)
-    parts = [np.log10(sig), np.arcsinh(level / sig), np.arcsinh(peak / sig)]
+    parts = [np.log10(sig), np.arcsinh(peak / sig)]
     if colour:
         parts.append(np.stack(colour, 1))
-    parts.append(np.stack([size, core, np.log10(distinct.mean(axis=1)), integer.mean(axis=1)], 1))
+    few = np.minimum(np.log10(np.maximum(distinct.mean(axis=1), 1e-6)), DISTINCT_CAP)
+    parts.append(np.stack([size, core, few, integer.mean(axis=1)], 1))
     out = np.concatenate(parts, axis=1)
     return np.where(np.isfinite(out), out, 0.0)

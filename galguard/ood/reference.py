@@ -2,11 +2,12 @@
 domain-shift test.
 
 The default scorer, chosen by measurement (``docs/experiments.md``, "Out-of-distribution
-scores"), is ``"input+knn"``: the input statistics (`galguard.ood.features`, Mahalanobis with
-Ledoit-Wolf shrinkage) and the deep k-nearest-neighbour distance of the normalised latent, each
-divided by its reference 99th percentile, the larger of the two. The reference (feature mean,
-scale and precision; a bank of at most 2000 normalised latents) is stored with the model's
-weights, and the threshold (the reference's 99th percentile of the combined score) in its card.
+scores"), is ``"input+inputknn+knn"``: the input statistics (`galguard.ood.features`) by their
+Mahalanobis distance (Ledoit-Wolf) and by their k-nearest-neighbour distance to the reference's,
+and the deep k-nearest-neighbour distance of the normalised latent, each divided by its
+reference 99th percentile, the largest of the three. The reference (feature mean, scale and
+precision; banks of at most 2000 reference feature vectors and normalised latents) is stored
+with the model's weights, and the threshold (the reference's 99th percentile of the combined score) in its card.
 """
 
 import math
@@ -15,14 +16,16 @@ import numpy as np
 
 from ..errors import GalguardValueError
 from .features import describe_feature, feature_names, input_features
-from .scorers import _K, _score_knn, combined_names, fit_scorer, score
+from .scorers import _K, SCORERS, combined_names, fit_scorer, score
 
 __all__ = ["DEFAULT_SCORER", "CHECK_SCORERS", "fit_reference", "score_cutouts", "domain_shift",
            "domain_shift_of", "explain"]
 
-DEFAULT_SCORER = "input+knn"
+DEFAULT_SCORER = "input+inputknn+knn"
 #: the parts a check can compute from the images and the latent alone
-CHECK_SCORERS = ("input", "knn", "mahalanobis")
+CHECK_SCORERS = ("input", "inputknn", "knn", "mahalanobis")
+#: the parts that compare with a bank of reference points (left out of their own k)
+_BANKS = ("knn", "inputknn")
 #: the reference percentile of the combined score taken as the OUT_OF_DISTRIBUTION threshold
 THRESHOLD_PERCENTILE = 99.0
 BANK_SIZE = 2000
@@ -87,14 +90,14 @@ def fit_reference(model, images, *, labels=None, scorer=DEFAULT_SCORER, held_out
     ref = {"features": input_features(x), "latent": latent,
            "labels": probs.argmax(1) if labels is None else np.asarray(labels, np.int64)}
     state = fit_scorer(scorer, ref)
-    if "knn" in state:  # leave-self-out scale: a reference latent is its own nearest neighbour
-        own = _score_knn(state["knn"], ref, k=_K + 1)
-        state["knn"]["scale"] = np.array(max(float(np.percentile(own, 99.0)), 1e-12))
-        bank = state["knn"]["bank"]
+    for part in _BANKS:  # (fit_scorer scaled them leaving each point out of its own k)
+        if part not in state:
+            continue
+        bank = state[part]["bank"]
         if len(bank) > bank_size:
             keep = np.sort(np.random.default_rng([seed, 5]).choice(len(bank), bank_size,
                                                                    replace=False))
-            state["knn"]["bank"] = bank[keep]
+            state[part]["bank"] = bank[keep]
     ref_scores = _reference_scores(scorer, state, ref)
     threshold = float(np.percentile(ref_scores, percentile))
     expected, expected_from = 1.0 - percentile / 100.0, "the threshold percentile"
@@ -117,8 +120,8 @@ def _reference_scores(scorer, state, ref):
     """The combined score of the reference itself, kNN left-self-out."""
     total = None
     for part in combined_names(scorer):
-        if part == "knn":
-            s = _score_knn(state["knn"], ref, k=_K + 1) / float(state["knn"]["scale"])
+        if part in _BANKS:
+            s = SCORERS[part][1](state[part], ref, k=_K + 1) / float(state[part]["scale"])
         else:
             s = score(part, {part: state[part]}, ref)
         total = s if total is None else np.maximum(total, s)
@@ -141,13 +144,17 @@ def explain(parts, features, state, names, threshold):
     statistics, the feature furthest from the reference."""
     n = len(features)
     out = [""] * n
-    inp = state.get("input")
+    inp = state.get("input") or state.get("inputknn")
     for i in range(n):
         words = []
-        if "input" in parts and parts["input"][i] > threshold and inp is not None:
+        pixel = max(parts.get("input", np.zeros(n))[i], parts.get("inputknn", np.zeros(n))[i])
+        if pixel > threshold and inp is not None:
             z = (features[i] - inp["mean"]) / inp["std"]
             k = int(np.argmax(np.abs(z)))
-            words.append(describe_feature(names[k], float(z[k])))
+            one = describe_feature(names[k], float(z[k]))
+            words.append(one if abs(z[k]) >= 3 else
+                         f"its pixel statistics together are unlike the training data (the "
+                         f"largest deviation: {one})")
         for part, what in (("knn", "the model's latent representation is far from every "
                                    "reference galaxy"),
                            ("mahalanobis", "the latent vector is far from every class centroid")):

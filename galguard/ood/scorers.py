@@ -17,9 +17,12 @@ vim             the virtual logit of ViM (Wang et al. 2022): the latent's residu
                 (needs a linear last layer)
 input           Mahalanobis distance of the input statistics (`galguard.ood.features`) with
                 Ledoit-Wolf shrinkage, per feature
+inputknn        distance of the standardised input statistics to their k-th nearest reference
+                (k = 10): unlike the Gaussian distance it sees gaps in a multimodal reference
+                (a noise level between Y10's and Y1's)
 ==============  ==============================================================================
 
-Combinations (``"input+knn"`` ...) take the maximum of the scores, each divided by its value at
+Combinations (``"input+inputknn+knn"`` ...) take the maximum of the scores, each divided by its value at
 the reference's 99th percentile, so that each contributes on the same scale.
 """
 
@@ -51,6 +54,30 @@ def _score_input(state, batch):
     return np.sqrt(np.maximum(m2, 0.0) / z.shape[1])
 
 
+def _fit_inputknn(ref):
+    f = np.asarray(ref["features"], np.float64)
+    mean = f.mean(axis=0)
+    std = np.maximum(f.std(axis=0), 0.02)
+    return {"mean": mean, "std": std, "bank": ((f - mean) / std).astype(np.float32)}
+
+
+def _score_inputknn(state, batch, k=_K):
+    z = (np.asarray(batch["features"], np.float64) - state["mean"]) / state["std"]
+    return _kth_distance(z, state["bank"], k)
+
+
+def _kth_distance(q, bank, k):
+    import torch
+
+    q = torch.as_tensor(q, dtype=torch.float32)
+    bank = torch.as_tensor(bank, dtype=torch.float32)
+    out = []
+    for i in range(0, len(q), 2048):
+        d = torch.cdist(q[i:i + 2048], bank)
+        out.append(d.topk(min(k, bank.shape[0]), dim=1, largest=False).values[:, -1])
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
 def _fit_maha(ref):
     z = np.asarray(ref["latent"], np.float64)
     y = np.asarray(ref["labels"], np.int64)
@@ -77,15 +104,7 @@ def _fit_knn(ref):
 
 
 def _score_knn(state, batch, k=_K):
-    import torch
-
-    q = torch.as_tensor(_normalise(batch["latent"]), dtype=torch.float32)
-    bank = torch.as_tensor(state["bank"], dtype=torch.float32)
-    out = []
-    for i in range(0, len(q), 2048):
-        d = torch.cdist(q[i:i + 2048], bank)
-        out.append(d.topk(min(k, bank.shape[0]), dim=1, largest=False).values[:, -1])
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+    return _kth_distance(_normalise(batch["latent"]), state["bank"], k)
 
 
 def _fit_energy(ref):
@@ -126,7 +145,7 @@ def _score_vim(state, batch):
 
 SCORERS = {"mahalanobis": (_fit_maha, _score_maha), "knn": (_fit_knn, _score_knn),
            "energy": (_fit_energy, _score_energy), "vim": (_fit_vim, _score_vim),
-           "input": (_fit_input, _score_input)}
+           "input": (_fit_input, _score_input), "inputknn": (_fit_inputknn, _score_inputknn)}
 
 
 def combined_names(name):
@@ -145,7 +164,8 @@ def fit_scorer(name, ref, *, percentile=99.0):
     for part in combined_names(name):
         fit, fn = SCORERS[part]
         st = fit(ref)
-        s = fn(st, ref)
+        # a bank's own points are their nearest neighbours: leave each out of its own k
+        s = fn(st, ref, k=_K + 1) if part in ("knn", "inputknn") else fn(st, ref)
         st["scale"] = np.array(max(float(np.percentile(s, percentile)), 1e-12)
                                if part != "energy" else
                                float(np.percentile(s, percentile) - np.percentile(s, 50)) or 1.0)
