@@ -124,6 +124,23 @@ def _check_card(card, path):
         raise GalguardValueError(f"{where}: sha256 must be a hex string, got {card['sha256']!r}")
 
 
+def _safetensors_layout(path, head):
+    """True when ``path`` starts as a safetensors file does: a u64 header length, then that many
+    bytes of a JSON object."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    if not 0 < n <= min(path.stat().st_size - 8, 100 << 20):
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(8)
+        raw = fh.read(n)
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def _refuse_pickle(path):
     """Raise if ``path`` is, by name or by content, a pickle or a torch.save (zip) archive."""
     path = Path(path)
@@ -134,10 +151,9 @@ def _refuse_pickle(path):
             f"which can execute code; galguard loads only .safetensors weights with a .json card")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if len(head) >= 9 and head[8:9] == b"{" and \
-            0 < struct.unpack("<Q", head[:8])[0] <= path.stat().st_size - 8:
-        return  # the safetensors layout (u64 header length, then JSON): read by safetensors,
-        #         which never unpickles (a header length may well start with byte 0x80 or "(")
+    if _safetensors_layout(path, head):
+        return  # read by safetensors, which never unpickles (its header length, a u64, may
+        #         well start with byte 0x80 or "(")
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or head[:1] in (b"(", b"]", b"}"):
         raise GalguardValueError(
             f"refusing to load {str(path)!r}: it holds pickled objects (pickle or torch.save "

@@ -22,8 +22,8 @@ inputknn        distance of the standardised input statistics to their k-th near
                 (a noise level between Y10's and Y1's)
 ==============  ==============================================================================
 
-Combinations (``"input+inputknn+knn"`` ...) take the maximum of the scores, each divided by its value at
-the reference's 99th percentile, so that each contributes on the same scale.
+Combinations (``"input+inputknn+knn"`` ...) take the maximum of the scores, each divided by its
+value at the reference's 99th percentile, so that each contributes on the same scale.
 """
 
 import numpy as np
