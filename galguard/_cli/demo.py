@@ -140,6 +140,9 @@ def run(args):
     res = run_batch(paths, catalog, config=config, model=args.model, device=args.device,
                     overwrite=True, progress=not args.quiet and sys.stderr.isatty())
     print(summary_table(read_catalog(catalog)))
+    from ..ood.reference import describe_shift
+
+    print(describe_shift(res.domain_shift))
     rep = make_report(catalog, out / REPORT_NAME, title="galguard demo", model=args.model)
     for note in rep.notes:
         log.warning("%s", note)
