@@ -5,9 +5,10 @@ The default scorer, chosen by measurement (``docs/experiments.md``, "Out-of-dist
 scores"), is ``"input+inputknn+knn"``: the input statistics (`galguard.ood.features`) by their
 Mahalanobis distance (Ledoit-Wolf) and by their k-nearest-neighbour distance to the reference's,
 and the deep k-nearest-neighbour distance of the normalised latent, each divided by its
-reference 99th percentile, the largest of the three. The reference (feature mean, scale and
+reference 99th percentile, combined by their root mean square. The reference (feature mean, scale and
 precision; banks of at most 2000 reference feature vectors and normalised latents) is stored
-with the model's weights, and the threshold (the reference's 99th percentile of the combined score) in its card.
+with the model's weights, and the threshold (the reference's 99th percentile of the combined
+score) in its card.
 """
 
 import math
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import GalguardValueError
 from .features import describe_feature, feature_names, input_features
-from .scorers import _K, SCORERS, combined_names, fit_scorer, score
+from .scorers import _K, SCORERS, combine, combined_names, fit_scorer, score
 
 __all__ = ["DEFAULT_SCORER", "CHECK_SCORERS", "fit_reference", "score_cutouts", "domain_shift",
            "domain_shift_of", "explain"]
@@ -118,14 +119,13 @@ def fit_reference(model, images, *, labels=None, scorer=DEFAULT_SCORER, held_out
 
 def _reference_scores(scorer, state, ref):
     """The combined score of the reference itself, kNN left-self-out."""
-    total = None
+    each = {}
     for part in combined_names(scorer):
         if part in _BANKS:
-            s = SCORERS[part][1](state[part], ref, k=_K + 1) / float(state[part]["scale"])
+            each[part] = SCORERS[part][1](state[part], ref, k=_K + 1) / float(state[part]["scale"])
         else:
-            s = score(part, {part: state[part]}, ref)
-        total = s if total is None else np.maximum(total, s)
-    return total
+            each[part] = score(part, {part: state[part]}, ref)
+    return combine(each)
 
 
 def score_cutouts(scorer, state, images, model=None, *, latent=None):

@@ -22,13 +22,14 @@ inputknn        distance of the standardised input statistics to their k-th near
                 (a noise level between Y10's and Y1's)
 ==============  ==============================================================================
 
-Combinations (``"input+inputknn+knn"`` ...) take the maximum of the scores, each divided by its
-value at the reference's 99th percentile, so that each contributes on the same scale.
+Combinations (``"input+inputknn+knn"`` ...) take the root mean square of the scores, each
+divided by its value at the reference's 99th percentile, so that each contributes on the same
+scale.
 """
 
 import numpy as np
 
-__all__ = ["SCORERS", "fit_scorer", "score", "auroc", "combined_names"]
+__all__ = ["SCORERS", "fit_scorer", "score", "combine", "auroc", "combined_names"]
 
 _K = 10
 
@@ -176,9 +177,12 @@ def fit_scorer(name, ref, *, percentile=99.0):
 
 
 def score(name, state, batch, *, parts=False):
-    """The score of ``name`` for ``batch``; a combination is the max of the parts, each divided
-    by its reference scale. ``parts=True`` also returns the scaled part scores (a dict)."""
-    out, each = None, {}
+    """The score of ``name`` for ``batch``: each part divided by its reference scale, and for a
+    combination the root mean square of the parts (it weighs a part far off as the maximum
+    would, and a shift that moves every part a little more than the maximum does: galaxies 2x
+    larger, AUROC 0.853 with the maximum, 0.903 with the RMS on the default model, the far
+    shifts unchanged). ``parts=True`` also returns the scaled part scores (a dict)."""
+    each = {}
     for part in combined_names(name):
         st = state[part]
         s = SCORERS[part][1](st, batch)
@@ -187,8 +191,14 @@ def score(name, state, batch, *, parts=False):
         else:
             s = s / float(st["scale"])
         each[part] = s
-        out = s if out is None else np.maximum(out, s)
+    out = combine(each)
     return (out, each) if parts else out
+
+
+def combine(parts):
+    """The root mean square of scaled part scores (a dict of arrays); one part: itself."""
+    a = np.stack([np.asarray(v, np.float64) for v in parts.values()])
+    return a[0] if len(a) == 1 else np.sqrt(np.mean(np.maximum(a, 0.0) ** 2, axis=0))
 
 
 def auroc(inside, outside):
