@@ -207,8 +207,10 @@ class OutOfDistribution(Check):
     """The out-of-distribution score and, for flagged rows, why in words; OUT_OF_DISTRIBUTION.
 
     With the model's OOD reference (`galguard.ood`; the shipped models carry one): the input
-    statistics and the deep-kNN latent distance, each scaled by its reference percentile, the
-    larger of the two. Without one: the latent Mahalanobis score of ``latent_stats``."""
+    statistics' Mahalanobis and nearest-neighbour distances and the deep-kNN latent distance,
+    each scaled by its reference percentile, combined by their root mean square (the input
+    parts alone for a model without a latent). Without one: the latent Mahalanobis score of
+    ``latent_stats``."""
 
     name = "ood"
 

@@ -325,10 +325,10 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
             one-pixel version, divided by the model's mean class-centroid separation (NaN when
             not available).
         ``ood_score``, ``ood_reason``
-            The out-of-distribution score (`galguard.ood`: with the model's reference, the
-            larger of the input-statistics and latent-kNN scores, each about 1 at the
-            reference's 99th percentile; without one, ``min_k sqrt(Mahalanobis^2 / D)`` to the
-            class centroids) and, where it passes ``ood_threshold``, why in words.
+            The out-of-distribution score (`galguard.ood`: with the model's reference, the root
+            mean square of the input-statistics (Mahalanobis and kNN) and latent-kNN scores,
+            each 1 at the reference's 99th percentile; without one, ``min_k sqrt(Mahalanobis^2
+            / D)`` to the class centroids) and, where it passes ``ood_threshold``, why in words.
         ``flags``
             `galguard.flags.Flag` bitmask: the input flags OR the verdicts ONEPIXEL_FLIP,
             NOISE_UNSTABLE, LATENT_SHIFT, OUT_OF_DISTRIBUTION, LOW_CONFIDENCE.
