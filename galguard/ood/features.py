@@ -25,7 +25,8 @@ galaxy light reaching the border made it flag bright, large galaxies.
 
 import numpy as np
 
-__all__ = ["input_features", "feature_names", "describe_feature", "DISTINCT_CAP"]
+__all__ = ["input_features", "feature_names", "describe_feature", "border_level_sigma",
+           "DISTINCT_CAP"]
 
 #: the distinct-value statistic is capped here (log10 of a fraction): only fewer distinct values
 #: than that (renders, 8-bit data) count
@@ -61,6 +62,22 @@ def describe_feature(name, z):
     return f"{_TEXT.get(stem, stem)}{where} {direction} than in the training data ({abs(z):.0f} sigma)"
 
 
+def border_level_sigma(images, *, border=None):
+    """Median and robust noise sigma (1.4826 x MAD) of each plane's border frame, (N, C) each
+    (border width `galguard.io.default_border` unless given)."""
+    from ..io._estimate import default_border
+
+    x = np.asarray(images, np.float64)
+    h, w = x.shape[-2:]
+    b = default_border(h, w) if border is None else int(border)
+    ring = np.ones((h, w), bool)
+    if h > 2 * b and w > 2 * b:
+        ring[b:h - b, b:w - b] = False
+    edge = x[..., ring]
+    level = np.median(edge, axis=-1)
+    return level, 1.4826 * np.median(np.abs(edge - level[..., None]), axis=-1)
+
+
 def input_features(images, *, border=None):
     """Input statistics of each cutout (see the module docstring).
 
@@ -79,15 +96,8 @@ def input_features(images, *, border=None):
     x = np.asarray(images, np.float64)
     n, c, h, w = x.shape
     x = np.where(np.isfinite(x), x, 0.0)
-    b = max(2, min(h, w) // 8) if border is None else int(border)
-    ring = np.ones((h, w), bool)
-    if h > 2 * b and w > 2 * b:
-        ring[b:h - b, b:w - b] = False
     flat = x.reshape(n, c, h * w)
-    edge = x[:, :, ring]                                            # (N, C, R)
-    level = np.median(edge, axis=2)
-    mad = np.median(np.abs(edge - level[..., None]), axis=2)
-    sigma = 1.4826 * mad
+    level, sigma = border_level_sigma(x, border=border)
     tiny = 1e-12 * np.maximum(np.abs(flat).max(axis=2), 1e-30)
     sig = np.maximum(sigma, np.maximum(tiny, 1e-30))
     peak = np.percentile(flat, 99.5, axis=2) - level

@@ -41,11 +41,17 @@ def _ledoit_wolf_precision(x):
     return lw.precision_
 
 
-def _fit_input(ref):
+def _standardise(ref):
+    """Mean, std (floored at 0.02: a feature constant in the reference) and the standardised
+    reference features."""
     f = np.asarray(ref["features"], np.float64)
     mean = f.mean(axis=0)
-    std = np.maximum(f.std(axis=0), 0.02)  # a floor: a feature constant in the reference
-    z = (f - mean) / std
+    std = np.maximum(f.std(axis=0), 0.02)
+    return mean, std, (f - mean) / std
+
+
+def _fit_input(ref):
+    mean, std, z = _standardise(ref)
     return {"mean": mean, "std": std, "precision": _ledoit_wolf_precision(z)}
 
 
@@ -56,10 +62,8 @@ def _score_input(state, batch):
 
 
 def _fit_inputknn(ref):
-    f = np.asarray(ref["features"], np.float64)
-    mean = f.mean(axis=0)
-    std = np.maximum(f.std(axis=0), 0.02)
-    return {"mean": mean, "std": std, "bank": ((f - mean) / std).astype(np.float32)}
+    mean, std, z = _standardise(ref)
+    return {"mean": mean, "std": std, "bank": z.astype(np.float32)}
 
 
 def _score_inputknn(state, batch, k=_K):

@@ -14,18 +14,14 @@ cannot tell the shift by an artefact of the generator.
 
 import numpy as np
 
+from .features import border_level_sigma
+
 __all__ = ["SHIFTS", "make_shift", "border_sigma", "observe"]
 
 
 def border_sigma(images):
-    """Robust per-plane noise sigma of the border (N, C)."""
-    x = np.asarray(images, np.float64)
-    h, w = x.shape[-2:]
-    b = max(2, min(h, w) // 8)
-    ring = np.ones((h, w), bool)
-    ring[b:h - b, b:w - b] = False
-    e = x[..., ring]
-    return 1.4826 * np.median(np.abs(e - np.median(e, axis=-1, keepdims=True)), axis=-1)
+    """Robust per-plane noise sigma of the border (N, C): `features.border_level_sigma`'s."""
+    return border_level_sigma(images)[1]
 
 
 def _fit(img, h, w, fill):

@@ -11,7 +11,6 @@ first few) and left out, never labelled by guess.
 """
 
 import dataclasses
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -38,14 +37,6 @@ def _format(path):
             return fmt
     raise GalguardValueError(f"labels {str(path)!r}: unknown catalog format; use a .fits, .csv, "
                              f".ecsv or .parquet file")
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -210,7 +201,10 @@ def read_labels(path, *, classes=None):
             raise GalguardValueError(f"labels {path!r}: {k!r} is given two labels "
                                      f"({classes[labels[k]]!r} and {classes[v]!r})")
         labels[k] = v
-    return LabelCatalog(path=path, sha256=_sha256(path), key=key, classes=classes, labels=labels)
+    from ..models.store import sha256_file
+
+    return LabelCatalog(path=path, sha256=sha256_file(path), key=key, classes=classes,
+                        labels=labels)
 
 
 @dataclasses.dataclass
