@@ -28,6 +28,9 @@ def register(subparsers):
     p.add_argument("--out", type=Path, default=Path("galguard_out/models"),
                    help="output directory (default galguard_out/models)")
     p.add_argument("--arch", choices=["convnet", "resnet18"], default="convnet")
+    p.add_argument("--width", type=int, default=None,
+                   help="ResNet18's first-stage channels (default 64; the stages have 1, 2, 4 "
+                        "and 8 times this)")
     p.add_argument("--da", choices=["none", "mmd", "sinkhorn"], default="none",
                    help="domain adaptation (default none)")
     g = p.add_argument_group("simulated data (galguard.sim; galaxy indices are disjoint ranges)")
@@ -151,7 +154,7 @@ def run(args):
 
     command = command_line(args)
     # every setting is checked before any galaxy is simulated
-    config = TrainConfig(architecture=args.arch, da=args.da, epochs=args.epochs,
+    config = TrainConfig(architecture=args.arch, width=args.width, da=args.da, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          patience=args.patience, warmup_epochs=args.warmup_epochs,
                          mmd_weight=args.mmd_weight, seed=args.seed,

@@ -82,7 +82,7 @@ class _BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet18 (basic blocks [2, 2, 2, 2], no pretraining) as used in DeepAdversaries.
 
-    Trunk (7x7 stem, max pool, four stages of 64-512 channels) -> dropout 0.5 -> global average
+    Trunk (7x7 stem, max pool, four stages of 64-512 channels at the default width) -> dropout 0.5 -> global average
     pool -> linear 512 -> ``latent_dim`` (the latent space) -> linear classifier.
 
     Parameters
@@ -95,26 +95,34 @@ class ResNet18(nn.Module):
         Height and width of the input (any size >= 32 works: the pool is global).
     latent_dim : int, optional
         Size of the bottleneck.
+    width : int, optional
+        Channels of the first stage (64 in ResNet18; the stages have ``width * (1, 2, 4, 8)``).
+        A smaller width makes a cheaper network of the same depth and receptive field (the
+        shipped ResNet18s, trained on a CPU, have width 16: see their cards).
     """
 
-    def __init__(self, *, in_channels=3, n_classes=3, input_size=100, latent_dim=256):
+    def __init__(self, *, in_channels=3, n_classes=3, input_size=100, latent_dim=256, width=64):
         super().__init__()
+        width = int(width)
+        if width < 1:
+            raise GalguardValueError(f"width must be >= 1, got {width!r}")
+        self.width = width
         if input_size < 32:
             raise GalguardValueError(f"input_size must be >= 32 for ResNet18, got {input_size!r}")
         layers = [
-            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
         ]
-        cin = 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        cin = width
+        for cout, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
             cin = cout
         self.trunk = nn.Sequential(*layers)
         self.dropout = nn.Dropout(0.5)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.bottleneck = nn.Linear(512, latent_dim)
+        self.bottleneck = nn.Linear(8 * width, latent_dim)
         self.classifier = nn.Linear(latent_dim, n_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -129,8 +137,11 @@ class ResNet18(nn.Module):
 ARCHITECTURES = {"convnet": ConvNet, "resnet18": ResNet18}
 
 
-def build_network(architecture, *, in_channels=3, n_classes=3, input_size=100, latent_dim=256):
+def build_network(architecture, *, in_channels=3, n_classes=3, input_size=100, latent_dim=256,
+                  width=None):
     """Build an untrained network by name (``"convnet"`` or ``"resnet18"``).
+
+    ``width`` is ResNet18's first-stage channel count (None: 64); the ConvNet has no width.
 
     Raises
     ------
@@ -142,5 +153,11 @@ def build_network(architecture, *, in_channels=3, n_classes=3, input_size=100, l
     except (KeyError, TypeError):
         raise GalguardValueError(
             f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}") from None
+    kwargs = {}
+    if width is not None:
+        if cls is not ResNet18:
+            raise GalguardValueError(f"width is a ResNet18 setting; got width={width!r} for "
+                                     f"{architecture!r}")
+        kwargs["width"] = width
     return cls(in_channels=in_channels, n_classes=n_classes, input_size=input_size,
-               latent_dim=latent_dim)
+               latent_dim=latent_dim, **kwargs)

@@ -270,7 +270,8 @@ def load(name_or_path="default", *, device="cpu"):
     try:
         net = build_network(card["architecture"], in_channels=len(card["bands"]),
                             n_classes=len(card["classes"]), input_size=int(card["input_size"]),
-                            latent_dim=int(card.get("latent_dim", 256)))
+                            latent_dim=int(card.get("latent_dim", 256)),
+                            width=_card_width(card))
         pre = Preprocess(tensors["preprocess.lo"], tensors["preprocess.hi"],
                          tensors["preprocess.scale"])
     except GalguardValueError as exc:
@@ -439,6 +440,7 @@ def save(model, path, *, card=None, factory=None, factory_kwargs=None):
         "input_size": (list(model.input_size) if isinstance(model.input_size, tuple)
                        else model.input_size),
         "latent_dim": model.latent_dim,
+        **({"width": model.network.width} if hasattr(model.network, "width") else {}),
         "preprocessing": {
             "method": "clip to per-band [clip_lo, clip_hi]; y = (arcsinh(scale * x) + 1) / 2",
             **(card or {}).get("preprocessing", {}),
@@ -461,3 +463,13 @@ def save(model, path, *, card=None, factory=None, factory_kwargs=None):
         fh.write("\n")
     model.card, model.name, model.sha256 = out, out["name"], out["sha256"]
     return path, card_path
+
+
+def _card_width(card):
+    """A ResNet18 card's ``width`` (None: the default 64, as cards before it was recorded)."""
+    width = card.get("width")
+    if width is None:
+        return None
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 4096:
+        raise GalguardValueError(f"width must be an int in [1, 4096], got {width!r}")
+    return width

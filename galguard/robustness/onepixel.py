@@ -152,14 +152,20 @@ class OnePixelAttack:
     oob : {"redraw", "clip"}, optional
         What the mutation kernel does with genes outside the bounds.
     incremental : bool, optional
-        For one-pixel attacks on a `galguard.models.GalaxyClassifier` whose network is a plain
-        stack of convolutions, batch norms, ReLUs and 2x2 max pools with a linear bottleneck (the
-        paper's ConvNet), evaluate candidates incrementally: the clean image's activations are
-        computed once and each candidate recomputes only its pixel's receptive field (see
-        `galguard.robustness._incremental`). The evaluator is used only after it reproduces the
-        full model's logits on probe candidates; otherwise, and for other models, every
-        candidate image is written with the core's kernel and run through the whole model.
-        Successes are always re-verified with the whole model.
+        Evaluate candidates by delta inference (`galguard.robustness._incremental`): the model is
+        traced with `torch.fx`, each image's clean activations are computed once, and each
+        candidate recomputes only the windows its changed pixels reach, up to the first
+        non-spatial op (flatten, global pooling, an unknown op), from which the rest of the
+        network runs on the candidates' rows. It works for any traceable CNN (a
+        `galguard.models.GalaxyClassifier`, a wrapped user module, a plain module) and for k
+        pixels, and is used only after it reproduces the full model's logits on probe
+        candidates; otherwise, and for untraceable models, every candidate image is written
+        with the core's kernel and run through the whole model. Successes are always
+        re-verified with the whole model.
+    cache_mb : float, optional
+        Most memory (MiB) of cached clean activations; a call with more images than fit is
+        attacked in groups of images (the results do not depend on the grouping, as for any
+        batch size).
 
     Notes
     -----
@@ -192,7 +198,7 @@ class OnePixelAttack:
     def __init__(self, model, *, pixels=1, popsize=400, max_iter=100, F=0.5, crossover=None,
                  strategy="rand1", init="random", bounds="cutout", targeted=False,
                  threshold=None, early_stop=True, seed=0, batch_size=None, oob="redraw",
-                 incremental=True):
+                 incremental=True, cache_mb=1024):
         if not isinstance(model, torch.nn.Module):
             raise GalguardValueError(
                 f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -230,6 +236,10 @@ class OnePixelAttack:
             raise GalguardValueError(f"oob must be 'redraw' or 'clip', got {oob!r}")
         self.oob = oob
         self.incremental = bool(incremental)
+        cache_mb = float(cache_mb)
+        if not (cache_mb > 0 and math.isfinite(cache_mb)):
+            raise GalguardValueError(f"cache_mb must be a finite number > 0, got {cache_mb!r}")
+        self.cache_mb = cache_mb
 
     @classmethod
     def from_preset(cls, name, model, **overrides):
@@ -259,7 +269,7 @@ class OnePixelAttack:
                     crossover=self.crossover, strategy=self.strategy, init=self.init,
                     bounds=bounds, targeted=self.targeted, threshold=self.threshold,
                     early_stop=self.early_stop, seed=self.seed, batch_size=self.batch_size,
-                    oob=self.oob, incremental=self.incremental)
+                    oob=self.oob, incremental=self.incremental, cache_mb=self.cache_mb)
 
     def max_queries(self):
         """Most model evaluations one image can cost: ``popsize * (1 + max_iter) + 1``."""
@@ -299,7 +309,29 @@ class OnePixelAttack:
         labels = _validate_labels(labels, B, device)
         ids = _validate_ids(ids, B, device)
         with evaluating(self.model):
-            return self._run(images, labels, ids, return_images)
+            plan, group = self._plan(images)
+            if group >= B:
+                return self._run(images, labels, ids, return_images, plan)
+            parts = [self._run(images[i:i + group], labels[i:i + group], ids[i:i + group],
+                               return_images, plan) for i in range(0, B, group)]
+            return _concat_results(parts)
+
+    def _plan(self, images):
+        """The delta-inference plan (or None) and the most images per group."""
+        B, C, H, W = images.shape
+        if not self.incremental or B == 0:
+            return None, B
+        from ._incremental import plan_model
+        try:
+            plan = plan_model(self.model, (C, H, W), device=images.device)
+        except Exception as exc:  # noqa: BLE001 - untraceable: the full path
+            log.debug("delta inference unavailable for %s: %s: %s", type(self.model).__name__,
+                      type(exc).__name__, exc)
+            return None, B
+        per = sum(4 * math.prod(p.shape[1:]) for p in plan[1].values()
+                  if p.cache and p.shape is not None)
+        group = max(1, int(self.cache_mb * 2**20 // max(per, 1)))
+        return plan, group
 
     # ------------------------------------------------------------------------------------------
     def _chunk(self, C, H, W):
@@ -309,7 +341,7 @@ class OnePixelAttack:
         # image than batches of hundreds (cache reuse); see BENCHMARKS.md.
         return max(16, (4 << 20) // (4 * C * H * W))
 
-    def _run(self, images, labels, ids, return_images):
+    def _run(self, images, labels, ids, return_images, plan=None):
         k = _kernels()
         device = images.device
         B, C, H, W = images.shape
@@ -321,11 +353,11 @@ class OnePixelAttack:
         chunk = self._chunk(C, H, W)
         full = _Evaluator(self.model, chunk, images)
         evaluator = full
-        if self.incremental and npx == 1:
+        if plan is not None:
             from ._incremental import IncrementalEvaluator
-            inc = IncrementalEvaluator.build(self.model, images)
+            inc = IncrementalEvaluator.build(self.model, images, pixels=npx, plan=plan)
             if inc is not None:
-                evaluator = _IncrementalRunner(inc, max(chunk, 1024), images)
+                evaluator = _IncrementalRunner(inc, inc.chunk, images)
 
         # Original predictions give the number of classes and validate the labels.
         K = full.num_classes()
@@ -509,7 +541,7 @@ class _Evaluator:
 
 
 class _IncrementalRunner:
-    """Same interface as `_Evaluator`, for one-pixel candidates through an
+    """Same interface as `_Evaluator`, for k-pixel candidates through an
     `IncrementalEvaluator` (see `galguard.robustness._incremental`)."""
 
     def __init__(self, inc, chunk, images):
@@ -522,13 +554,36 @@ class _IncrementalRunner:
         b = rows.repeat_interleave(P)
         xs, ys, vals = _kernels().decode_members(members.reshape(R * P, G).contiguous(),
                                                  height=self.H, width=self.W, channels=self.C)
-        xs, ys, vals = xs[:, 0], ys[:, 0], vals[:, 0]
         out = []
         for s in range(0, R * P, self.chunk):
             e = s + self.chunk
             out.append(torch.softmax(self.inc.logits(b[s:e], ys[s:e], xs[s:e], vals[s:e])
                                      .float(), dim=1))
+        _clear_captured(self.inc.model)
         return torch.cat(out).view(R, P, -1)
+
+
+def _clear_captured(model):
+    """A wrapped model's latent hook may have captured outputs of the delta evaluations."""
+    net = getattr(model, "network", None)
+    captured = getattr(net, "_captured", None)
+    if isinstance(captured, list):
+        captured.clear()
+
+
+def _concat_results(parts):
+    """One `OnePixelResult` from the results of consecutive groups of images."""
+    first = parts[0]
+    fields = {}
+    for f in dataclasses.fields(OnePixelResult):
+        vals = [getattr(p, f.name) for p in parts]
+        if f.name == "targeted":
+            fields[f.name] = first.targeted
+        elif vals[0] is None:
+            fields[f.name] = None
+        else:
+            fields[f.name] = torch.cat(vals)
+    return OnePixelResult(**fields)
 
 
 def _extreme_init(pop, lo, hi, pixels, C):

@@ -19,6 +19,8 @@ class TrainConfig:
     Attributes
     ----------
     architecture : {"convnet", "resnet18"}
+    width : int or None
+        ResNet18's first-stage channels (None: 64, the paper's); not for the ConvNet.
     da : {"none", "mmd", "sinkhorn"}
         Domain adaptation (see `galguard.training`).
     classes, bands : tuple of str
@@ -56,6 +58,7 @@ class TrainConfig:
     """
 
     architecture: str = "convnet"
+    width: object = None
     da: str = "none"
     classes: tuple = CLASSES
     bands: tuple = BANDS
@@ -79,6 +82,11 @@ class TrainConfig:
         put = object.__setattr__
         validate_choice("architecture", self.architecture, ARCHITECTURES)
         validate_choice("da", self.da, DA_METHODS)
+        if self.width is not None:
+            if self.architecture != "resnet18":
+                raise GalguardValueError(f"width is a ResNet18 setting, got width={self.width!r} "
+                                         f"for architecture {self.architecture!r}")
+            put(self, "width", validate_int("width", self.width, minimum=1, maximum=4096))
         for name in ("classes", "bands"):
             value = tuple(getattr(self, name))
             if not value or not all(isinstance(v, str) and v for v in value):

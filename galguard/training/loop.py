@@ -218,7 +218,7 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
     if unknown:
         raise GalguardValueError(f"unknown training option(s) {unknown}; known: {fields}")
     cfg = dataclasses.replace(config, **options)
-    (architecture, da, classes, bands, epochs, batch_size, lr, weight_decay, betas, patience,
+    (architecture, width, da, classes, bands, epochs, batch_size, lr, weight_decay, betas, patience,
      min_delta, warmup_epochs, mmd_weight, grad_clip, seed, val_fraction, bn_samples,
      loss_weight_lr, init_loss_weights) = (getattr(cfg, f) for f in fields)
     if resume and checkpoint_dir is None:
@@ -237,7 +237,8 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         torch.manual_seed(seed)
         size = int(xs.shape[2])
         preprocess = Preprocess.from_data(xs)
-        net = build_network(architecture, in_channels=len(bands), n_classes=k, input_size=size)
+        net = build_network(architecture, in_channels=len(bands), n_classes=k, input_size=size,
+                            width=width)
         model = GalaxyClassifier(net, preprocess, classes=classes, bands=bands, input_size=size)
         loss_w = None
         groups = [{"params": list(model.network.parameters())}]
@@ -248,7 +249,8 @@ def train(source, source_labels, *, target=None, validation=None, validation_lab
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
 
         ckpt = Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
-        config = {"architecture": architecture, "da": da, "epochs": int(epochs),
+        config = {"architecture": architecture, **({} if width is None else {"width": width}),
+                  "da": da, "epochs": int(epochs),
                   "batch_size": int(batch_size), "lr": float(lr),
                   "weight_decay": float(weight_decay), "betas": list(map(float, betas)),
                   "patience": int(patience), "min_delta": float(min_delta),
