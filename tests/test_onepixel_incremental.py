@@ -290,7 +290,7 @@ def test_cached_activation_memory_is_bounded_by_grouping():
         model.network.classifier.bias.sub_(model(images)[1].mean(0))
         labels = model(images)[1].argmax(1)
     plan = plan_model(model, (3, 16, 16))
-    per_image = sum(4 * int(np.prod(p.shape[1:])) for p in plan[1].values() if p.cache)
+    per_image = sum(p.cache_bytes() for p in plan[1].values())
     kw = dict(popsize=20, max_iter=8, seed=2)
     whole = OnePixelAttack(model, **kw)(images, labels)
     grouped = OnePixelAttack(model, cache_mb=2.5 * per_image / 2**20, **kw)(images, labels)

@@ -180,16 +180,28 @@ def _union(axes):
 # ---------------------------------------------------------------------------------------------
 # planning
 class _NodePlan:
-    __slots__ = ("node", "mode", "kind", "ay", "ax", "params", "cache", "materialise", "why",
+    __slots__ = ("node", "mode", "kind", "ay", "ax", "params", "pads", "materialise", "why",
                  "shape")
 
     def __init__(self, node, mode, kind=None, ay=None, ax=None, params=None, why=None):
         self.node, self.mode, self.kind = node, mode, kind
         self.ay, self.ax, self.params = ay, ax, params
-        self.cache = False         # clean full map kept (read by a later node)
+        self.pads = set()          # clean map kept, padded (top, bottom, left, right, fill)
         self.materialise = False   # a dense node reads it
         self.why = why             # for the first dense nodes: why the window mode ends here
         self.shape = None          # the node's value's shape on one image
+
+    @property
+    def cache(self):
+        return bool(self.pads)
+
+    def cache_bytes(self):
+        """Bytes of this node's cached clean maps per image (each padded copy with its trash
+        row and column)."""
+        if not self.pads or self.shape is None:
+            return 0
+        C, H, W = self.shape[1:]
+        return sum(4 * C * (H + t + b + 1) * (W + lft + r + 1) for t, b, lft, r, _ in self.pads)
 
 
 def _is_per_channel(t, channels):
@@ -505,24 +517,36 @@ def plan_model(model, image_shape, *, device="cpu"):
     clean = _clean_values(gm, x_node, probe)
     planner = _Planner(gm, x_node, out, clean, H, W)
     plans = planner.run()
-    # which windowed nodes must keep their clean map
+    _mark_flat_linear(gm, plans, clean)
+    _mark_global_pool(gm, plans, clean)
+    # which windowed nodes must keep their clean map, and with what padding
     for node, p in plans.items():
-        if p.mode == "const":
+        if p.mode in ("const", "skip"):
             continue
         for a in node.all_input_nodes:
             q = plans[a]
             if q.mode != "window":
                 continue
-            if p.mode == "dense":
+            if p.kind in ("flatlin", "gap"):
+                q.pads.add(_NOPAD)
+                if len(node.all_input_nodes) > 1:
+                    q.materialise = True
+            elif p.mode == "dense":
                 if p.kind != "shape":
                     q.materialise = True
-                    q.cache = True
-            elif p.kind in ("conv", "maxpool", "avgpool", "join", "cat"):
-                q.cache = True
-    _mark_flat_linear(gm, plans, clean)
+                    q.pads.add(_NOPAD)
+            elif p.kind in ("conv", "maxpool", "avgpool"):
+                (pt, pb), (pl, pr) = p.params["pads"]
+                q.pads.add((pt, pb, pl, pr, float("-inf") if p.kind == "maxpool" else 0.0))
+            elif p.kind in ("join", "cat"):
+                q.pads.add(_NOPAD)
+        if p.kind == "flatlin":
+            plans[p.params["src"]].pads.add(_NOPAD)
+            if p.params.get("k_dense"):
+                plans[p.params["src"]].materialise = True
     modules = dict(gm.named_modules())
     for node, p in plans.items():
-        if p.why is not None and p.mode == "dense" and p.kind != "flatlin":
+        if p.why is not None and p.mode == "dense" and p.kind not in ("flatlin", "gap"):
             _log_once((id(model), node.name), "delta inference of %s: the full forward runs from "
                       "node %r (%s) on: %s", type(model).__name__, node.name,
                       _describe(node, modules), p.why)
@@ -560,9 +584,43 @@ def _mark_flat_linear(gm, plans, clean):
                        dict(src=src, weight=weight, bias=bias))
         plans[lin] = lp
         plans[node] = _NodePlan(node, "skip")
-        sp.materialise = any(plans[u].mode == "dense" and plans[u].kind != "shape"
-                             for u in src.users if u is not node)
-        sp.cache = True
+
+
+def _mark_global_pool(gm, plans, clean):
+    """A global average pool of a windowed map (adaptive pool to 1 x 1, or a mean over H and W)
+    becomes a ``gap`` node: clean output + sum(new - clean) / (H W) over the window."""
+    modules = dict(gm.named_modules())
+    for node, p in plans.items():
+        if p.mode != "dense" or p.kind is not None or not node.args:
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or plans[src].mode != "window":
+            continue
+        if any(isinstance(a, fx.Node) and a is not src and plans[a].mode != "const"
+               for a in node.all_input_nodes):
+            continue
+        if _is_global_pool(node, modules):
+            plans[node] = _NodePlan(node, "dense", "gap", plans[src].ay, plans[src].ax,
+                                    dict(src=src))
+            plans[node].shape = p.shape
+
+
+_NOPAD = (0, 0, 0, 0, 0.0)
+
+
+def _is_global_pool(node, modules):
+    one = (1, [1], (1,), (1, 1), [1, 1])
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in one
+    if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        return _arg(node, 1, "output_size", None) in one
+    if (node.op == "call_method" and node.target == "mean") or \
+            (node.op == "call_function" and node.target is torch.mean):
+        dim = _arg(node, 1, "dim", None)
+        if isinstance(dim, (tuple, list)) and sorted(int(d) % 4 for d in dim) == [2, 3]:
+            return _arg(node, 3, "dtype", None) is None and not node.kwargs.get("dtype")
+    return False
 
 
 def _is_flatten(node):
@@ -575,51 +633,23 @@ def _is_flatten(node):
 
 # ---------------------------------------------------------------------------------------------
 # window arithmetic
-def _region(maps, b, gy, gx, h, w, fill):
-    """maps[b, :, gy:gy+h, gx:gx+w] per candidate (n,) -> (n, C, h, w); positions outside the
-    map are ``fill``."""
-    dev = maps.device
-    _, C, H, W = maps.shape
-    ry = gy[:, None] + torch.arange(h, device=dev)          # (n, h)
-    rx = gx[:, None] + torch.arange(w, device=dev)          # (n, w)
-    inside = bool(((ry >= 0) & (ry < H)).all()) and bool(((rx >= 0) & (rx < W)).all())
-    cy, cx = ry.clamp(0, H - 1), rx.clamp(0, W - 1)
-    base = (b * (C * H * W))[:, None, None, None]
-    idx = base + (torch.arange(C, device=dev) * (H * W))[None, :, None, None] \
-        + (cy * W)[:, None, :, None] + cx[:, None, None, :]
-    out = torch.take(maps, idx)
-    if not inside:
-        ok = ((ry >= 0) & (ry < H))[:, None, :, None] & ((rx >= 0) & (rx < W))[:, None, None, :]
-        out = torch.where(ok, out, torch.full((), fill, dtype=out.dtype, device=dev))
-    return out
-
-
 def _write(region, win, dy, dx):
-    """Write `win` (n, C, h, w) into `region` (n, C, H, W) in place at per-row offsets
-    (dy, dx) (n,); entries falling outside `region` are dropped."""
-    n, Cc, H, W = region.shape
+    """Write `win` (n, C, h, w) into `region` (n, C, R, S) in place at per-row offsets
+    (dy, dx) (n,). The last row and column of `region` are trash: entries that fall outside
+    the rest of it go there."""
+    n, Cc, R, S = region.shape
     h, w = win.shape[2:]
     dev = region.device
+    if h < R and w < S and bool(((dy >= 0) & (dy + h < R) & (dx >= 0) & (dx + w < S)).all()):
+        view = region.unfold(2, h, 1).unfold(3, w, 1)       # (n, C, R-h+1, S-w+1, h, w)
+        view[torch.arange(n, device=dev), :, dy, dx] = win
+        return region
     ty = dy[:, None] + torch.arange(h, device=dev)          # (n, h)
     tx = dx[:, None] + torch.arange(w, device=dev)
-    oky = (ty >= 0) & (ty < H)
-    okx = (tx >= 0) & (tx < W)
-    if bool(oky.all()) and bool(okx.all()):
-        flat = (torch.arange(n, device=dev) * (Cc * H * W))[:, None, None, None] \
-            + (torch.arange(Cc, device=dev) * (H * W))[None, :, None, None] \
-            + (ty * W)[:, None, :, None] + tx[:, None, None, :]
-        region.view(-1)[flat.reshape(-1)] = win.reshape(-1)
-        return region
-    # out-of-range targets go to a trash row/column at index H / W
-    ty = torch.where(oky, ty, torch.full_like(ty, H))
-    tx = torch.where(okx, tx, torch.full_like(tx, W))
-    big = F.pad(region, (0, 1, 0, 1))
-    Hb, Wb = H + 1, W + 1
-    flat = (torch.arange(n, device=dev) * (Cc * Hb * Wb))[:, None, None, None] \
-        + (torch.arange(Cc, device=dev) * (Hb * Wb))[None, :, None, None] \
-        + (ty * Wb)[:, None, :, None] + tx[:, None, None, :]
-    big.view(-1)[flat.reshape(-1)] = win.reshape(-1)
-    region.copy_(big[:, :, :H, :W])
+    ty = torch.where((ty >= 0) & (ty < R - 1), ty, torch.full_like(ty, R - 1))
+    tx = torch.where((tx >= 0) & (tx < S - 1), tx, torch.full_like(tx, S - 1))
+    rows = torch.arange(n, device=dev)[:, None, None]
+    region[rows, :, ty[:, :, None], tx[:, None, :]] = win.permute(0, 2, 3, 1)
     return region
 
 
@@ -671,23 +701,38 @@ class IncrementalEvaluator:
         #: candidates per call that keep the dense part's largest map near 64 MiB
         self.chunk = int(min(1024, max(16, (64 << 20) // (4 * max(dense, default=1)))))
         keep = [n for n, p in self.plans.items() if p.cache]
-        flatlins = [n for n, p in self.plans.items() if p.kind == "flatlin"]
-        # clean activations, image by image
-        per = {n: [] for n in keep + flatlins}
+        outs = [n for n, p in self.plans.items() if p.kind in ("flatlin", "gap")]
+        # clean activations, image by image; each kept map padded as its readers pad, plus a
+        # trash row and column (bottom, right) that out-of-region writes go to
+        per = {n: [] for n in keep + outs}
         for i in range(B):
             env = _clean_values(self.gm, self.x_node, images[i:i + 1])
             for n in per:
                 per[n].append(env[n].clone())
             if i == 0:
                 self.consts = {n: env[n] for n, p in self.plans.items() if p.mode == "const"}
-        self.clean = {n: torch.cat(v) for n, v in per.items()}
+        self.padded = {}
+        self.clean = {}
+        for n, v in per.items():
+            v = torch.cat(v)
+            if n in outs:
+                self.clean[n] = v
+            for spec in self.plans[n].pads:
+                t, bt, lft, r, fill = spec
+                self.padded[n, spec] = F.pad(v, (lft, r + 1, t, bt + 1), value=fill)
         self.bytes_per_image = int(sum(t[0].numel() * t.element_size()
-                                       for t in self.clean.values()))
+                                       for t in list(self.padded.values())
+                                       + list(self.clean.values())))
+        mat = [math.prod(p.shape[1:]) for p in self.plans.values()
+               if p.materialise and p.shape is not None]
+        self.chunk = int(min(self.chunk, max(16, (64 << 20) // (4 * max(mat, default=1)))))
         self.flat_weights = {}
-        for n in flatlins:
+        for n in outs:
             p = self.plans[n]
+            if p.kind != "flatlin":
+                continue
             src = p.params["src"]
-            Cs, Hs, Ws = self.clean[src].shape[1:]
+            Cs, Hs, Ws = self.plans[src].shape[1:]
             w = p.params["weight"]
             self.flat_weights[n] = w.reshape(w.shape[0], Cs, Hs, Ws).permute(2, 3, 1, 0) \
                 .contiguous()
@@ -764,6 +809,8 @@ class IncrementalEvaluator:
                 env[node] = self._window(node, p, env, b, ys, xs, n, k)
             elif p.kind == "flatlin":
                 env[node] = self._flatlin(node, p, env, b, n, k)
+            elif p.kind == "gap":
+                env[node] = self._gap(node, p, env, b, n, k)
             elif p.kind == "shape":
                 env[node] = self._call(node, self._dense_args(node, env, b, n, meta=True))
             else:
@@ -774,18 +821,26 @@ class IncrementalEvaluator:
         ty, tx = self.tables[node]
         return ty[ys], tx[xs]
 
-    def _assemble(self, src, st, b, gy, gx, h, w, fill):
-        """The changed map of `src` on the regions (gy, gx, h, w) (n, k) -> (n*k, C, h, w)."""
+    def _region(self, src, spec, b, gy, gx, h, w):
+        """Clean map of `src` on regions (gy, gx, h, w) in map coordinates (the padded copy
+        `spec` covers them) -> (len(b), C, h, w)."""
+        maps = self.padded[src, spec]
+        view = maps.unfold(2, h, 1).unfold(3, w, 1)
+        return view[b, :, gy + spec[0], gx + spec[2]]
+
+    def _assemble(self, src, st, b, gy, gx, h, w, spec):
+        """The changed map of `src` on the regions (gy, gx, h, w) (n, k) -> (n*k, C, h, w),
+        whose last row and column are trash (pass h, w one larger than needed)."""
         n, k = gy.shape
         bb = b.repeat_interleave(k)
-        region = _region(self.clean[src], bb, gy.reshape(-1), gx.reshape(-1), h, w, fill)
-        region = region.view(n, k, *region.shape[1:])
+        region = self._region(src, spec, bb, gy.reshape(-1), gx.reshape(-1), h, w)
         for j in range(st.win.shape[1]):
             dy = st.oy[:, j:j + 1] - gy                      # (n, k)
             dx = st.ox[:, j:j + 1] - gx
-            wj = st.win[:, j:j + 1].expand(-1, k, -1, -1, -1).reshape(n * k, *st.win.shape[2:])
-            _write(region.view(n * k, *region.shape[2:]), wj, dy.reshape(-1), dx.reshape(-1))
-        return region.view(n * k, *region.shape[2:])
+            wj = st.win[:, j] if k == 1 else \
+                st.win[:, j:j + 1].expand(-1, k, -1, -1, -1).reshape(n * k, *st.win.shape[2:])
+            _write(region, wj, dy.reshape(-1), dx.reshape(-1))
+        return region
 
     def _window(self, node, p, env, b, ys, xs, n, k):
         oy, ox = self._origins(node, ys, xs)               # (n, k)
@@ -804,7 +859,8 @@ class IncrementalEvaluator:
         if p.kind in ("join", "cat"):
             srcs = [a for a in _flat_nodes(node.args) + _flat_nodes(node.kwargs)
                     if isinstance(env[a], _State)]
-            parts = {a: _Win(self._assemble(a, env[a], b, oy, ox, h, w, 0.0)) for a in srcs}
+            parts = {a: _Win(self._assemble(a, env[a], b, oy, ox, h + 1, w + 1, _NOPAD)
+                             [:, :, :h, :w]) for a in srcs}
             args = _map(fx.node.map_arg(node.args, lambda a: parts.get(a, env[a])), _unwin)
             kwargs = {kk: _map1(v, _unwin) for kk, v in
                       fx.node.map_arg(node.kwargs, lambda a: parts.get(a, env[a])).items()}
@@ -818,8 +874,8 @@ class IncrementalEvaluator:
         gh = (h - 1) * sh + dh * (kh - 1) + 1
         gw = (w - 1) * sw + dw * (kw - 1) + 1
         gy, gx = oy * sh - pt, ox * sw - pl
-        fill = float("-inf") if p.kind == "maxpool" else 0.0
-        inp = self._assemble(src, env[src], b, gy, gx, gh, gw, fill)
+        spec = prm["pads"][0] + prm["pads"][1] + (float("-inf") if p.kind == "maxpool" else 0.0,)
+        inp = self._assemble(src, env[src], b, gy, gx, gh + 1, gw + 1, spec)[:, :, :gh, :gw]
         if p.kind == "conv":
             out = F.conv2d(inp, prm["weight"], prm["bias"], prm["stride"], 0, prm["dilation"],
                            prm["groups"])
@@ -831,10 +887,11 @@ class IncrementalEvaluator:
 
     def _materialise(self, node, st, b, n):
         """The full changed map (n, C, H, W) of windowed `node`."""
-        full = self.clean[node].index_select(0, b)
+        H, W = self.plans[node].shape[2:]
+        full = self.padded[node, _NOPAD].index_select(0, b)
         for j in range(st.win.shape[1]):
             _write(full, st.win[:, j], st.oy[:, j], st.ox[:, j])
-        return full
+        return full[:, :, :H, :W]
 
     def _dense_args(self, node, env, b, n, meta=False):
         cache = env.setdefault("__materialised__", {})
@@ -859,16 +916,16 @@ class IncrementalEvaluator:
         src = p.params["src"]
         st = env[src]
         lin_clean = self.clean[node].index_select(0, b)     # (n, D)
+        Hs, Ws = self.plans[src].shape[2:]
         if k > 1:
             full = self._materialise(src, st, b, n)
-            delta = (full - self.clean[src].index_select(0, b)).flatten(1)
-            return lin_clean + delta @ p.params["weight"].t()
+            clean = self.padded[src, _NOPAD][:, :, :Hs, :Ws].index_select(0, b)
+            return lin_clean + (full - clean).flatten(1) @ p.params["weight"].t()
         oy, ox = st.oy[:, 0], st.ox[:, 0]
         h, w = st.win.shape[3:]
-        clean = _region(self.clean[src], b, oy, ox, h, w, 0.0)
+        clean = self._region(src, _NOPAD, b, oy, ox, h, w)
         delta = (st.win[:, 0] - clean).permute(0, 2, 3, 1).reshape(n, -1)
         Wp = self.flat_weights[node]                       # (H, W, C, D)
-        Ws = self.clean[src].shape[3]
         key = oy * Ws + ox
         order = torch.argsort(key, stable=True)
         uniq, counts = torch.unique_consecutive(key[order], return_counts=True)
@@ -884,6 +941,21 @@ class IncrementalEvaluator:
         out[order] = lat
         return out
 
+    def _gap(self, node, p, env, b, n, k):
+        src = p.params["src"]
+        st = env[src]
+        out = self.clean[node].index_select(0, b)
+        Hs, Ws = self.plans[src].shape[2:]
+        if k > 1:  # overlapping windows: the sum over the materialised change
+            full = self._materialise(src, st, b, n)
+            clean = self.padded[src, _NOPAD][:, :, :Hs, :Ws].index_select(0, b)
+            delta = (full - clean).sum(dim=(2, 3))
+        else:
+            h, w = st.win.shape[3:]
+            clean = self._region(src, _NOPAD, b, st.oy[:, 0], st.ox[:, 0], h, w)
+            delta = (st.win[:, 0] - clean).sum(dim=(2, 3))
+        return out + (delta / (Hs * Ws)).reshape(out.shape)
+
     def _call(self, node, args_kwargs):
         args, kwargs = args_kwargs
         if node.op == "call_module":
@@ -892,6 +964,46 @@ class IncrementalEvaluator:
             return node.target(*args, **kwargs)
         self_obj, *rest = args
         return getattr(self_obj, node.target)(*rest, **kwargs)
+
+    def macs(self):
+        """``(full, delta)``: multiply-adds of convolutions and linear layers for one whole
+        image and for one one-pixel candidate (windows, dense part, windowed bottleneck)."""
+        full = delta = 0
+        for node, p in self.plans.items():
+            conv = self._conv_of(node)
+            if conv is not None and p.shape is not None:
+                cin_g, kh, kw = conv.shape[1:]
+                per_out = p.shape[1] * cin_g * kh * kw
+                full += per_out * p.shape[2] * p.shape[3]
+                if p.mode == "window":
+                    delta += per_out * p.ay.win * p.ax.win
+                elif p.mode == "dense":
+                    delta += per_out * p.shape[2] * p.shape[3]
+            lin = self._linear_of(node)
+            if lin is not None:
+                full += lin.numel()
+                if p.kind == "flatlin":
+                    src = self.plans[p.params["src"]]
+                    delta += lin.shape[0] * src.shape[1] * src.ay.win * src.ax.win
+                elif p.mode == "dense":
+                    delta += lin.numel()
+        return full, delta
+
+    def _conv_of(self, node):
+        if node.op == "call_module" and isinstance(self.modules[node.target], nn.Conv2d):
+            return self.modules[node.target].weight
+        if node.op == "call_function" and node.target is F.conv2d:
+            w = _arg(node, 1, "weight", None)
+            return self.consts.get(w) if isinstance(w, fx.Node) else w
+        return None
+
+    def _linear_of(self, node):
+        if node.op == "call_module" and isinstance(self.modules[node.target], nn.Linear):
+            return self.modules[node.target].weight
+        if node.op == "call_function" and node.target is F.linear:
+            w = _arg(node, 1, "weight", None)
+            return self.consts.get(w) if isinstance(w, fx.Node) else w
+        return None
 
     def describe(self):
         """One line per windowed node: name, op, window size and map size."""

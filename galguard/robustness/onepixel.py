@@ -328,8 +328,7 @@ class OnePixelAttack:
             log.debug("delta inference unavailable for %s: %s: %s", type(self.model).__name__,
                       type(exc).__name__, exc)
             return None, B
-        per = sum(4 * math.prod(p.shape[1:]) for p in plan[1].values()
-                  if p.cache and p.shape is not None)
+        per = sum(p.cache_bytes() for p in plan[1].values())
         group = max(1, int(self.cache_mb * 2**20 // max(per, 1)))
         return plan, group
 
