@@ -171,6 +171,15 @@ class _Axis:
         self.origin = np.where(lo <= hi, np.clip(lo, 0, self.size - self.win), 0)
 
 
+def _inside(src, gy, gh, gx, gw):
+    """Whether `src`'s window lies inside the region (gy, gh) x (gx, gw) for every changed
+    pixel (the region origins are per source row / column, as the tables)."""
+    if src.ay is None:
+        return False
+    return bool(np.all(src.ay.origin >= gy) and np.all(src.ay.origin + src.ay.win <= gy + gh)
+                and np.all(src.ax.origin >= gx) and np.all(src.ax.origin + src.ax.win <= gx + gw))
+
+
 def _union(axes):
     lo = np.minimum.reduce([a.lo for a in axes])
     hi = np.maximum.reduce([a.hi for a in axes])
@@ -181,7 +190,7 @@ def _union(axes):
 # planning
 class _NodePlan:
     __slots__ = ("node", "mode", "kind", "ay", "ax", "params", "pads", "materialise", "why",
-                 "shape")
+                 "shape", "inside")
 
     def __init__(self, node, mode, kind=None, ay=None, ax=None, params=None, why=None):
         self.node, self.mode, self.kind = node, mode, kind
@@ -190,6 +199,7 @@ class _NodePlan:
         self.materialise = False   # a dense node reads it
         self.why = why             # for the first dense nodes: why the window mode ends here
         self.shape = None          # the node's value's shape on one image
+        self.inside = {}           # input node -> its window always lies in the read region
 
     @property
     def cache(self):
@@ -328,7 +338,10 @@ class _Planner:
             ps = [self.plans[a] for a in deps]
             ay = _Axis(ps[0].ay.size, *_union([p.ay for p in ps]))
             ax = _Axis(ps[0].ax.size, *_union([p.ax for p in ps]))
-            return self.window_plan(node, kind, ay, ax, params)
+            plan = self.window_plan(node, kind, ay, ax, params)
+            plan.inside = {a: _inside(self.plans[a], ay.origin, ay.win, ax.origin, ax.win)
+                           for a in deps}
+            return plan
         # conv / pools
         src = self.plans[deps[0]]
         (pyt, _), (pxl, _) = params["pads"]
@@ -341,7 +354,12 @@ class _Planner:
                                 stride=params["stride"][1], pad=pxl,
                                 dilation=params["dilation"][1])
         ax = _Axis(Wo, lo, hi)
-        return self.window_plan(node, kind, ay, ax, params)
+        plan = self.window_plan(node, kind, ay, ax, params)
+        (kh, kw), (sh, sw), (dh, dw) = params["kernel"], params["stride"], params["dilation"]
+        plan.inside = {deps[0]: _inside(src, ay.origin * sh - pyt, (ay.win - 1) * sh
+                                        + dh * (kh - 1) + 1, ax.origin * sw - pxl,
+                                        (ax.win - 1) * sw + dw * (kw - 1) + 1)}
+        return plan
 
     def classify(self, node, deps):
         """(kind, params) of a node whose dependencies are all windowed, or (None, reason)."""
@@ -633,6 +651,15 @@ def _is_flatten(node):
 
 # ---------------------------------------------------------------------------------------------
 # window arithmetic
+def _write_inside(region, win, dy, dx):
+    """Write `win` (n, C, h, w) into `region` (n, C, R, S) in place at per-row offsets
+    (dy, dx) (n,) that keep it inside."""
+    h, w = win.shape[2:]
+    view = region.unfold(2, h, 1).unfold(3, w, 1)
+    view[torch.arange(region.shape[0], device=region.device), :, dy, dx] = win
+    return region
+
+
 def _write(region, win, dy, dx):
     """Write `win` (n, C, h, w) into `region` (n, C, R, S) in place at per-row offsets
     (dy, dx) (n,). The last row and column of `region` are trash: entries that fall outside
@@ -828,10 +855,17 @@ class IncrementalEvaluator:
         view = maps.unfold(2, h, 1).unfold(3, w, 1)
         return view[b, :, gy + spec[0], gx + spec[2]]
 
-    def _assemble(self, src, st, b, gy, gx, h, w, spec):
-        """The changed map of `src` on the regions (gy, gx, h, w) (n, k) -> (n*k, C, h, w),
-        whose last row and column are trash (pass h, w one larger than needed)."""
+    def _assemble(self, src, st, b, gy, gx, h, w, spec, inside=False):
+        """The changed map of `src` on the regions (gy, gx, h, w) (n, k) -> (n*k, C, h, w).
+
+        With ``inside`` (one pixel, and the plan proved that `src`'s window lies in the region)
+        the windows are written directly; otherwise pass h, w one larger than needed: the last
+        row and column are trash that out-of-region entries go to."""
         n, k = gy.shape
+        if inside and k == 1:
+            region = self._region(src, spec, b, gy[:, 0], gx[:, 0], h, w)
+            _write_inside(region, st.win[:, 0], st.oy[:, 0] - gy[:, 0], st.ox[:, 0] - gx[:, 0])
+            return region
         bb = b.repeat_interleave(k)
         region = self._region(src, spec, bb, gy.reshape(-1), gx.reshape(-1), h, w)
         for j in range(st.win.shape[1]):
@@ -859,8 +893,13 @@ class IncrementalEvaluator:
         if p.kind in ("join", "cat"):
             srcs = [a for a in _flat_nodes(node.args) + _flat_nodes(node.kwargs)
                     if isinstance(env[a], _State)]
-            parts = {a: _Win(self._assemble(a, env[a], b, oy, ox, h + 1, w + 1, _NOPAD)
-                             [:, :, :h, :w]) for a in srcs}
+            parts = {}
+            for a in srcs:
+                if k == 1 and p.inside.get(a):
+                    parts[a] = _Win(self._assemble(a, env[a], b, oy, ox, h, w, _NOPAD, True))
+                else:
+                    parts[a] = _Win(self._assemble(a, env[a], b, oy, ox, h + 1, w + 1, _NOPAD)
+                                    [:, :, :h, :w])
             args = _map(fx.node.map_arg(node.args, lambda a: parts.get(a, env[a])), _unwin)
             kwargs = {kk: _map1(v, _unwin) for kk, v in
                       fx.node.map_arg(node.kwargs, lambda a: parts.get(a, env[a])).items()}
@@ -875,7 +914,11 @@ class IncrementalEvaluator:
         gw = (w - 1) * sw + dw * (kw - 1) + 1
         gy, gx = oy * sh - pt, ox * sw - pl
         spec = prm["pads"][0] + prm["pads"][1] + (float("-inf") if p.kind == "maxpool" else 0.0,)
-        inp = self._assemble(src, env[src], b, gy, gx, gh + 1, gw + 1, spec)[:, :, :gh, :gw]
+        if k == 1 and p.inside.get(src):
+            inp = self._assemble(src, env[src], b, gy, gx, gh, gw, spec, True)
+        else:
+            inp = self._assemble(src, env[src], b, gy, gx, gh + 1, gw + 1, spec)[:, :, :gh, :gw] \
+                .contiguous()
         if p.kind == "conv":
             out = F.conv2d(inp, prm["weight"], prm["bias"], prm["stride"], 0, prm["dilation"],
                            prm["groups"])
@@ -888,10 +931,10 @@ class IncrementalEvaluator:
     def _materialise(self, node, st, b, n):
         """The full changed map (n, C, H, W) of windowed `node`."""
         H, W = self.plans[node].shape[2:]
-        full = self.padded[node, _NOPAD].index_select(0, b)
-        for j in range(st.win.shape[1]):
-            _write(full, st.win[:, j], st.oy[:, j], st.ox[:, j])
-        return full[:, :, :H, :W]
+        full = self.padded[node, _NOPAD][:, :, :H, :W].index_select(0, b)
+        for j in range(st.win.shape[1]):   # windows always lie inside their map
+            _write_inside(full, st.win[:, j], st.oy[:, j], st.ox[:, j])
+        return full
 
     def _dense_args(self, node, env, b, n, meta=False):
         cache = env.setdefault("__materialised__", {})
