@@ -223,6 +223,19 @@ class Branchy(nn.Module):
         return self.head(h.mean(dim=(2, 3)))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_matches_the_full_forward_and_the_cpu():
+    model, images = make_model(40, net=ResNet18, width=4)
+    cpu = check_equal(model, images, n=60)
+    model, images = model.cuda(), images.cuda()
+    gpu = check_equal(model, images, n=60, tol=1e-4)
+    b, ys, xs, vals = candidates(60, 1, *images.shape[:1], *images.shape[2:])
+    with torch.inference_mode():
+        a = cpu.logits(b, ys[:, 0], xs[:, 0], vals[:, 0])
+        g = gpu.logits(b.cuda(), ys[:, 0].cuda(), xs[:, 0].cuda(), vals[:, 0].cuda()).cpu()
+    torch.testing.assert_close(a, g, rtol=1e-4, atol=1e-4 * (float(a.abs().max()) + 1))
+
+
 def test_untraceable_model_uses_the_full_path():
     model = Branchy().eval()
     images = torch.rand(3, 3, 12, 12)

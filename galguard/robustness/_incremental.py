@@ -113,11 +113,7 @@ def _traceable(model):
     if isinstance(model, GalaxyClassifier):
         net = model.network
         if isinstance(net, WrappedNetwork):
-            if net.latent_layer is not None:
-                # the latent is only needed by other checks; trace the user's module
-                net = net.module
-            else:
-                net = net.module
+            net = net.module      # the logits only: the latent hook is for the other checks
         pre = model.preprocess
         return net if isinstance(pre, NoPreprocess) else _Composite(pre, net)
     return model
