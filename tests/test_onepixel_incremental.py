@@ -245,6 +245,33 @@ def test_untraceable_model_uses_the_full_path():
     assert r.queries.min() > 0
 
 
+class Counting(nn.Module):
+    """A forward with side effects (a counter, a list): tracing must not leave proxies."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+        self.count = 0
+        self.seen = []
+
+    def forward(self, x):
+        self.count += x.shape[0]
+        self.seen.append(self.training)
+        return self.head(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_tracing_leaves_the_model_as_it_was():
+    model = Counting().eval()
+    images = torch.rand(3, 3, 12, 12)
+    with torch.inference_mode():
+        inc = IncrementalEvaluator.build(model, images)
+    assert inc is not None
+    # only the probe's real forward ran; the traced graph does not count
+    assert model.count == 6 and model.seen == [False]
+    assert isinstance(model.count, int)
+
+
 def test_model_without_spatial_ops_gains_nothing():
     images = torch.rand(2, 3, 8, 8)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 3)).eval()

@@ -121,7 +121,11 @@ def _traceable(model):
 
 def _trace(model):
     root = _traceable(model)
-    gm = fx.symbolic_trace(root)
+    saved = _snapshot(root)
+    try:
+        gm = fx.symbolic_trace(root)
+    finally:
+        _restore(saved)    # tracing runs forward() with proxies: undo what it changed
     outs = [n for n in gm.graph.nodes if n.op == "output"]
     out = outs[0].args[0]
     if isinstance(out, (tuple, list)):
@@ -134,6 +138,34 @@ def _trace(model):
     if len(inputs) != 1:
         raise ValueError(f"model takes {len(inputs)} inputs, not one image tensor")
     return gm, inputs[0], out
+
+
+def _snapshot(root):
+    """Each submodule's plain attributes (shallow copies of lists, dicts and sets)."""
+    out = []
+    for m in root.modules():
+        attrs = {}
+        for k, v in m.__dict__.items():
+            if k in ("_parameters", "_buffers", "_modules"):
+                continue
+            attrs[k] = (v, type(v)(v)) if type(v) in (list, dict, set) else (v, None)
+        out.append((m, attrs))
+    return out
+
+
+def _restore(saved):
+    for m, attrs in saved:
+        for k in [k for k in m.__dict__ if k not in attrs
+                  and k not in ("_parameters", "_buffers", "_modules")]:
+            del m.__dict__[k]
+        for k, (v, copy) in attrs.items():
+            if copy is not None:       # the same object, its old contents
+                if isinstance(v, list):
+                    v[:] = copy
+                else:
+                    v.clear()
+                    v.update(copy)
+            m.__dict__[k] = v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -718,7 +750,8 @@ class IncrementalEvaluator:
             if p.mode in ("window",) or p.kind == "flatlin":
                 self.tables[node] = (torch.as_tensor(p.ay.origin, device=dev),
                                      torch.as_tensor(p.ax.origin, device=dev))
-        self.windowed = sum(p.mode == "window" for p in self.plans.values())
+        self.windowed = sum(p.mode == "window" and p.kind != "input"
+                            for p in self.plans.values())
         dense = [math.prod(p.shape[1:]) for p in self.plans.values()
                  if p.mode == "dense" and p.shape is not None]
         #: candidates per call that keep the dense part's largest map near 64 MiB
@@ -769,8 +802,8 @@ class IncrementalEvaluator:
             log.debug("delta inference unavailable for %s: %s: %s", type(model).__name__,
                       type(exc).__name__, exc)
             return None
-        first = [p for p in ev.plans.values() if p.mode != "const" and p.kind != "input"]
-        if not ev.windowed or not first or first[0].mode != "window":
+        if not any(p.mode == "window" and p.kind in ("conv", "maxpool", "avgpool")
+                   for p in ev.plans.values()):
             log.debug("delta inference gains nothing for %s", type(model).__name__)
             return None
         try:
