@@ -7,7 +7,8 @@ training seed and magnitude law of its card (disjoint from its training 0..7999,
 depth (indices 40000..40299). The weights file is rewritten with the reference tensors (the
 network weights are unchanged) and the card gets its ``ood`` entry and ``ood_threshold``.
 
-Usage: ``python benchmarks/ship_ood_reference.py [--cache-dir scratch/simcache] [--n 1000]``
+Usage: ``python benchmarks/ship_ood_reference.py [--cache-dir scratch/simcache] [--n 1000]
+[--models NAME,...]`` (default: every shipped model)
 """
 
 import argparse
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("--n-held-out", type=int, default=300)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--sim-jobs", type=int, default=1)
+    ap.add_argument("--models", default=None, help="comma-separated shipped names (default all)")
     args = ap.parse_args()
 
     from galguard.models import available, load, save
@@ -30,7 +32,10 @@ def main():
     from galguard.ood.reference import fit_reference
     from galguard.training import load_sim_split
 
-    for name in [n for n in available() if n != "default"]:
+    names = [n for n in available() if n != "default"]
+    if args.models:
+        names = [n for n in args.models.split(",") if n in names] or names[:0]
+    for name in names:
         t0 = time.time()
         model = load(name)
         td = model.card.get("training_data") or {}

@@ -72,6 +72,38 @@ def test_resnet18_structure_and_shapes():
     assert latent.shape == (2, 256) and logits.shape == (2, 3)
 
 
+def test_resnet18_width_is_built_saved_and_loaded(tmp_path):
+    net = build_network("resnet18", input_size=40, width=8)
+    assert net.width == 8 and net.bottleneck.in_features == 64
+    assert sum(p.numel() for p in net.parameters()) < 11_500_000 / 50
+    with pytest.raises(GalguardValueError, match="width is a ResNet18 setting"):
+        build_network("convnet", width=8)
+    with pytest.raises(GalguardValueError, match="width must be >= 1"):
+        ResNet18(width=0)
+    data = np.random.default_rng(0).gamma(2.0, 5.0, (4, 3, 40, 40)).astype(np.float32)
+    m = GalaxyClassifier(net.eval(), Preprocess.from_data(data), classes=("a", "b", "c"),
+                         bands="gri", input_size=40)
+    w, c = save(m, tmp_path / "r18.safetensors")
+    assert json.loads(c.read_text())["width"] == 8
+    back = load(w)
+    assert back.network.width == 8
+    torch.testing.assert_close(back(torch.from_numpy(data))[1], m(torch.from_numpy(data))[1])
+    card = json.loads(c.read_text())
+    card["width"] = "wide"
+    c.write_text(json.dumps(card))
+    with pytest.raises(GalguardValueError, match="width must be an int"):
+        load(w)
+
+
+def test_train_config_width():
+    from galguard.training import TrainConfig
+    assert TrainConfig(architecture="resnet18", width=16).width == 16
+    with pytest.raises(GalguardValueError, match="width is a ResNet18 setting"):
+        TrainConfig(width=16)
+    with pytest.raises(GalguardValueError, match="width"):
+        TrainConfig(architecture="resnet18", width=0)
+
+
 def test_build_network_rejects_unknown_architecture():
     with pytest.raises(GalguardValueError, match="architecture must be one of .* got 'vgg'"):
         build_network("vgg")
