@@ -318,12 +318,14 @@ def test_load_errors_name_the_argument(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_shipped_models_listed():
     names = available()
-    for n in ("convnet_none", "convnet_mmd", "convnet_mmd_w1", "convnet_sinkhorn", "default"):
+    for n in ("convnet_none", "convnet_mmd", "convnet_mmd_w1", "convnet_sinkhorn",
+              "resnet18_none", "resnet18_mmd_w1", "default"):
         assert n in names
 
 
 @pytest.mark.parametrize("name", ["convnet_none", "convnet_mmd", "convnet_mmd_w1",
-                                  "convnet_sinkhorn", "default"])
+                                  "convnet_sinkhorn", "resnet18_none", "resnet18_mmd_w1",
+                                  "default"])
 def test_shipped_model_loads_with_complete_card(name):
     m = load(name)
     for key in REQUIRED_CARD_KEYS:
@@ -342,3 +344,7 @@ def test_shipped_model_loads_with_complete_card(name):
     assert {"y10", "y1"} <= set(m.card["metrics"])
     if m.card["domain_adaptation"] != "none":
         assert m.card["training_data"]["target"]["labels_used"] is False
+    if name.startswith("resnet18"):
+        assert m.card["architecture"] == "resnet18" and m.card["width"] == 16
+        assert m.network.width == 16 and "width 16" in m.card["architecture_note"]
+        assert "--width 16" in m.card["command"]
