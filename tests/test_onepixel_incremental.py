@@ -293,7 +293,7 @@ def test_wrapped_user_model_with_latent_layer():
 
 def test_probe_rejects_a_wrong_plan(monkeypatch):
     model, images = make_model(16)
-    import galguard.robustness._incremental as inc_mod
+    import galguard.robustness._plan as inc_mod
 
     real = inc_mod._conv_interval
 

@@ -1,0 +1,427 @@
+"""Linear bounds of one-pixel boxes through delta-inference cones (for
+`galguard.robustness.certify`): every activation of the cone bounded by linear functions of the
+changed pixel's values, CROWN-style relaxation of ReLU, max-pool dominance, the preprocessing
+mapping the box exactly; intervals (`galguard.robustness._bounds`) in the dense rest.
+"""
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ._bounds import IntervalEvaluator, Unsupported, _Bound, _IFull, _IState, _is_flatten
+from ._incremental import _write, _write_inside
+from ._plan import _NOPAD, _arg, window_region
+
+__all__ = ["SymbolicEvaluator"]
+
+
+# ---------------------------------------------------------------------------------------------
+# symbolic (linear) bounds: every activation of the cone bounded by linear functions of the
+# changed pixel's values (V variables), L(v) <= a(v) <= U(v); tensors (n, V + 1, C, h, w) with
+# the constant term last. Affine layers are exact on them, ReLU gets the CROWN relaxation, other
+# ops fall back to intervals.
+class _SState(_Bound):
+    __slots__ = ("L", "U", "oy", "ox")
+
+    def __init__(self, L, U, oy, ox):
+        self.L, self.U, self.oy, self.ox = L, U, oy, ox
+
+
+class _SFull(_Bound):
+    __slots__ = ("L", "U")
+
+    def __init__(self, L, U):
+        self.L, self.U = L, U
+
+
+_RELU_MODULES = (nn.ReLU,)
+_RELU_FUNCTIONS = {torch.relu, F.relu}
+
+
+def _pos(t):
+    return t.clamp(min=0)
+
+
+def _neg(t):
+    return t.clamp(max=0)
+
+
+class SymbolicEvaluator(IntervalEvaluator):
+    """Linear bounds in the pixel's values through the cone (the dense rest in intervals)."""
+
+    def margins(self, b, ys, xs, lo, hi, labels):
+        inc = self.inc
+        n, V = lo.shape
+        self.box = (lo, hi)
+        self.pure = set()       # nodes whose window is exactly the variables
+        env = {}
+        out = inc.out
+        for node in inc.nodes:
+            p = inc.plans[node]
+            if p.mode == "const":
+                env[node] = inc.consts[node]
+            elif p.mode == "skip":
+                env[node] = None
+            elif p.kind == "input":
+                eye = torch.eye(V, device=lo.device, dtype=lo.dtype)
+                L = torch.zeros(n, V + 1, V, 1, 1, device=lo.device, dtype=lo.dtype)
+                L[:, :V, :, 0, 0] = eye
+                env[node] = _SState(L, L.clone(), ys, xs)
+                self.pure.add(node)
+            elif p.kind == "pointwise" and self._redefines(node, env):
+                # an elementwise op of the pixel's own values, read by nothing else: the box
+                # of the variables maps through it exactly (per band, monotone or with one
+                # minimum), and the variables become its output
+                src = next(a for a in node.all_input_nodes if isinstance(env.get(a), _SState))
+                blo, bhi = self.box
+                flo, fhi = self._pointwise(node, env, src, blo.reshape(n, -1, 1, 1),
+                                           bhi.reshape(n, -1, 1, 1))
+                self.box = (flo.reshape(n, -1), fhi.reshape(n, -1))
+                env[node] = env[src]
+                self.pure.add(node)
+            elif p.kind == "flatlin":
+                env[node] = self._s_flatlin(node, p, env, b, n)
+            elif node is out and self._is_linear(node):
+                return self._s_linear_margins(node, env, b, labels)
+            elif p.mode == "window":
+                env[node] = self._s_window(node, p, env, b, ys, xs, n)
+            elif p.kind == "gap":
+                env[node] = self._s_gap(node, p, env, b, n)
+            elif p.kind == "shape":
+                env[node] = inc._call(node, self._dense_args(node, env, b, n, meta=True))
+            elif self._is_linear(node) and isinstance(env[node.args[0]], _SFull):
+                env[node] = self._s_linear(node, env)
+            elif _is_flatten(node) and isinstance(env[node.args[0]], _SFull):
+                v = env[node.args[0]]
+                env[node] = _SFull(v.L.flatten(2), v.U.flatten(2))
+            else:
+                ienv = {a: self._to_interval(a, env[a], b) for a in node.all_input_nodes}
+                env2 = dict(env)
+                env2.update(ienv)
+                env[node] = self._dense(node, env2, b, n)
+        v = env[out]
+        if isinstance(v, _SFull):
+            v = _IFull(*self._concretise(v.L, v.U))
+        if not isinstance(v, _IFull):
+            raise Unsupported("the logits are not an interval")
+        lab = labels[:, None]
+        m = torch.gather(v.lo, 1, lab) - v.hi
+        return m.scatter(1, lab, float("inf"))
+
+    def _redefines(self, node, env):
+        deps = [a for a in node.all_input_nodes if isinstance(env.get(a), _SState)]
+        return len(deps) == 1 and deps[0] in self.pure and len(deps[0].users) == 1 and \
+            self.inc.plans[node].shape[1] == self.inc.plans[deps[0]].shape[1]
+
+    # -- concretisation
+    def _concretise(self, L, U):
+        lo, hi = self.box
+        shape = (L.shape[0], L.shape[1] - 1) + (1,) * (L.ndim - 2)
+        blo, bhi = lo.reshape(shape), hi.reshape(shape)
+        sl, su = L[:, :-1], U[:, :-1]
+        low = (_pos(sl) * blo + _neg(sl) * bhi).sum(1) + L[:, -1]
+        upp = (_pos(su) * bhi + _neg(su) * blo).sum(1) + U[:, -1]
+        return low, upp
+
+    def _to_interval(self, node, v, b):
+        if isinstance(v, _SState):
+            lo, hi = self._concretise(v.L, v.U)
+            return _IState(lo, hi, v.oy, v.ox)
+        if isinstance(v, _SFull):
+            return _IFull(*self._concretise(v.L, v.U))
+        return v
+
+    # -- regions
+    def _s_region(self, src, st, b, gy, gx, h, w, spec, inside):
+        inc = self.inc
+        n, V1 = st.L.shape[:2]
+        extra = 0 if inside else 1
+        clean = inc._region(src, spec, b, gy, gx, h + extra, w + extra)    # (n, C, h', w')
+        L = torch.zeros((n, V1) + tuple(clean.shape[1:]), device=clean.device,
+                        dtype=clean.dtype)
+        L[:, -1] = clean
+        U = L.clone()
+        # write the window's components (all V + 1 of them) at the window's place
+        for T, S in ((L, st.L), (U, st.U)):
+            flat = T.reshape(n, -1, *T.shape[3:])
+            src_w = S.reshape(n, -1, *S.shape[3:])
+            if inside:
+                _write_inside(flat, src_w, st.oy - gy, st.ox - gx)
+            else:
+                _write(flat, src_w, st.oy - gy, st.ox - gx)
+        if not inside:
+            L, U = L[..., :h, :w], U[..., :h, :w]
+        return L, U
+
+    def _s_window(self, node, p, env, b, ys, xs, n):
+        inc = self.inc
+        oy, ox = inc._origins(node, ys, xs)
+        h, w = p.ay.win, p.ax.win
+        if p.kind == "pointwise":
+            src = next(a for a in node.all_input_nodes if isinstance(env[a], _SState))
+            st = env[src]
+            L, U = self._s_pointwise(node, env, src, st.L, st.U)
+            return _SState(L, U, st.oy, st.ox)
+        if p.kind in ("join", "cat"):
+            vals = {a: _SFull(*self._s_region(a, env[a], b, oy, ox, h, w, _NOPAD,
+                                               bool(p.inside.get(a))))
+                    for a in node.all_input_nodes if isinstance(env[a], _SState)}
+            L, U = self._s_join(node, env, vals)
+            return _SState(L, U, oy, ox)
+        prm = p.params
+        src = node.all_input_nodes[0]
+        gy, gx, gh, gw, spec = window_region(p, oy, ox)
+        L, U = self._s_region(src, env[src], b, gy, gx, gh, gw, spec, bool(p.inside.get(src)))
+        if p.kind == "conv":
+            L, U = self._s_conv(node, L, U, prm["weight"], prm["bias"],
+                                dict(stride=prm["stride"], padding=0,
+                                     dilation=prm["dilation"], groups=prm["groups"]))
+        elif p.kind == "avgpool":
+            f = lambda t: F.avg_pool2d(t, prm["kernel"], prm["stride"], 0)  # noqa: E731
+            L, U = _per_component(f, L), _per_component(f, U)
+        else:
+            L, U = self._s_maxpool(L, U, prm)
+        return _SState(L, U, oy, ox)
+
+    def _s_conv(self, node, L, U, weight, bias, kw):
+        n, V1 = L.shape[:2]
+        wp, wn = self._split(node, weight)
+        fl = lambda t, w_: F.conv2d(t.reshape(n * V1, *t.shape[2:]), w_, None, **kw)  # noqa: E731
+        Lo = fl(L, wp) + fl(U, wn)
+        Uo = fl(U, wp) + fl(L, wn)
+        Lo = Lo.reshape(n, V1, *Lo.shape[1:])
+        Uo = Uo.reshape(n, V1, *Uo.shape[1:])
+        if bias is not None:
+            Lo[:, -1] += bias.view(1, -1, 1, 1)
+            Uo[:, -1] += bias.view(1, -1, 1, 1)
+        return Lo, Uo
+
+    def _split(self, key, w):
+        k = ("split", key)
+        if k not in self.abs_weights:
+            self.abs_weights[k] = (_pos(w), _neg(w))
+        return self.abs_weights[k]
+
+    def _s_maxpool(self, L, U, prm):
+        """Max pool of linear bounds: the lower bound of the input with the largest lower
+        bound; its upper bound too where it dominates its pooling window (its lower bound is
+        above every other input's upper bound), else the largest upper bound (a constant)."""
+        lo, hi = self._concretise(L, U)
+        n, V1, C, h, w = L.shape
+        kw = dict(kernel_size=prm["kernel"], dilation=prm["dilation"], padding=0,
+                  stride=prm["stride"])
+        ho = (h - prm["dilation"][0] * (prm["kernel"][0] - 1) - 1) // prm["stride"][0] + 1
+        wo = (w - prm["dilation"][1] * (prm["kernel"][1] - 1) - 1) // prm["stride"][1] + 1
+        unf = lambda t, m: F.unfold(t.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)  # noqa: E731
+        lo_u, hi_u = unf(lo, n), unf(hi, n)                              # (n, C, kk, P)
+        j = lo_u.argmax(dim=2, keepdim=True)                             # (n, C, 1, P)
+        lmax = lo_u.gather(2, j)
+        others = hi_u.scatter(2, j, float("-inf")).amax(dim=2, keepdim=True)
+        dominant = (lmax >= others)[:, :, 0]                             # (n, C, P)
+        Lu = unf(L, n * V1).reshape(n, V1, C, -1, ho * wo)
+        Uu = unf(U, n * V1).reshape(n, V1, C, -1, ho * wo)
+        jj = j.unsqueeze(1).expand(-1, V1, -1, -1, -1)
+        Lo = Lu.gather(3, jj)[:, :, :, 0]                                # (n, V1, C, P)
+        Ud = Uu.gather(3, jj)[:, :, :, 0]
+        Uc = torch.zeros_like(Ud)
+        Uc[:, -1] = hi_u.amax(dim=2)
+        Uo = torch.where(dominant.unsqueeze(1), Ud, Uc)
+        return Lo.reshape(n, V1, C, ho, wo), Uo.reshape(n, V1, C, ho, wo)
+
+    def _affine_coeffs(self, node, env, src, shape, like):
+        """(a, b) of an elementwise affine op: f(x) = a x + b."""
+        zero = torch.zeros(shape, device=like.device, dtype=like.dtype)
+        f0 = self._call_with(node, env, {src: zero})
+        f1 = self._call_with(node, env, {src: zero + 1})
+        return f1 - f0, f0
+
+    def _s_pointwise(self, node, env, src, L, U):
+        inc = self.inc
+        kind = _pointwise_kind(node, inc.modules, src)
+        n, V1 = L.shape[:2]
+        if kind == "affine":
+            a, b0 = self._affine_coeffs(node, env, src, (1,) + tuple(L.shape[2:]), L)
+            a = a.unsqueeze(1)
+            Lo = _pos(a) * L + _neg(a) * U
+            Uo = _pos(a) * U + _neg(a) * L
+            Lo[:, -1] += b0
+            Uo[:, -1] += b0
+            return Lo, Uo
+        lo, hi = self._concretise(L, U)
+        if kind == "relu":
+            zero = torch.zeros_like(lo)
+            dead = hi <= 0
+            live = lo >= 0
+            s = torch.where(dead | live, (live).to(lo.dtype),
+                            hi / (hi - lo).clamp(min=1e-30))
+            # CROWN's lower line: slope 1 or 0, whichever the interval favours; 0 for a
+            # neuron without slopes (its constant lower bound 0 is then the tighter one)
+            has_slope = (L[:, :-1] != 0).any(dim=1)
+            alpha = torch.where(live, torch.ones_like(lo),
+                                torch.where(dead | ~has_slope, zero,
+                                            (hi > -lo).to(lo.dtype)))
+            Uo = s.unsqueeze(1) * U
+            Uo[:, -1] -= torch.where(dead | live, zero, s * lo)
+            Lo = alpha.unsqueeze(1) * L
+            return Lo, Uo
+        # any other elementwise op: its interval image, as constants
+        flo, fhi = self._pointwise(node, env, src, lo, hi)
+        Lo = torch.zeros_like(L)
+        Uo = torch.zeros_like(U)
+        Lo[:, -1] = flo
+        Uo[:, -1] = fhi
+        return Lo, Uo
+
+    def _s_join(self, node, env, vals):
+        t = node.target
+        if node.op == "call_method":
+            t = {"add": torch.add, "add_": torch.add, "sub": torch.sub,
+                 "sub_": torch.sub}.get(t, t)
+        if t in (torch.cat, torch.concat):
+            parts = _arg(node, 0, "tensors", ())
+            dim = _arg(node, 1, "dim", 0)
+            d = dim + 1 if dim >= 0 else dim
+            return (torch.cat([vals[a].L for a in parts], d),
+                    torch.cat([vals[a].U for a in parts], d))
+        ins = [x for x in node.args if isinstance(x, fx.Node)]
+        if len(vals) == 2 and len(ins) == 2 and all(a in vals for a in ins) and \
+                not node.kwargs and t in (operator.add, torch.add, operator.iadd, operator.sub,
+                                          torch.sub, operator.isub):
+            x, y = vals[ins[0]], vals[ins[1]]
+            if t in (operator.add, torch.add, operator.iadd):
+                return x.L + y.L, x.U + y.U
+            return x.L - y.U, x.U - y.L
+        ivals = {a: _IFull(*self._concretise(v.L, v.U)) for a, v in vals.items()}
+        out = self._join(node, env, ivals)
+        Lo = torch.zeros((out.lo.shape[0], next(iter(vals.values())).L.shape[1])
+                         + tuple(out.lo.shape[1:]), device=out.lo.device, dtype=out.lo.dtype)
+        Uo = Lo.clone()
+        Lo[:, -1], Uo[:, -1] = out.lo, out.hi
+        return Lo, Uo
+
+    def _s_flatlin(self, node, p, env, b, n):
+        inc = self.inc
+        src = p.params["src"]
+        st = env[src]
+        V1 = st.L.shape[1]
+        lin_clean = inc.clean[node].index_select(0, b)                  # (n, D)
+        h, w = st.L.shape[3:]
+        clean = inc._region(src, _NOPAD, b, st.oy, st.ox, h, w)        # (n, C, h, w)
+        dL = st.L.clone()
+        dU = st.U.clone()
+        dL[:, -1] -= clean
+        dU[:, -1] -= clean
+        dL = dL.permute(0, 1, 3, 4, 2).reshape(n, V1, -1)
+        dU = dU.permute(0, 1, 3, 4, 2).reshape(n, V1, -1)
+        Wp = inc.flat_weights[node]                                     # (H, W, C, D)
+        Wpos, Wneg = self._split(("flat", node), Wp)
+        Ws = inc.plans[src].shape[3]
+        key = st.oy * Ws + st.ox
+        order = torch.argsort(key, stable=True)
+        uniq, counts = torch.unique_consecutive(key[order], return_counts=True)
+        dL, dU = dL[order], dU[order]
+        D = Wp.shape[3]
+        Lo = torch.zeros(n, V1, D, device=dL.device, dtype=dL.dtype)
+        Uo = torch.zeros_like(Lo)
+        start = 0
+        for kk, cnt in zip(uniq.tolist(), counts.tolist()):
+            y0, x0 = divmod(kk, Ws)
+            bp = Wpos[y0:y0 + h, x0:x0 + w].reshape(-1, D)
+            bn = Wneg[y0:y0 + h, x0:x0 + w].reshape(-1, D)
+            sl = slice(start, start + cnt)
+            Lo[sl] = dL[sl] @ bp + dU[sl] @ bn
+            Uo[sl] = dU[sl] @ bp + dL[sl] @ bn
+            start += cnt
+        L = torch.empty_like(Lo)
+        U = torch.empty_like(Uo)
+        L[order], U[order] = Lo, Uo
+        L[:, -1] += lin_clean
+        U[:, -1] += lin_clean
+        return _SFull(L, U)
+
+    def _s_gap(self, node, p, env, b, n):
+        inc = self.inc
+        src = p.params["src"]
+        st = env[src]
+        out = inc.clean[node].index_select(0, b)
+        Hs, Ws = inc.plans[src].shape[2:]
+        h, w = st.L.shape[3:]
+        clean = inc._region(src, _NOPAD, b, st.oy, st.ox, h, w)
+        L = st.L.sum(dim=(3, 4)) / (Hs * Ws)
+        U = st.U.sum(dim=(3, 4)) / (Hs * Ws)
+        base = out.reshape(n, -1) - clean.sum(dim=(2, 3)) / (Hs * Ws)
+        L[:, -1] += base
+        U[:, -1] += base
+        shape = (n, L.shape[1]) + tuple(out.shape[1:])
+        return _SFull(L.reshape(shape), U.reshape(shape))
+
+    def _s_linear(self, node, env):
+        v = env[node.args[0]]
+        w, bias = self._linear_params(node, env)
+        wp, wn = self._split(node, w)
+        L = v.L @ wp.T + v.U @ wn.T
+        U = v.U @ wp.T + v.L @ wn.T
+        if bias is not None:
+            L[:, -1] += bias
+            U[:, -1] += bias
+        return _SFull(L, U)
+
+    def _s_linear_margins(self, node, env, b, labels):
+        v = env[node.args[0]]
+        if not isinstance(v, _SFull) or v.L.ndim != 3:
+            iv = self._to_interval(node.args[0], v, b)
+            env2 = dict(env)
+            env2[node.args[0]] = iv
+            return IntervalEvaluator._linear_margins(self, node, env2, b, labels)
+        w, bias = self._linear_params(node, env)
+        d = w[labels][:, None, :] - w[None, :, :]                        # (n, K, D)
+        # lower bound of d . z with L <= z <= U: positive d takes L, negative d takes U
+        Lm = torch.einsum("nkd,nvd->nvk", _pos(d), v.L) + torch.einsum("nkd,nvd->nvk",
+                                                                          _neg(d), v.U)
+        if bias is not None:
+            Lm[:, -1] += bias[labels][:, None] - bias[None, :]
+        lo, hi = self.box
+        sl = Lm[:, :-1]                                                  # (n, V, K)
+        low = (_pos(sl) * lo[..., None] + _neg(sl) * hi[..., None]).sum(1) + Lm[:, -1]
+        return low.scatter(1, labels[:, None], float("inf"))
+
+
+def _per_component(f, T):
+    n, V1 = T.shape[:2]
+    out = f(T.reshape(n * V1, *T.shape[2:]))
+    return out.reshape(n, V1, *out.shape[1:])
+
+
+def _pointwise_kind(node, modules, src):
+    """"affine", "relu" or "other" for an elementwise op of the interval argument `src`."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, _RELU_MODULES):
+            return "relu"
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.Identity, nn.Dropout,
+                          nn.Dropout2d, nn.AlphaDropout)):
+            return "affine"
+        return "other"
+    t = node.target
+    if node.op == "call_function":
+        if t in _RELU_FUNCTIONS:
+            return "relu"
+        if t is F.batch_norm or t in (F.dropout, F.dropout2d, operator.neg, torch.neg):
+            return "affine"
+        if t in (operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul,
+                 operator.iadd, operator.isub, operator.imul):
+            return "affine"
+        if t in (operator.truediv, torch.div, operator.itruediv) and node.args and \
+                node.args[0] is src:
+            return "affine"
+        return "other"
+    if t in ("relu", "relu_"):
+        return "relu"
+    if t in ("add", "sub", "mul", "add_", "sub_", "mul_", "neg", "float", "contiguous",
+             "clone"):
+        return "affine"
+    if t in ("div", "div_") and node.args[0] is src:
+        return "affine"
+    return "other"
