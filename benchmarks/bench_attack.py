@@ -93,32 +93,25 @@ def predict(model, x):
         return torch.softmax(logits, dim=1)
 
 
-def section_equal(model, x, labels, args, res):
+def run_galguard(model, x, labels, lo, hi, args, *, incremental):
+    """galguard's attack at the equal budget, values in the per-band range [lo, hi]."""
+    atk = OnePixelAttack(model, popsize=args.popsize, max_iter=args.steps, F=0.5,
+                         bounds=(lo.numpy(), hi.numpy()), seed=0, incremental=incremental)
+    t0 = time.perf_counter()
+    r = atk(x, labels)
+    dt = time.perf_counter() - t0
+    ev = int(r.queries.sum())
+    return dict(success=int(r.success.sum()), seconds=dt, evaluations=ev, evals_per_s=ev / dt)
+
+
+def run_torchattacks(model, x, labels, lo, hi, args):
+    """torchattacks' OnePixel at the equal budget on a wrapper mapping u in [0, 1] to
+    [lo, hi] per band (it needs [0, 1] inputs); its evaluations are counted."""
     import torchattacks
 
-    lo = x.amin(dim=(0, 2, 3))
-    hi = x.amax(dim=(0, 2, 3))
     u = (x - lo.view(1, -1, 1, 1)) / (hi - lo).view(1, -1, 1, 1)
     wrapped = UnitScaled(model, lo, hi).eval()
     assert torch.equal(predict(wrapped, u).argmax(1), labels)
-    n = len(x)
-    out = dict(galaxies=n, popsize=args.popsize, steps=args.steps)
-
-    # galguard on the model itself, values searched in the same per-band [lo, hi] range that
-    # u in [0, 1] spans for torchattacks; incremental and full evaluation.
-    for name, incremental in (("galguard_incremental", True), ("galguard_full", False)):
-        if name == "galguard_full" and args.skip_full:
-            continue
-        atk = OnePixelAttack(model, popsize=args.popsize, max_iter=args.steps, F=0.5,
-                             bounds=(lo.numpy(), hi.numpy()), seed=0, incremental=incremental)
-        t0 = time.perf_counter()
-        r = atk(x, labels)
-        dt = time.perf_counter() - t0
-        ev = int(r.queries.sum())
-        out[name] = dict(success=int(r.success.sum()), seconds=dt, evaluations=ev,
-                         evals_per_s=ev / dt)
-        log.info("equal %s: %s", name, out[name])
-
     wrapped.count = 0
     ta = torchattacks.OnePixel(wrapped, pixels=1, steps=args.steps, popsize=args.popsize,
                                inf_batch=args.inf_batch)
@@ -126,12 +119,26 @@ def section_equal(model, x, labels, args, res):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adv = ta(u, labels)
-    t_ta = time.perf_counter() - t0
-    ta_evals = wrapped.count
-    ta_success = int((predict(wrapped, adv).argmax(1) != labels).sum())
-    out["torchattacks"] = dict(success=ta_success, seconds=t_ta, evaluations=ta_evals,
-                               evals_per_s=ta_evals / t_ta)
+    dt = time.perf_counter() - t0
+    evals = wrapped.count
+    return dict(success=int((predict(wrapped, adv).argmax(1) != labels).sum()), seconds=dt,
+                evaluations=evals, evals_per_s=evals / dt)
+
+
+def section_equal(model, x, labels, args, res):
+    lo = x.amin(dim=(0, 2, 3))
+    hi = x.amax(dim=(0, 2, 3))
+    out = dict(galaxies=len(x), popsize=args.popsize, steps=args.steps)
+    # galguard on the model itself, values searched in the same per-band [lo, hi] range that
+    # u in [0, 1] spans for torchattacks; incremental and full evaluation.
+    for name, incremental in (("galguard_incremental", True), ("galguard_full", False)):
+        if name == "galguard_full" and args.skip_full:
+            continue
+        out[name] = run_galguard(model, x, labels, lo, hi, args, incremental=incremental)
+        log.info("equal %s: %s", name, out[name])
+    out["torchattacks"] = run_torchattacks(model, x, labels, lo, hi, args)
     log.info("equal torchattacks: %s", out["torchattacks"])
+    t_ta = out["torchattacks"]["seconds"]
     for name in ("galguard_incremental", "galguard_full"):
         if name in out:
             out[f"speed_ratio_time_{name}"] = t_ta / out[name]["seconds"]

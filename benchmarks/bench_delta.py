@@ -23,14 +23,13 @@ import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_attack import UnitScaled, predict  # noqa: E402
+from bench_attack import predict, run_galguard, run_torchattacks  # noqa: E402
 
 from galguard import models  # noqa: E402
 from galguard.io import read_cutouts  # noqa: E402
@@ -69,17 +68,9 @@ def bench(name, model, x, args):
                    mac_ratio=full / delta, cache_bytes_per_image=inc.bytes_per_image,
                    windowed_nodes=inc.windowed, windows=inc.describe())
     for key, incremental in (("galguard_delta", True), ("galguard_full", False)):
-        atk = OnePixelAttack(model, popsize=args.popsize, max_iter=args.steps, F=0.5,
-                             bounds=(lo.numpy(), hi.numpy()), seed=0, incremental=incremental)
-        t0 = time.perf_counter()
-        r = atk(x, labels)
-        dt = time.perf_counter() - t0
-        ev = int(r.queries.sum())
-        out[key] = dict(success=int(r.success.sum()), seconds=dt, evaluations=ev,
-                        evals_per_s=ev / dt)
+        out[key] = run_galguard(model, x, labels, lo, hi, args, incremental=incremental)
         log.info("%s %s: %s", name, key, out[key])
-        if key == "galguard_delta":
-            chunk = atk._chunk(*x.shape[1:])
+    chunk = OnePixelAttack(model)._chunk(*x.shape[1:])
     # pure inference of the same number of candidates, batches of the attack's chunk
     evals = out["galguard_full"]["evaluations"]
     batch = x[:1].expand(chunk, -1, -1, -1).contiguous()
@@ -91,22 +82,9 @@ def bench(name, model, x, args):
             left -= chunk
     t_pure = time.perf_counter() - t0
     out["pure_inference"] = dict(chunk=chunk, seconds=t_pure, evals_per_s=evals / t_pure)
-    # torchattacks
-    import torchattacks
-
-    u = (x - lo.view(1, -1, 1, 1)) / (hi - lo).view(1, -1, 1, 1)
-    wrapped = UnitScaled(model, lo, hi).eval()
-    ta = torchattacks.OnePixel(wrapped, pixels=1, steps=args.steps, popsize=args.popsize,
-                               inf_batch=args.inf_batch)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adv = ta(u, labels)
-    t_ta = time.perf_counter() - t0
-    out["torchattacks"] = dict(success=int((predict(wrapped, adv).argmax(1) != labels).sum()),
-                               seconds=t_ta, evaluations=wrapped.count,
-                               evals_per_s=wrapped.count / t_ta)
+    out["torchattacks"] = run_torchattacks(model, x, labels, lo, hi, args)
     log.info("%s torchattacks: %s", name, out["torchattacks"])
+    t_ta = out["torchattacks"]["seconds"]
     for key in ("galguard_delta", "galguard_full"):
         out[f"speed_vs_torchattacks_{key}"] = t_ta / out[key]["seconds"]
         out[f"evals_per_s_vs_pure_{key}"] = (out[key]["evals_per_s"]
