@@ -493,25 +493,3 @@ def _flat_nodes(a):
     out = []
     fx.node.map_arg(a, lambda n: out.append(n) or n)
     return out
-
-
-def macs_per_image(model, image_shape):
-    """Multiply-adds of one full forward of `model` (convolutions and linear layers)."""
-    C, H, W = image_shape
-    total = [0]
-
-    def hook(m, _i, o):
-        if isinstance(m, nn.Conv2d):
-            total[0] += o[0].numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-        elif isinstance(m, nn.Linear):
-            total[0] += m.in_features * m.out_features
-
-    hs = [m.register_forward_hook(hook) for m in model.modules()
-          if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, C, H, W, device=next(model.parameters()).device))
-    finally:
-        for h in hs:
-            h.remove()
-    return total[0]

@@ -133,10 +133,6 @@ def _restore(saved):
 
 # ---------------------------------------------------------------------------------------------
 # geometry: per node and axis, the interval [lo, hi] each source position reaches
-def _empty_like(n):
-    return np.full(n, _EMPTY, np.int64), np.full(n, -1, np.int64)
-
-
 def _conv_interval(lo, hi, *, size_out, kernel, stride, pad, dilation):
     empty = lo > hi
     a = -(-(lo + pad - dilation * (kernel - 1)) // stride)          # ceil
