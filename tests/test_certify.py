@@ -15,12 +15,12 @@ C = 2
 class Tiny(nn.Module):
     """Conv-ReLU-pool-conv-BN-ReLU(-residual, GELU), flatten, linear: 3 classes."""
 
-    def __init__(self, residual=False, act="relu"):
+    def __init__(self, residual=False, act="relu", size=H):
         super().__init__()
         self.c1 = nn.Conv2d(C, 4, 3, padding=1)
         self.c2 = nn.Conv2d(4, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
-        self.head = nn.Linear(4 * (H // 2) * (W // 2), 3)
+        self.head = nn.Linear(4 * (size // 2) * (size // 2), 3)
         self.residual = residual
         self.act = nn.GELU() if act == "gelu" else nn.ReLU()
 
@@ -43,7 +43,7 @@ def tiny(seed, **kw):
 
 def grid_flips(model, images, labels, lo, hi, steps=13):
     """Oracle: does any pixel, set to any value of a steps^C grid of the box, flip?"""
-    B = images.shape[0]
+    B, _, H, W = images.shape
     vals = [torch.linspace(float(lo[i, c]), float(hi[i, c]), steps) for i in range(B)
             for c in range(C)]
     out = np.zeros(B, bool)
@@ -61,13 +61,14 @@ def grid_flips(model, images, labels, lo, hi, steps=13):
 
 
 @pytest.mark.parametrize("method", ["linear", "interval"])
-@pytest.mark.parametrize("kw", [dict(), dict(residual=True), dict(act="gelu")])
+@pytest.mark.parametrize("kw", [dict(), dict(residual=True), dict(act="gelu"), dict(size=16)])
 def test_certified_galaxies_have_no_flip_on_a_fine_grid(method, kw):
     certified = flips = 0
+    size = kw.get("size", H)
     for seed in range(3):
         model = tiny(seed, **kw)
         g = torch.Generator().manual_seed(seed)
-        images = torch.rand(6, C, H, W, generator=g)
+        images = torch.rand(6, C, size, size, generator=g)
         with torch.inference_mode():
             labels = model(images).argmax(1)
         lo = images.amin(dim=(2, 3))
@@ -87,8 +88,10 @@ def test_certified_galaxies_have_no_flip_on_a_fine_grid(method, kw):
                     assert int(model(adv).argmax(1)) != int(labels[i])
                 assert (lo[i] <= torch.from_numpy(res.values[i]) + 1e-6).all()
                 assert (torch.from_numpy(res.values[i]) <= hi[i] + 1e-6).all()
-        # completeness in practice: the tiny problems get a verdict
-        assert sum(s != "unknown" for s in res.status) >= 5
+        # completeness in practice: the tiny problems get a verdict (intervals alone are too
+        # loose for that on the 16 x 16 network)
+        if method == "linear" or size == H:
+            assert sum(s != "unknown" for s in res.status) >= 5
     assert certified and flips
 
 
@@ -111,6 +114,39 @@ def test_a_degenerate_box_gives_the_exact_margins(method):
     exact = logits[b].gather(1, labels[b][:, None]) - logits[b]
     finite = torch.isfinite(m)
     torch.testing.assert_close(m[finite], exact[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_backward_bounds_are_tighter_and_below_every_sampled_margin():
+    from galguard.robustness._incremental import IncrementalEvaluator
+    from galguard.robustness.certify import SymbolicEvaluator
+
+    S = 16      # large enough that the linear layer reads the windows (back-substitution)
+    model = tiny(4, size=S)
+    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        logits = model(images)
+        labels = logits.argmax(1)
+        inc = IncrementalEvaluator.build(model, images)
+        ev = SymbolicEvaluator(inc)
+        n = 64
+        b = torch.randint(0, 4, (n,), generator=g)
+        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
+        a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
+        lo, hi = torch.minimum(a, c), torch.maximum(a, c)
+        ev.backward = False
+        fwd = ev.margins(b, ys, xs, lo, hi, labels[b])
+        ev.backward = True
+        assert ev._chain(inc.out) is not None            # the chain is back-substituted
+        back = ev.margins(b, ys, xs, lo, hi, labels[b])
+        assert (back >= fwd - 1e-5).all() and (back > fwd + 1e-3).any()
+        # sound: no sampled value inside a box has a smaller margin than its bound
+        for _ in range(20):
+            v = lo + (hi - lo) * torch.rand(n, C, generator=g)
+            lg = inc.logits(b, ys, xs, v)
+            m = lg.gather(1, labels[b][:, None]) - lg
+            ok = torch.isfinite(back)
+            assert (back[ok] <= m[ok] + 1e-4).all()
 
 
 class Roll(nn.Module):

@@ -49,14 +49,23 @@ def _neg(t):
 
 
 class SymbolicEvaluator(IntervalEvaluator):
-    """Linear bounds in the pixel's values through the cone (the dense rest in intervals)."""
+    """Linear bounds in the pixel's values through the cone (the dense rest in intervals).
+
+    With ``backward`` (default) and a chain-shaped cone (convolutions, pools, ReLU and affine
+    elementwise ops from the pixel to a linear layer on the flattened map, then the logits),
+    the margins are also bounded by back-substitution (CROWN): the margin's coefficients are
+    carried back through the cone with each ReLU's and max pool's relaxation chosen by the sign
+    of its coefficient, and the larger of the two lower bounds is kept."""
+
+    backward = True
 
     def margins(self, b, ys, xs, lo, hi, labels):
         inc = self.inc
         n, V = lo.shape
         self.box = (lo, hi)
         self.pure = set()       # nodes whose window is exactly the variables
-        env = {}
+        self.rec = {}           # per node: what the backward pass needs (relaxations)
+        self.env = env = {}
         out = inc.out
         for node in inc.nodes:
             p = inc.plans[node]
@@ -81,10 +90,24 @@ class SymbolicEvaluator(IntervalEvaluator):
                 self.box = (flo.reshape(n, -1), fhi.reshape(n, -1))
                 env[node] = env[src]
                 self.pure.add(node)
+            elif p.kind == "flatlin" and node is out and self.backward:
+                # the logits are the linear layer on the flattened windows
+                env[node] = self._s_flatlin(node, p, env, b, n)
+                v = env[node]
+                lo_, hi_ = self._concretise(v.L, v.U)
+                lab = labels[:, None]
+                m = (torch.gather(lo_, 1, lab) - hi_).scatter(1, lab, float("inf"))
+                back = self._crown_margins(node, env, b, ys, xs, labels)
+                return m if back is None else torch.maximum(m, back)
             elif p.kind == "flatlin":
                 env[node] = self._s_flatlin(node, p, env, b, n)
             elif node is out and self._is_linear(node):
-                return self._s_linear_margins(node, env, b, labels)
+                m = self._s_linear_margins(node, env, b, labels)
+                if self.backward:
+                    back = self._crown_margins(node, env, b, ys, xs, labels)
+                    if back is not None:
+                        m = torch.maximum(m, back)
+                return m
             elif p.mode == "window":
                 env[node] = self._s_window(node, p, env, b, ys, xs, n)
             elif p.kind == "gap":
@@ -114,6 +137,145 @@ class SymbolicEvaluator(IntervalEvaluator):
         deps = [a for a in node.all_input_nodes if isinstance(env.get(a), _SState)]
         return len(deps) == 1 and deps[0] in self.pure and len(deps[0].users) == 1 and \
             self.inc.plans[node].shape[1] == self.inc.plans[deps[0]].shape[1]
+
+    # -- back-substitution (CROWN) for chain-shaped cones
+    def _chain(self, out):
+        """The windowed nodes from the flattened linear layer back to the variables, or None.
+        `out` is the logits: a linear layer of the flattened linear layer's output, or that
+        layer itself."""
+        inc = self.inc
+        src = out if inc.plans[out].kind == "flatlin" else out.args[0]
+        p = inc.plans.get(src)
+        if p is None or p.kind != "flatlin":
+            return None
+        flat, chain = src, []
+        node = p.params["src"]
+        while node not in self.pure:
+            q = inc.plans[node]
+            if q.mode != "window" or q.kind not in ("conv", "maxpool", "avgpool", "pointwise"):
+                return None
+            if q.kind == "pointwise" and node not in self.rec:
+                return None            # an elementwise op without a linear relaxation
+            deps = [a for a in node.all_input_nodes if inc.plans[a].mode == "window"]
+            if len(deps) != 1:
+                return None
+            chain.append(node)
+            node = deps[0]
+        return flat, chain, node
+
+    def _to_window(self, lam, src, st, b, gy, gx, spec):
+        """Coefficients on a region (n, K, C, gh, gw) at (gy, gx) -> on `src`'s window, plus the
+        clean part's contribution (n, K)."""
+        inc = self.inc
+        n, K, C, gh, gw = lam.shape
+        h, w = st.L.shape[3:]
+        clean = inc._region(src, spec, b, gy, gx, gh, gw)                   # (n, C, gh, gw)
+        clean = torch.where(torch.isfinite(clean), clean, torch.zeros_like(clean))
+        const = torch.einsum("nkchw,nchw->nk", lam, clean)
+        pad = F.pad(lam.reshape(n, K * C, gh, gw), (w, w, h, h))
+        view = pad.unfold(2, h, 1).unfold(3, w, 1)
+        win = view[torch.arange(n, device=lam.device), :, st.oy - gy + h, st.ox - gx + w]
+        win = win.reshape(n, K, C, h, w)
+        cw = inc._region(src, spec, b, st.oy, st.ox, h, w)      # inside the map: clean values
+        const = const - torch.einsum("nkchw,nchw->nk", win, cw)
+        return win, const
+
+    def _crown_margins(self, out, env, b, ys, xs, labels):
+        found = self._chain(out)
+        if found is None:
+            return None
+        inc = self.inc
+        flat, chain, var = found
+        clean_z = inc.clean[flat].index_select(0, b)                        # (n, D)
+        if flat is out:     # the margin is a difference of the flattened layer's outputs
+            n, D = clean_z.shape
+            d = torch.eye(D, device=clean_z.device, dtype=clean_z.dtype)
+            d = (d[labels][:, None, :] - d[None, :, :]).expand(n, D, D)    # (n, K=D, D)
+            const = torch.zeros(n, D, device=d.device, dtype=d.dtype)
+        else:
+            w, bias = self._linear_params(out, env)
+            d = w[labels][:, None, :] - w[None, :, :]                      # (n, K, D)
+            const = (bias[labels][:, None] - bias[None, :]) if bias is not None else \
+                torch.zeros(d.shape[:2], device=d.device, dtype=d.dtype)
+        n, K, D = d.shape
+        # the flattened linear layer: z = clean_z + W[:, window] (a - clean_a)
+        fp = inc.plans[flat]
+        src = fp.params["src"]
+        st = env[src]
+        h, wd = st.L.shape[3:]
+        C = st.L.shape[2]
+        const = const + torch.einsum("nkd,nd->nk", d, clean_z)
+        Wp = inc.flat_weights[flat]                                        # (H, W, C, D)
+        Ws = inc.plans[src].shape[3]
+        lam = torch.empty(n, K, h * wd * C, device=d.device, dtype=d.dtype)
+        key = st.oy * Ws + st.ox
+        for kk in torch.unique(key).tolist():
+            rows = torch.nonzero(key == kk).flatten()
+            y0, x0 = divmod(kk, Ws)
+            blk = Wp[y0:y0 + h, x0:x0 + wd].reshape(-1, D)
+            lam[rows] = d[rows] @ blk.T
+        lam = lam.reshape(n, K, h, wd, C).permute(0, 1, 4, 2, 3).contiguous()
+        cw = inc._region(src, _NOPAD, b, st.oy, st.ox, h, wd)
+        const = const - torch.einsum("nkchw,nchw->nk", lam, cw)
+        # back through the chain
+        for node in chain:
+            p = inc.plans[node]
+            rec = self.rec.get(node)
+            if p.kind == "pointwise":
+                if rec[0] == "relu":
+                    _, alpha, s, t = rec
+                    lp, ln = _pos(lam), _neg(lam)
+                    const = const + (ln * t.unsqueeze(1)).sum(dim=(2, 3, 4))
+                    lam = lp * alpha.unsqueeze(1) + ln * s.unsqueeze(1)
+                else:
+                    _, a, b0 = rec
+                    const = const + (lam * b0.unsqueeze(1)).sum(dim=(2, 3, 4))
+                    lam = lam * a.unsqueeze(1)
+                continue
+            prev = node.all_input_nodes[0] if p.kind != "conv" else \
+                [a for a in node.all_input_nodes if inc.plans[a].mode == "window"][0]
+            oy, ox = inc._origins(node, ys, xs)
+            gy, gx, gh, gw, spec = window_region(p, oy, ox)
+            prm = p.params
+            nK = n * K
+            if p.kind == "conv":
+                Cout = lam.shape[2]
+                if prm["bias"] is not None:
+                    const = const + torch.einsum("nkchw,c->nk", lam, prm["bias"])
+                reg = F.conv_transpose2d(lam.reshape(nK, Cout, *lam.shape[3:]), prm["weight"],
+                                         None, prm["stride"], 0, 0, prm["groups"],
+                                         prm["dilation"])
+            elif p.kind == "avgpool":
+                Cc = lam.shape[2]
+                kh, kw = prm["kernel"]
+                ones = torch.full((Cc, 1, kh, kw), 1.0 / (kh * kw), device=lam.device,
+                                  dtype=lam.dtype)
+                reg = F.conv_transpose2d(lam.reshape(nK, Cc, *lam.shape[3:]), ones, None,
+                                         prm["stride"], 0, 0, Cc)
+            else:   # max pool: the relaxation's input, chosen by the coefficient's sign
+                _, j, dominant, hmax, (ih, iw) = rec
+                Cc = lam.shape[2]
+                P = lam.shape[3] * lam.shape[4]
+                lf = lam.reshape(n, K, Cc, P)
+                lp, ln = _pos(lf), _neg(lf)
+                dom = dominant.unsqueeze(1).to(lf.dtype)
+                const = const + (ln * (1 - dom) * hmax.unsqueeze(1)).sum(dim=(2, 3))
+                coef = lp + ln * dom                                       # (n, K, C, P)
+                kk = prm["kernel"][0] * prm["kernel"][1]
+                unf = torch.zeros(n, K, Cc, kk, P, device=lam.device, dtype=lam.dtype)
+                unf.scatter_(3, j.unsqueeze(1).expand(-1, K, -1, -1, -1), coef.unsqueeze(3))
+                reg = F.fold(unf.reshape(nK, Cc * kk, P), (ih, iw), prm["kernel"],
+                             dilation=prm["dilation"], padding=0, stride=prm["stride"])
+            reg = reg.reshape(n, K, *reg.shape[1:])
+            if reg.shape[3:] != (gh, gw):
+                return None
+            lam, c2 = self._to_window(reg, prev, env[prev], b, gy, gx, spec)
+            const = const + c2
+        # the variables
+        lo, hi = self.box
+        lv = lam.reshape(n, K, -1)                                         # (n, K, V)
+        low = const + (_pos(lv) * lo[:, None, :] + _neg(lv) * hi[:, None, :]).sum(2)
+        return low.scatter(1, labels[:, None], float("inf"))
 
     # -- concretisation
     def _concretise(self, L, U):
@@ -183,6 +345,7 @@ class SymbolicEvaluator(IntervalEvaluator):
             L, U = _per_component(f, L), _per_component(f, U)
         else:
             L, U = self._s_maxpool(L, U, prm)
+            self.rec[node] = ("maxpool",) + self._last_pool
         return _SState(L, U, oy, ox)
 
     def _s_conv(self, node, L, U, weight, bias, kw):
@@ -228,6 +391,7 @@ class SymbolicEvaluator(IntervalEvaluator):
         Uc = torch.zeros_like(Ud)
         Uc[:, -1] = hi_u.amax(dim=2)
         Uo = torch.where(dominant.unsqueeze(1), Ud, Uc)
+        self._last_pool = (j, dominant, hi_u.amax(dim=2), (h, w))
         return Lo.reshape(n, V1, C, ho, wo), Uo.reshape(n, V1, C, ho, wo)
 
     def _affine_coeffs(self, node, env, src, shape, like):
@@ -248,6 +412,7 @@ class SymbolicEvaluator(IntervalEvaluator):
             Uo = _pos(a) * U + _neg(a) * L
             Lo[:, -1] += b0
             Uo[:, -1] += b0
+            self.rec[node] = ("affine", a[:, 0], b0)
             return Lo, Uo
         lo, hi = self._concretise(L, U)
         if kind == "relu":
@@ -263,8 +428,10 @@ class SymbolicEvaluator(IntervalEvaluator):
                                 torch.where(dead | ~has_slope, zero,
                                             (hi > -lo).to(lo.dtype)))
             Uo = s.unsqueeze(1) * U
-            Uo[:, -1] -= torch.where(dead | live, zero, s * lo)
+            t = torch.where(dead | live, zero, -s * lo)
+            Uo[:, -1] += t
             Lo = alpha.unsqueeze(1) * L
+            self.rec[node] = ("relu", alpha, s, t)
             return Lo, Uo
         # any other elementwise op: its interval image, as constants
         flo, fhi = self._pointwise(node, env, src, lo, hi)

@@ -191,7 +191,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                 continue
             ub, uy, ux, ulo, uhi = nb[bad], ny[bad], nx[bad], nlo[bad], nhi[bad]
             # exact evaluation at the centre and the corners of each unsettled box
-            flips = _exact_flips(inc, model, images, labels, ub, uy, ux, ulo, uhi)
+            flips = _exact_flips(inc, model, images, labels, ub, uy, ux, ulo, uhi,
+                                 corners=ng[bad])
             for i, (y, x, v) in flips.items():
                 if not done[i]:
                     res.status[i] = "flip"
@@ -226,31 +227,34 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     return res
 
 
-def _exact_flips(inc, model, images, labels, b, ys, xs, lo, hi):
-    """Evaluate the centre and corners of the boxes; {image: (y, x, values)} of verified
-    flips."""
+def _exact_flips(inc, model, images, labels, b, ys, xs, lo, hi, corners):
+    """Evaluate the centre of each box and, for the first-pass boxes (``corners``, (n,) bool),
+    its corners (hot and dead pixels); {image: (y, x, values)} of verified flips."""
     n, C = lo.shape
-    pts = [(lo + hi) / 2]
-    corners = torch.tensor(list(np.ndindex(*(2,) * C)), device=lo.device, dtype=torch.bool)
-    for cm in corners[: min(len(corners), 8)]:
-        pts.append(torch.where(cm, hi, lo))
+    pts = [((lo + hi) / 2, slice(None))]
+    sel = torch.nonzero(corners).flatten()
+    if sel.numel():
+        cs = torch.tensor(list(np.ndindex(*(2,) * C)), device=lo.device, dtype=torch.bool)
+        for cm in cs[:8]:
+            pts.append((torch.where(cm, hi[sel], lo[sel]), sel))
     flips = {}
-    for v in pts:
-        logits = inc.logits(b, ys, xs, v)
-        cand = torch.nonzero(logits.argmax(1) != labels[b]).flatten()
+    for v, rows in pts:
+        b_, ys_, xs_ = b[rows], ys[rows], xs[rows]
+        logits = inc.logits(b_, ys_, xs_, v)
+        cand = torch.nonzero(logits.argmax(1) != labels[b_]).flatten()
         if not cand.numel():
             continue
         # the first candidate per image, verified with the full model
         seen = set()
         for j in cand.tolist():
-            i = int(b[j])
+            i = int(b_[j])
             if i in seen or i in flips:
                 continue
             seen.add(i)
             adv = images[i:i + 1].clone()
-            adv[0, :, ys[j], xs[j]] = v[j]
+            adv[0, :, ys_[j], xs_[j]] = v[j]
             out = model(adv)
             lg = out[1] if isinstance(out, (tuple, list)) else out
             if int(lg.argmax(1)) != int(labels[i]):
-                flips[i] = (int(ys[j]), int(xs[j]), v[j].float().cpu().numpy())
+                flips[i] = (int(ys_[j]), int(xs_[j]), v[j].float().cpu().numpy())
     return flips
