@@ -1,10 +1,15 @@
 """Exact one-pixel verdicts: prove that no single pixel inside the bounds can flip a galaxy.
 
 For each galaxy and each pixel position, the logits are bounded over the whole box of that
-pixel's values (per band [lo, hi]) by interval bound propagation through the pixel's *cone*:
-the windows that delta inference (`galguard.robustness._incremental`) plans for a change at that
-position, then the dense rest of the network. Outside its window every activation is the clean
-image's, exactly, so the intervals are only as wide as the change's own reach. A position whose
+pixel's values (per band [lo, hi]) through the pixel's *cone*: the windows that delta inference
+(`galguard.robustness._incremental`) plans for a change at that position, then the dense rest
+of the network. Outside its window every activation is the clean image's, exactly, so the
+bounds are only as wide as the change's own reach. The default bounds are linear in the pixel's
+(preprocessed) values (`galguard.robustness._linear_bounds`): a forward pass gives every
+activation of the cone linear lower and upper bounds (CROWN's ReLU relaxation, max-pool
+dominance), and for chain-shaped cones (the ConvNets) the class margins are bounded again by
+back-substitution (CROWN), which keeps the correlations the forward pass loses;
+``bounds_method="interval"`` uses interval propagation only. A position whose
 bounds prove that the predicted class stays on top (the lower bound of ``logit[pred] -
 logit[j]`` exceeds a stated floating-point margin for every other class j) is *settled*.
 Unsettled boxes are split (bisection of their widest band), their corners and centres are
@@ -63,7 +68,7 @@ class CertifyResult:
         (B, C) float32 values of the flip (NaN without one).
     settled : numpy.ndarray
         (B,) float64 fraction of the galaxy's first-pass boxes (whole value boxes) settled by
-        the bounds without splitting.
+        the bounds without splitting, among those bounded before its verdict.
     boxes : numpy.ndarray
         (B,) int64 boxes bounded (the work spent).
     reason : list of str
@@ -164,6 +169,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
         first = np.bincount(q[0].cpu().numpy(), minlength=B)
         budget = np.maximum(first, max_boxes)
         settled_first = np.zeros(B, np.int64)
+        bounded_first = np.zeros(B, np.int64)
         done = np.zeros(B, bool)
         failed = [None] * B
         while q[0].numel():
@@ -186,6 +192,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             nbn = nb.cpu().numpy()
             res.boxes += np.bincount(nbn, minlength=B)
             settled_first += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
+            bounded_first += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
             bad = ~ok
             if not bool(bad.any()):
                 continue
@@ -217,7 +224,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             q = [torch.cat([a, t]) for a, t in zip(
                 (torch.cat([ub, ub]), torch.cat([uy, uy]), torch.cat([ux, ux]),
                  torch.cat([ulo, lo2]), torch.cat([hi1, uhi]), no), q)]
-        res.settled = settled_first / np.maximum(first, 1)
+        res.settled = settled_first / np.maximum(bounded_first, 1)
         for i in range(B):
             if failed[i] is not None and res.status[i] != "flip":
                 res.status[i] = "unknown"
