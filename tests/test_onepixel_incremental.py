@@ -272,6 +272,37 @@ def test_tracing_leaves_the_model_as_it_was():
     assert isinstance(model.count, int)
 
 
+def test_tracing_while_another_thread_runs_the_model():
+    """torch.fx patches nn.Module.__call__ process-wide while tracing: a model checked in
+    another thread (Dask worker threads) must run as usual meanwhile."""
+    import threading
+
+    model, images = make_model(16)
+    with torch.inference_mode():
+        ref = model(images)[1]
+    errors, stop = [], threading.Event()
+
+    def run():
+        try:
+            with torch.inference_mode():
+                while not stop.is_set():
+                    out = model(images)[1]
+                    assert isinstance(out, torch.Tensor) and torch.equal(out, ref)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        with torch.inference_mode():
+            for _ in range(20):
+                plan_model(model, (3, 16, 16))
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+
+
 def test_model_without_spatial_ops_gains_nothing():
     images = torch.rand(2, 3, 8, 8)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 3)).eval()

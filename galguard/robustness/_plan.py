@@ -6,6 +6,7 @@ how candidates are evaluated on them.
 
 import logging
 import operator
+import threading
 
 import numpy as np
 import torch
@@ -82,13 +83,39 @@ def _traceable(model):
     return model
 
 
+#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces: one trace at a time
+_TRACE_LOCK = threading.Lock()
+
+
+class _OwnThreadTracer(fx.Tracer):
+    """A tracer that records only its own thread: module calls and attribute reads of other
+    threads (a model checked in a Dask worker thread while another traces) run as usual."""
+
+    def __init__(self):
+        super().__init__()
+        self._owner = threading.get_ident()
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._owner:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._owner:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
 def _trace(model):
     root = _traceable(model)
-    saved = _snapshot(root)
-    try:
-        gm = fx.symbolic_trace(root)
-    finally:
-        _restore(saved)    # tracing runs forward() with proxies: undo what it changed
+    with _TRACE_LOCK:
+        saved = _snapshot(root)
+        try:
+            tracer = _OwnThreadTracer()
+            graph = tracer.trace(root)
+            gm = fx.GraphModule(tracer.root, graph, type(root).__name__)
+        finally:
+            _restore(saved)    # tracing runs forward() with proxies: undo what it changed
     outs = [n for n in gm.graph.nodes if n.op == "output"]
     out = outs[0].args[0]
     if isinstance(out, (tuple, list)):
