@@ -181,3 +181,31 @@ def test_band_pixel_threat_is_implied_by_pixel():
             assert b == "certified"
         if b == "flip":
             assert a == "flip"
+
+
+def test_a_galaxy_classifier_box_is_clamped_to_its_clip_limits_and_stays_sound():
+    from galguard.models.classifier import GalaxyClassifier, Preprocess
+
+    S = 16
+    net = tiny(6, size=S)
+    pre = Preprocess([0.0, 0.0], [0.8, 0.6], [1.5, 2.0])
+    model = GalaxyClassifier(net, pre, classes=("a", "b", "c"), bands="gr", input_size=S).eval()
+    g = torch.Generator().manual_seed(6)
+    images = torch.rand(6, C, S, S, generator=g) * 0.9
+    images[:, :, 0, 0] = 3.0                      # a bright pixel: bounds far past the clip
+    with torch.inference_mode():
+        labels = model(images).argmax(1)          # logits only
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    res = certify_onepixel(model, images, labels, bounds=(lo, hi), max_boxes=4000)
+    oracle = grid_flips(model, images, labels, lo, hi)
+    assert sum(s != "unknown" for s in res.status) >= 4
+    for i, st in enumerate(res.status):
+        if st == "certified":
+            assert not oracle[i]
+        if st == "flip":
+            v = torch.from_numpy(res.values[i])
+            assert (lo[i] <= v + 1e-6).all() and (v <= hi[i] + 1e-6).all()
+            adv = images[i:i + 1].clone()
+            adv[0, :, res.y[i], res.x[i]] = v
+            with torch.inference_mode():
+                assert int(model(adv).argmax(1)) != int(labels[i])

@@ -129,6 +129,9 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     B, C, H, W = images.shape
     dev = images.device
     lo_b, hi_b = bounds
+    warp = _Warp.of(model)
+    if warp is not None:        # raw values past the clip limits act as the limits: same boxes
+        lo_b, hi_b = warp.clamp(lo_b), warp.clamp(hi_b)
     res = CertifyResult(status=["unknown"] * B, x=np.full(B, -1, np.int64),
                         y=np.full(B, -1, np.int64), values=np.full((B, C), np.nan, np.float32),
                         settled=np.zeros(B), boxes=np.zeros(B, np.int64), reason=[""] * B,
@@ -216,8 +219,14 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             ub, uy, ux, ulo, uhi = ub[keep], uy[keep], ux[keep], ulo[keep], uhi[keep]
             if not ub.numel():
                 continue
-            band = (uhi - ulo).argmax(dim=1, keepdim=True)
-            mid = (ulo.gather(1, band) + uhi.gather(1, band)) / 2
+            if warp is None:
+                band = (uhi - ulo).argmax(dim=1, keepdim=True)
+                mid = (ulo.gather(1, band) + uhi.gather(1, band)) / 2
+            else:       # bisect the widest band in the model's preprocessed values
+                plo, phi = warp.forward(ulo), warp.forward(uhi)
+                band = (phi - plo).argmax(dim=1, keepdim=True)
+                mid = warp.inverse((plo + phi) / 2).gather(1, band)
+                mid = torch.minimum(torch.maximum(mid, ulo.gather(1, band)), uhi.gather(1, band))
             hi1 = uhi.scatter(1, band, mid)
             lo2 = ulo.scatter(1, band, mid)
             no = torch.zeros(2 * ub.shape[0], dtype=torch.bool, device=dev)
@@ -232,6 +241,30 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             elif not done[i]:
                 res.status[i] = "certified"
     return res
+
+
+class _Warp:
+    """A `GalaxyClassifier`'s per-band preprocessing (clip, arcsinh): boxes are clamped to the
+    clip limits and split at the midpoint of the preprocessed values."""
+
+    def __init__(self, pre):
+        self.pre = pre
+
+    @classmethod
+    def of(cls, model):
+        from ..models.classifier import Preprocess
+
+        pre = getattr(model, "preprocess", None)
+        return cls(pre) if isinstance(pre, Preprocess) else None
+
+    def clamp(self, x):
+        return torch.minimum(torch.maximum(x, self.pre.lo), self.pre.hi)
+
+    def forward(self, x):
+        return torch.asinh(self.pre.scale * self.clamp(x))
+
+    def inverse(self, y):
+        return torch.sinh(y) / self.pre.scale
 
 
 def _exact_flips(inc, model, images, labels, b, ys, xs, lo, hi, corners):
