@@ -145,6 +145,18 @@ def section_equal(model, x, labels, args, res):
     res["equal"] = out
 
 
+def time_pure_inference(model, x, evals, chunk):
+    """Seconds for `evals` whole-image evaluations of `model` in batches of `chunk`."""
+    batch = x[:1].expand(chunk, -1, -1, -1).contiguous()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        left = evals
+        while left > 0:
+            model(batch[:min(chunk, left)])
+            left -= chunk
+    return time.perf_counter() - t0
+
+
 def section_throughput(model, x, labels, args, res):
     from reference_loop import reference_attack
 
@@ -162,14 +174,7 @@ def section_throughput(model, x, labels, args, res):
     out["chunk"] = chunk
     out["galguard_full"] = dict(seconds=t_gg, evaluations=evals, evals_per_s=evals / t_gg)
     # Pure inference: the same number of evaluations in batches of the attack's chunk size.
-    batch = x[:1].expand(chunk, -1, -1, -1).contiguous()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        left = evals
-        while left > 0:
-            model(batch[:min(chunk, left)])
-            left -= chunk
-    t_pure = time.perf_counter() - t0
+    t_pure = time_pure_inference(model, x, evals, chunk)
     out["pure_inference"] = dict(seconds=t_pure, evals_per_s=evals / t_pure)
     out["overhead_full"] = t_gg / t_pure
     # Incremental path on the model itself.

@@ -22,14 +22,14 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_attack import predict, run_galguard, run_torchattacks  # noqa: E402
+from bench_attack import (predict, run_galguard, run_torchattacks,  # noqa: E402
+                          time_pure_inference)
 
 from galguard import models  # noqa: E402
 from galguard.io import read_cutouts  # noqa: E402
@@ -73,14 +73,7 @@ def bench(name, model, x, args):
     chunk = OnePixelAttack(model)._chunk(*x.shape[1:])
     # pure inference of the same number of candidates, batches of the attack's chunk
     evals = out["galguard_full"]["evaluations"]
-    batch = x[:1].expand(chunk, -1, -1, -1).contiguous()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        left = evals
-        while left > 0:
-            model(batch[:min(chunk, left)])
-            left -= chunk
-    t_pure = time.perf_counter() - t0
+    t_pure = time_pure_inference(model, x, evals, chunk)
     out["pure_inference"] = dict(chunk=chunk, seconds=t_pure, evals_per_s=evals / t_pure)
     out["torchattacks"] = run_torchattacks(model, x, labels, lo, hi, args)
     log.info("%s torchattacks: %s", name, out["torchattacks"])

@@ -434,21 +434,20 @@ class IncrementalEvaluator:
                     delta += lin.numel()
         return full, delta
 
-    def _conv_of(self, node):
-        if node.op == "call_module" and isinstance(self.modules[node.target], nn.Conv2d):
+    def _weight_of(self, node, module_cls, function):
+        """The weight of a module of `module_cls` or a call of `function`, else None."""
+        if node.op == "call_module" and isinstance(self.modules[node.target], module_cls):
             return self.modules[node.target].weight
-        if node.op == "call_function" and node.target is F.conv2d:
+        if node.op == "call_function" and node.target is function:
             w = _arg(node, 1, "weight", None)
             return self.consts.get(w) if isinstance(w, fx.Node) else w
         return None
 
+    def _conv_of(self, node):
+        return self._weight_of(node, nn.Conv2d, F.conv2d)
+
     def _linear_of(self, node):
-        if node.op == "call_module" and isinstance(self.modules[node.target], nn.Linear):
-            return self.modules[node.target].weight
-        if node.op == "call_function" and node.target is F.linear:
-            w = _arg(node, 1, "weight", None)
-            return self.consts.get(w) if isinstance(w, fx.Node) else w
-        return None
+        return self._weight_of(node, nn.Linear, F.linear)
 
     def describe(self):
         """One line per windowed node: name, op, window size and map size."""
