@@ -209,3 +209,56 @@ def test_a_galaxy_classifier_box_is_clamped_to_its_clip_limits_and_stays_sound()
             adv[0, :, res.y[i], res.x[i]] = v
             with torch.inference_mode():
                 assert int(model(adv).argmax(1)) != int(labels[i])
+
+
+def test_single_band_boxes_with_one_variable_match_the_full_form_and_are_sound():
+    from galguard.robustness._incremental import IncrementalEvaluator
+    from galguard.robustness.certify import SymbolicEvaluator
+
+    S = 16
+    model = tiny(7, size=S)
+    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(8)
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+        inc = IncrementalEvaluator.build(model, images)
+        ev = SymbolicEvaluator(inc)
+        n = 64
+        b = torch.randint(0, 4, (n,), generator=g)
+        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
+        band = torch.randint(0, C, (n,), generator=g)
+        pix = images[b, :, ys, xs]
+        a, c = torch.rand(n, generator=g), torch.rand(n, generator=g)
+        lo, hi = pix.clone(), pix.clone()
+        lo[torch.arange(n), band] = torch.minimum(a, c)
+        hi[torch.arange(n), band] = torch.maximum(a, c)
+        full = ev.margins(b, ys, xs, lo, hi, labels[b])
+        one = ev.margins(b, ys, xs, lo, hi, labels[b], vary=band[:, None])
+        ok = torch.isfinite(full)
+        torch.testing.assert_close(one[ok], full[ok], rtol=1e-4, atol=1e-4)
+        for _ in range(20):
+            v = lo + (hi - lo) * torch.rand(n, C, generator=g)
+            lg = inc.logits(b, ys, xs, v)
+            m = lg.gather(1, labels[b][:, None]) - lg
+            assert (one[ok] <= m[ok] + 1e-4).all()
+
+
+def test_band_pixel_certificates_hold_on_a_fine_grid_of_each_band():
+    model = tiny(3)
+    images = torch.rand(6, C, H, W, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    res = certify_onepixel(model, images, labels, bounds=(lo, hi), threat="band_pixel",
+                           max_boxes=8000)
+    assert sum(s != "unknown" for s in res.status) >= 5
+    with torch.inference_mode():
+        for i, st in enumerate(res.status):
+            if st != "certified":
+                continue
+            for band in range(C):       # every position, 41 values of the band
+                vals = torch.linspace(float(lo[i, band]), float(hi[i, band]), 41)
+                adv = images[i].expand(H * W * 41, -1, -1, -1).clone()
+                pos = torch.arange(H * W).repeat_interleave(41)
+                adv[torch.arange(len(adv)), band, pos // W, pos % W] = vals.repeat(H * W)
+                assert bool((model(adv).argmax(1) == labels[i]).all()), (i, band)

@@ -72,10 +72,11 @@ class IntervalEvaluator:
             self.abs_weights[key] = w.abs()
         return self.abs_weights[key]
 
-    def margins(self, b, ys, xs, lo, hi, labels):
+    def margins(self, b, ys, xs, lo, hi, labels, vary=None):
         """Lower bounds (n, K) of ``logit[label] - logit[j]`` over the boxes: candidate image
         ``b`` (n,), pixel ``ys, xs`` (n,), per-band value bounds ``lo, hi`` (n, C); +inf at
-        j == label. Raises `Unsupported` for an op without a rule."""
+        j == label. ``vary`` (which bands vary) is a hint for `SymbolicEvaluator`; intervals
+        need none. Raises `Unsupported` for an op without a rule."""
         inc = self.inc
         env = {}
         n = b.shape[0]

@@ -59,10 +59,18 @@ class SymbolicEvaluator(IntervalEvaluator):
 
     backward = True
 
-    def margins(self, b, ys, xs, lo, hi, labels):
+    def margins(self, b, ys, xs, lo, hi, labels, vary=None):
+        """As `IntervalEvaluator.margins`; ``vary`` (n, V) int64, optional: the bands that vary
+        (the others are fixed at ``lo == hi``), so that the bounds carry V variables instead of
+        C (a single-band box: one)."""
         inc = self.inc
-        n, V = lo.shape
-        self.box = (lo, hi)
+        n, C = lo.shape
+        if vary is None:
+            vary = torch.arange(C, device=lo.device).expand(n, C)
+        V = vary.shape[1]
+        self.vary = vary
+        self.fixed = lo.scatter(1, vary, 0.0)               # (n, C) the fixed bands' values
+        self.box = (lo.gather(1, vary), hi.gather(1, vary))
         self.pure = set()       # nodes whose window is exactly the variables
         self.rec = {}           # per node: what the backward pass needs (relaxations)
         self.env = env = {}
@@ -74,9 +82,10 @@ class SymbolicEvaluator(IntervalEvaluator):
             elif p.mode == "skip":
                 env[node] = None
             elif p.kind == "input":
-                eye = torch.eye(V, device=lo.device, dtype=lo.dtype)
-                L = torch.zeros(n, V + 1, V, 1, 1, device=lo.device, dtype=lo.dtype)
-                L[:, :V, :, 0, 0] = eye
+                L = torch.zeros(n, V + 1, C, device=lo.device, dtype=lo.dtype)
+                L[:, :V].scatter_(2, vary[:, :, None], 1.0)
+                L[:, V] = self.fixed
+                L = L[..., None, None]
                 env[node] = _SState(L, L.clone(), ys, xs)
                 self.pure.add(node)
             elif p.kind == "pointwise" and self._redefines(node, env):
@@ -85,10 +94,16 @@ class SymbolicEvaluator(IntervalEvaluator):
                 # minimum), and the variables become its output
                 src = next(a for a in node.all_input_nodes if isinstance(env.get(a), _SState))
                 blo, bhi = self.box
-                flo, fhi = self._pointwise(node, env, src, blo.reshape(n, -1, 1, 1),
-                                           bhi.reshape(n, -1, 1, 1))
-                self.box = (flo.reshape(n, -1), fhi.reshape(n, -1))
-                env[node] = env[src]
+                flo, fhi = self._pointwise(
+                    node, env, src, self.fixed.scatter(1, self.vary, blo).reshape(n, -1, 1, 1),
+                    self.fixed.scatter(1, self.vary, bhi).reshape(n, -1, 1, 1))
+                flo, fhi = flo.reshape(n, -1), fhi.reshape(n, -1)
+                self.box = (flo.gather(1, self.vary), fhi.gather(1, self.vary))
+                self.fixed = flo.scatter(1, self.vary, 0.0)    # fixed bands: flo == fhi
+                st = env[src]
+                L = st.L.clone()
+                L[:, -1, :, 0, 0] = self.fixed
+                env[node] = _SState(L, L.clone(), st.oy, st.ox)
                 self.pure.add(node)
             elif p.kind == "flatlin" and node is out and self.backward:
                 # the logits are the linear layer on the flattened windows
@@ -273,7 +288,9 @@ class SymbolicEvaluator(IntervalEvaluator):
             const = const + c2
         # the variables
         lo, hi = self.box
-        lv = lam.reshape(n, K, -1)                                         # (n, K, V)
+        lc = lam.reshape(n, K, -1)                                         # (n, K, C)
+        const = const + torch.einsum("nkc,nc->nk", lc, self.fixed)
+        lv = lc.gather(2, self.vary[:, None, :].expand(n, K, -1))          # (n, K, V)
         low = const + (_pos(lv) * lo[:, None, :] + _neg(lv) * hi[:, None, :]).sum(2)
         return low.scatter(1, labels[:, None], float("inf"))
 

@@ -159,14 +159,14 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             if threat == "pixel":
                 blo = lo_b[i].expand(P, C).clone()
                 bhi = hi_b[i].expand(P, C).clone()
-                queue.append((bi, yy, xx, blo, bhi))
+                queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, -1)))
             else:
                 pix = images[i, :, yy, xx].T                             # (P, C)
                 for band in range(C):
                     blo, bhi = pix.clone(), pix.clone()
                     blo[:, band] = lo_b[i, band]
                     bhi[:, band] = hi_b[i, band]
-                    queue.append((bi, yy, xx, blo, bhi))
+                    queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, band)))
         q = [torch.cat(t) for t in zip(*queue)]
         q.append(torch.ones(q[0].shape[0], dtype=torch.bool, device=dev))   # first pass
         first = np.bincount(q[0].cpu().numpy(), minlength=B)
@@ -182,10 +182,12 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                 q = [t[keep] for t in q]
             if not q[0].numel():
                 break
-            nb, ny, nx, nlo, nhi, ng = (t[:chunk] for t in q)
+            nb, ny, nx, nlo, nhi, nband, ng = (t[:chunk] for t in q)
             q = [t[chunk:] for t in q]
+            # a single-band box carries one variable (the same bounds, a quarter of the work)
+            vary = None if threat == "pixel" else nband[:, None]
             try:
-                m = ie.margins(nb, ny, nx, nlo, nhi, labels[nb])
+                m = ie.margins(nb, ny, nx, nlo, nhi, labels[nb], vary=vary)
             except Unsupported as exc:
                 for i in set(nb.tolist()):
                     failed[i] = str(exc)
@@ -199,7 +201,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             bad = ~ok
             if not bool(bad.any()):
                 continue
-            ub, uy, ux, ulo, uhi = nb[bad], ny[bad], nx[bad], nlo[bad], nhi[bad]
+            ub, uy, ux, ulo, uhi, uband = nb[bad], ny[bad], nx[bad], nlo[bad], nhi[bad], \
+                nband[bad]
             # exact evaluation at the centre and the corners of each unsettled box
             flips = _exact_flips(inc, model, images, labels, ub, uy, ux, ulo, uhi,
                                  corners=ng[bad])
@@ -216,7 +219,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                     res.reason[i] = f"budget of {int(budget[i])} boxes spent"
                     done[i] = True
             keep = torch.as_tensor(~done, device=dev)[ub]
-            ub, uy, ux, ulo, uhi = ub[keep], uy[keep], ux[keep], ulo[keep], uhi[keep]
+            ub, uy, ux, ulo, uhi, uband = ub[keep], uy[keep], ux[keep], ulo[keep], uhi[keep], \
+                uband[keep]
             if not ub.numel():
                 continue
             if warp is None:
@@ -232,7 +236,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             no = torch.zeros(2 * ub.shape[0], dtype=torch.bool, device=dev)
             q = [torch.cat([a, t]) for a, t in zip(
                 (torch.cat([ub, ub]), torch.cat([uy, uy]), torch.cat([ux, ux]),
-                 torch.cat([ulo, lo2]), torch.cat([hi1, uhi]), no), q)]
+                 torch.cat([ulo, lo2]), torch.cat([hi1, uhi]), torch.cat([uband, uband]), no),
+                q)]
         res.settled = settled_first / np.maximum(bounded_first, 1)
         for i in range(B):
             if failed[i] is not None and res.status[i] != "flip":
