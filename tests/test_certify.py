@@ -15,8 +15,9 @@ C = 2
 class Tiny(nn.Module):
     """Conv-ReLU-pool-conv-BN-ReLU(-residual, GELU), flatten, linear: 3 classes."""
 
-    def __init__(self, residual=False, act="relu", size=H):
+    def __init__(self, residual=False, act="relu", size=H, pool="2x2"):
         super().__init__()
+        self.pool = pool
         self.c1 = nn.Conv2d(C, 4, 3, padding=1)
         self.c2 = nn.Conv2d(4, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
@@ -26,7 +27,8 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         x = torch.asinh(x * 2.0)
-        h = F.max_pool2d(self.act(self.c1(x)), 2)
+        h = self.act(self.c1(x))
+        h = F.max_pool2d(h, 2) if self.pool == "2x2" else F.max_pool2d(h, 3, 2, 1)
         y = self.bn(self.c2(h))
         h = torch.relu(y + h) if self.residual else self.act(y)
         return self.head(torch.flatten(h, 1))
@@ -61,7 +63,8 @@ def grid_flips(model, images, labels, lo, hi, steps=13):
 
 
 @pytest.mark.parametrize("method", ["linear", "interval"])
-@pytest.mark.parametrize("kw", [dict(), dict(residual=True), dict(act="gelu"), dict(size=16)])
+@pytest.mark.parametrize("kw", [dict(), dict(residual=True), dict(act="gelu"), dict(size=16),
+                                dict(pool="overlap")])
 def test_certified_galaxies_have_no_flip_on_a_fine_grid(method, kw):
     certified = flips = 0
     size = kw.get("size", H)

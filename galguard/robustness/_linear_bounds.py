@@ -187,9 +187,7 @@ class SymbolicEvaluator(IntervalEvaluator):
         clean = inc._region(src, spec, b, gy, gx, gh, gw)                   # (n, C, gh, gw)
         clean = torch.where(torch.isfinite(clean), clean, torch.zeros_like(clean))
         const = torch.einsum("nkchw,nchw->nk", lam, clean)
-        pad = F.pad(lam.reshape(n, K * C, gh, gw), (w, w, h, h))
-        view = pad.unfold(2, h, 1).unfold(3, w, 1)
-        win = view[torch.arange(n, device=lam.device), :, st.oy - gy + h, st.ox - gx + w]
+        win = _crop(lam.reshape(n, K * C, gh, gw), st.oy - gy, st.ox - gx, h, w)
         win = win.reshape(n, K, C, h, w)
         cw = inc._region(src, spec, b, st.oy, st.ox, h, w)      # inside the map: clean values
         const = const - torch.einsum("nkchw,nchw->nk", win, cw)
@@ -394,10 +392,17 @@ class SymbolicEvaluator(IntervalEvaluator):
                   stride=prm["stride"])
         ho = (h - prm["dilation"][0] * (prm["kernel"][0] - 1) - 1) // prm["stride"][0] + 1
         wo = (w - prm["dilation"][1] * (prm["kernel"][1] - 1) - 1) // prm["stride"][1] + 1
-        unf = lambda t, m: F.unfold(t.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)  # noqa: E731
+        (kh, kw_), (sh, sw) = prm["kernel"], prm["stride"]
+        if (kh, kw_) == (sh, sw) and tuple(prm["dilation"]) == (1, 1):
+            def unf(t, m):      # non-overlapping windows: a reshape (F.unfold's im2col is slow)
+                t = t.reshape(m, C, h, w)[:, :, :ho * kh, :wo * kw_]
+                return t.reshape(m, C, ho, kh, wo, kw_).permute(0, 1, 3, 5, 2, 4) \
+                    .reshape(m, C, kh * kw_, ho * wo)
+        else:
+            def unf(t, m):
+                return F.unfold(t.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)
         lo_u, hi_u = unf(lo, n), unf(hi, n)                              # (n, C, kk, P)
-        j = lo_u.argmax(dim=2, keepdim=True)                             # (n, C, 1, P)
-        lmax = lo_u.gather(2, j)
+        lmax, j = lo_u.max(dim=2, keepdim=True)                          # (n, C, 1, P)
         others = hi_u.scatter(2, j, float("-inf")).amax(dim=2, keepdim=True)
         dominant = (lmax >= others)[:, :, 0]                             # (n, C, P)
         Lu = unf(L, n * V1).reshape(n, V1, C, -1, ho * wo)
@@ -570,6 +575,17 @@ class SymbolicEvaluator(IntervalEvaluator):
         sl = Lm[:, :-1]                                                  # (n, V, K)
         low = (_pos(sl) * lo[..., None] + _neg(sl) * hi[..., None]).sum(1) + Lm[:, -1]
         return low.scatter(1, labels[:, None], float("inf"))
+
+
+def _crop(t, oy, ox, h, w):
+    """``t[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w]`` for each i, zero outside t: (n, C, h, w)."""
+    n, C, gh, gw = t.shape
+    ry = oy[:, None] + torch.arange(h, device=t.device)                   # (n, h)
+    rx = ox[:, None] + torch.arange(w, device=t.device)                   # (n, w)
+    rows = t.gather(2, ry.clamp(0, gh - 1)[:, None, :, None].expand(n, C, h, gw))
+    out = rows.gather(3, rx.clamp(0, gw - 1)[:, None, None, :].expand(n, C, h, w))
+    inside = ((ry >= 0) & (ry < gh))[:, :, None] & ((rx >= 0) & (rx < gw))[:, None, :]
+    return out * inside[:, None].to(t.dtype)
 
 
 def _per_component(f, T):
