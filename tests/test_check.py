@@ -109,7 +109,12 @@ def test_same_seed_same_table_whatever_the_chunking(model):
     b = galguard.check(c, model=model, seed=5, chunk_size=2, batch_size=3, attack_batch_size=50, **FAST)
     for name in COLUMNS:
         x, y = np.asarray(a[name]), np.asarray(b[name])
-        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+        if x.dtype.kind == "f":
+            # other batch sizes may take other convolution code paths (CPUs with AVX-512 and
+            # AMX do): the last bits of probabilities may differ (README, Determinism)
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=name)
+        else:
+            assert np.array_equal(x, y), name
     # The configs differ only in chunk_size and batch_size.
     a2 = galguard.check(c, model=model, seed=5, **FAST)
     _assert_tables_equal(a, a2)

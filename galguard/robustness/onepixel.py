@@ -17,6 +17,7 @@ import torch
 from .._model_io import evaluating, model_logits
 from .._validate import validate_int
 from ..errors import GalguardValueError
+from ._threats import DEFAULT_LENGTH, THREATS, codec_for
 
 __all__ = ["OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits", "paper_bounds",
            "validate_bounds"]
@@ -57,9 +58,12 @@ class OnePixelResult:
         label (untargeted) or the target label (targeted), and pass ``threshold`` when one is set.
     x, y : torch.Tensor
         (B,) int64 column and row of the changed pixel (so it is ``image[..., y, x]``), or
-        (B, pixels) when ``pixels > 1``. For a failed attack: the best candidate found.
+        (B, k) when a candidate changes k > 1 pixels (``pixels > 1``; the track or segment of
+        the ``cosmic_ray`` and ``bad_column`` threats). For a failed attack: the best candidate
+        found.
     values : torch.Tensor
-        (B, C) values written into each band, or (B, pixels, C) when ``pixels > 1``.
+        (B, C) values of the changed pixel's bands (all of them; with a single-band threat the
+        others keep the image's values), or (B, k, C).
     label : torch.Tensor
         (B,) int64 class predicted for the adversarial image.
     prob : torch.Tensor
@@ -78,6 +82,8 @@ class OnePixelResult:
         Whether the attack was targeted.
     images : torch.Tensor or None
         (B, C, H, W) adversarial images when requested with ``return_images=True``.
+    band : torch.Tensor or None
+        (B,) int64 the band changed by a single-band threat (-1: all bands, ``pixel``).
     """
 
     success: torch.Tensor
@@ -92,6 +98,7 @@ class OnePixelResult:
     attacked_label: torch.Tensor
     targeted: bool
     images: torch.Tensor = None
+    band: torch.Tensor = None
 
     @property
     def success_rate(self):
@@ -167,6 +174,13 @@ class OnePixelAttack:
         Most memory (MiB) of cached clean activations; a call with more images than fit is
         attacked in groups of images (the results do not depend on the grouping, as for any
         batch size).
+    threat : {"pixel", "band_pixel", "cosmic_ray", "bad_column"}, optional
+        What a candidate changes (`galguard.robustness._threats`): all bands of ``pixels``
+        pixels (DeepAdversaries), one band of one pixel, a straight track of ``length``
+        connected pixels in one band, or a vertical segment of ``length`` pixels in one band
+        (each single value in the band's bounds).
+    length : int, optional
+        Pixels of a ``cosmic_ray`` track or ``bad_column`` segment.
 
     Notes
     -----
@@ -199,7 +213,7 @@ class OnePixelAttack:
     def __init__(self, model, *, pixels=1, popsize=400, max_iter=100, F=0.5, crossover=None,
                  strategy="rand1", init="random", bounds="cutout", targeted=False,
                  threshold=None, early_stop=True, seed=0, batch_size=None, oob="redraw",
-                 incremental=True, cache_mb=1024):
+                 incremental=True, cache_mb=1024, threat="pixel", length=DEFAULT_LENGTH):
         if not isinstance(model, torch.nn.Module):
             raise GalguardValueError(
                 f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -241,6 +255,14 @@ class OnePixelAttack:
         if not (cache_mb > 0 and math.isfinite(cache_mb)):
             raise GalguardValueError(f"cache_mb must be a finite number > 0, got {cache_mb!r}")
         self.cache_mb = cache_mb
+        if threat not in THREATS:
+            raise GalguardValueError(f"threat must be one of {tuple(THREATS)}, got {threat!r}")
+        if threat != "pixel" and self.pixels != 1:
+            raise GalguardValueError(
+                f"pixels must be 1 with the {threat!r} threat (its length sets the pixels "
+                f"changed), got {self.pixels}")
+        self.threat = threat
+        self.length = validate_int("length", length, minimum=1)
 
     @classmethod
     def from_preset(cls, name, model, **overrides):
@@ -270,7 +292,8 @@ class OnePixelAttack:
                     crossover=self.crossover, strategy=self.strategy, init=self.init,
                     bounds=bounds, targeted=self.targeted, threshold=self.threshold,
                     early_stop=self.early_stop, seed=self.seed, batch_size=self.batch_size,
-                    oob=self.oob, incremental=self.incremental, cache_mb=self.cache_mb)
+                    oob=self.oob, incremental=self.incremental, cache_mb=self.cache_mb,
+                    threat=self.threat, length=self.length)
 
     def max_queries(self):
         """Most model evaluations one image can cost: ``popsize * (1 + max_iter) + 1``."""
@@ -281,7 +304,7 @@ class OnePixelAttack:
         return f"OnePixelAttack({type(self.model).__name__}, {args})"
 
     # ------------------------------------------------------------------------------------------
-    def __call__(self, images, labels, *, ids=None, return_images=False):
+    def __call__(self, images, labels, *, ids=None, return_images=False, bounds=None):
         """Attack a batch of images.
 
         Parameters
@@ -294,6 +317,9 @@ class OnePixelAttack:
             (B,) int64 global image indices keying the random streams (default ``arange(B)``).
         return_images : bool, optional
             Also return the adversarial images (the best candidate for failed attacks).
+        bounds : (lo, hi) of (B, C) arrays, optional
+            Per-image value bounds for this call (e.g. up to each cutout's saturation level),
+            instead of the attack's ``bounds``.
 
         Returns
         -------
@@ -309,12 +335,19 @@ class OnePixelAttack:
         B, C, H, W = images.shape
         labels = _validate_labels(labels, B, device)
         ids = _validate_ids(ids, B, device)
+        if B == 0:
+            lo = hi = torch.zeros(0, C, device=device)
+        elif bounds is None:
+            lo, hi = _resolve_bounds(self.bounds, self.model, images)
+        else:
+            lo, hi = _per_image_bounds(bounds, B, C, device)
         with evaluating(self.model):
             plan, group = self._plan(images)
             if group >= B:
-                return self._run(images, labels, ids, return_images, plan)
+                return self._run(images, labels, ids, return_images, plan, lo, hi)
             parts = [self._run(images[i:i + group], labels[i:i + group], ids[i:i + group],
-                               return_images, plan) for i in range(0, B, group)]
+                               return_images, plan, lo[i:i + group], hi[i:i + group])
+                     for i in range(0, B, group)]
             return _concat_results(parts)
 
     def _plan(self, images):
@@ -341,23 +374,25 @@ class OnePixelAttack:
         # image than batches of hundreds (cache reuse); see BENCHMARKS.md.
         return max(16, (4 << 20) // (4 * C * H * W))
 
-    def _run(self, images, labels, ids, return_images, plan=None):
+    def _run(self, images, labels, ids, return_images, plan, lo, hi):
         k = _kernels()
         device = images.device
         B, C, H, W = images.shape
-        P, G, npx = self.popsize, self.pixels * (2 + C), self.pixels
         images = images.contiguous()
         if B == 0:
             return self._empty_result(images, labels, return_images)
-        lo, hi = _resolve_bounds(self.bounds, self.model, images)
+        codec = codec_for(self.threat, images, lo, hi, pixels=self.pixels, length=self.length)
+        P, npx = self.popsize, codec.slots
+        glo, ghi = codec.gene_bounds()
+        G = npx * (2 + codec.genes)
         chunk = self._chunk(C, H, W)
-        full = _Evaluator(self.model, chunk, images)
+        full = _Evaluator(self.model, chunk, images, codec)
         evaluator = full
         if plan is not None:
             from ._incremental import IncrementalEvaluator
-            inc = IncrementalEvaluator.build(self.model, images, pixels=npx, plan=plan)
+            inc = IncrementalEvaluator.build(self.model, images, pixels=codec.pixels, plan=plan)
             if inc is not None:
-                evaluator = _IncrementalRunner(inc, inc.chunk, images)
+                evaluator = _IncrementalRunner(inc, inc.chunk, codec)
 
         # Original predictions give the number of classes and validate the labels.
         K = full.num_classes()
@@ -374,10 +409,10 @@ class OnePixelAttack:
         out_queries = torch.zeros(B, dtype=torch.int64, device=device)
 
         active = torch.arange(B, device=device)
-        pop = k.de_init(ids, P, pixels=npx, channels=C, height=H, width=W, lo=lo, hi=hi,
-                        seed=self.seed)
+        pop = k.de_init(ids, P, pixels=npx, channels=codec.genes, height=H, width=W, lo=glo,
+                        hi=ghi, seed=self.seed)
         if self.init == "extremes":
-            pop = _extreme_init(pop, lo, hi, npx, C)
+            pop = codec.extremes(pop)
         probs = evaluator(active, pop)                         # (B, P, K)
         fit = self._fitness(probs, labels)
         out_queries += P
@@ -394,7 +429,7 @@ class OnePixelAttack:
             if active.numel() == 0:
                 break
             lab_a, ids_a = labels[active], ids[active]
-            lo_a, hi_a = lo[active], hi[active]
+            lo_a, hi_a = glo[active], ghi[active]
             trial = k.de_mutate(pop, ids=ids_a, generation=gen, F=self.F, strategy=self.strategy,
                                 best=best if self.strategy == "best1" else None, CR=cr,
                                 oob=self.oob, height=H, width=W, lo=lo_a, hi=hi_a, seed=self.seed)
@@ -423,9 +458,12 @@ class OnePixelAttack:
                 log.debug("%d success(es) did not re-verify and are reported as failures",
                           int((~ok).sum()))
                 out_success[succ_idx] = ok
-        adv = k.de_write_candidates(images, members) if return_images else None
-        return self._result(out_member, out_probs, out_success, out_queries, out_gen, labels,
-                            C, H, W, adv)
+        adv = None
+        if return_images:
+            adv = k.de_write_candidates(images, members) if codec.threat == "pixel" else \
+                codec.write(torch.arange(B, device=device), out_member)
+        return self._result(codec, out_member, out_probs, out_success, out_queries, out_gen,
+                            labels, adv)
 
     def _fitness(self, probs, labels):
         idx = labels.view(-1, 1, 1).expand(-1, probs.shape[1], 1)
@@ -471,39 +509,49 @@ class OnePixelAttack:
             out_gen[dst] = gen
         return done
 
-    def _result(self, members, probs, success, queries, gens, labels, C, H, W, adv):
-        x, y, values = _kernels().decode_members(members.contiguous(), height=H, width=W,
-                                                 channels=C)
+    def changed_pixels(self):
+        """Pixels one candidate changes: ``pixels``, or the artefact's length."""
+        if self.threat == "pixel":
+            return self.pixels
+        return 1 if self.threat == "band_pixel" else self.length
+
+    def _result(self, codec, members, probs, success, queries, gens, labels, adv):
+        rows = torch.arange(members.shape[0], device=members.device)
+        y, x, values, band = codec.decode(rows, members)
         label = probs.argmax(dim=1)
         prob = torch.gather(probs, 1, label[:, None])[:, 0]
-        if self.pixels == 1:
+        if codec.pixels == 1:
             x, y, values = x[:, 0], y[:, 0], values[:, 0]
         return OnePixelResult(success=success, x=x, y=y, values=values, label=label, prob=prob,
                               probs=probs, queries=queries, generations=gens,
-                              attacked_label=labels, targeted=self.targeted, images=adv)
+                              attacked_label=labels, targeted=self.targeted, images=adv,
+                              band=band)
 
     def _empty_result(self, images, labels, return_images):
         device = images.device
         C = images.shape[1]
-        shape = (0,) if self.pixels == 1 else (0, self.pixels)
+        k = self.changed_pixels()
+        shape = (0,) if k == 1 else (0, k)
         z = torch.zeros(shape, dtype=torch.int64, device=device)
-        vshape = (0, C) if self.pixels == 1 else (0, self.pixels, C)
+        vshape = (0, C) if k == 1 else (0, k, C)
         return OnePixelResult(
             success=torch.zeros(0, dtype=torch.bool, device=device), x=z, y=z.clone(),
             values=torch.zeros(vshape, device=device), label=z.new_zeros(0),
             prob=torch.zeros(0, device=device), probs=torch.zeros(0, 0, device=device),
             queries=z.new_zeros(0), generations=z.new_zeros(0), attacked_label=labels,
-            targeted=self.targeted, images=images.clone() if return_images else None)
+            targeted=self.targeted, images=images.clone() if return_images else None,
+            band=torch.zeros(0, dtype=torch.int64, device=device))
 
 
 class _Evaluator:
     """Runs candidate members (R, P, G) of the call's images `rows` (R,) through the model:
     candidate images are written by the core's kernel and evaluated in chunks of `chunk`."""
 
-    def __init__(self, model, chunk, images):
+    def __init__(self, model, chunk, images, codec):
         self.model = model
         self.chunk = chunk
         self.images = images
+        self.codec = codec
         self.buf = None
 
     def num_classes(self):
@@ -530,8 +578,12 @@ class _Evaluator:
             if not mem.is_contiguous():
                 mem = mem.contiguous()
             n = (b1 - b0) * (p1 - p0)
-            imgs = self.images[rows[b0:b1]]
-            cand = k.de_write_candidates(imgs, mem, out=self._buffer(n))
+            if self.codec.threat == "pixel":
+                cand = k.de_write_candidates(self.images[rows[b0:b1]], mem,
+                                             out=self._buffer(n))
+            else:
+                cand = self.codec.write(rows[b0:b1].repeat_interleave(p1 - p0),
+                                        mem.reshape(n, -1))
             probs = torch.softmax(model_logits(self.model(cand)).float(), dim=1)
             if out is None:
                 out = torch.empty(R, P, probs.shape[1], dtype=torch.float32,
@@ -544,16 +596,15 @@ class _IncrementalRunner:
     """Same interface as `_Evaluator`, for k-pixel candidates through an
     `IncrementalEvaluator` (see `galguard.robustness._incremental`)."""
 
-    def __init__(self, inc, chunk, images):
+    def __init__(self, inc, chunk, codec):
         self.inc = inc
         self.chunk = chunk
-        self.C, self.H, self.W = images.shape[1:]
+        self.codec = codec
 
     def __call__(self, rows, members):
         R, P, G = members.shape
         b = rows.repeat_interleave(P)
-        xs, ys, vals = _kernels().decode_members(members.reshape(R * P, G).contiguous(),
-                                                 height=self.H, width=self.W, channels=self.C)
+        ys, xs, vals, _ = self.codec.decode(b, members.reshape(R * P, G))
         out = []
         for s in range(0, R * P, self.chunk):
             e = s + self.chunk
@@ -584,16 +635,6 @@ def _concat_results(parts):
         else:
             fields[f.name] = torch.cat(vals)
     return OnePixelResult(**fields)
-
-
-def _extreme_init(pop, lo, hi, pixels, C):
-    """Set values of members p % 4 == 0 to `hi` and p % 4 == 1 to `lo` (all pixels, all bands)."""
-    pop = pop.clone()
-    B, P, G = pop.shape
-    v = pop.view(B, P, pixels, 2 + C)
-    v[:, 0::4, :, 2:] = hi[:, None, None, :]
-    v[:, 1::4, :, 2:] = lo[:, None, None, :]
-    return pop
 
 
 # ---------------------------------------------------------------------------------------------
@@ -686,6 +727,21 @@ def _resolve_bounds(spec, model, images):
     lo_t = torch.as_tensor(np.asarray(lo, dtype=np.float32), device=device)
     hi_t = torch.as_tensor(np.asarray(hi, dtype=np.float32), device=device)
     return lo_t.expand(B, C).contiguous(), hi_t.expand(B, C).contiguous()
+
+
+def _per_image_bounds(bounds, B, C, device):
+    """(B, C) float32 lo and hi from per-image bounds given to a call."""
+    out = []
+    for name, arr in zip(("lo", "hi"), bounds):
+        t = torch.as_tensor(np.asarray(arr, np.float32), device=device)
+        if t.shape != (B, C) or not bool(torch.isfinite(t).all()):
+            raise GalguardValueError(
+                f"bounds {name} of a call must be finite with shape ({B}, {C}), got "
+                f"{tuple(t.shape)}")
+        out.append(t.contiguous())
+    if bool((out[0] > out[1]).any()):
+        raise GalguardValueError("bounds of a call must have lo <= hi")
+    return out[0], out[1]
 
 
 def paper_bounds(model, channels):

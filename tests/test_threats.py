@@ -1,0 +1,150 @@
+"""Threat models of the one-pixel attack: band_pixel, cosmic_ray, bad_column."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from galguard.errors import GalguardValueError
+from galguard.robustness import OnePixelAttack
+
+H = W = 16
+C = 3
+PY, PX, PBAND = 6, 9, 2     # the planted weakness: band PBAND, from (PY, PX)
+LENGTH = 4
+
+
+class Detector(nn.Module):
+    """Class 1 when a matched filter on band PBAND fires: a single pixel at (PY, PX), a
+    vertical segment of LENGTH pixels from it, or a diagonal track from it (weight 1 each; the
+    threshold needs all of them bright), plus a faint broad guide around it: only that
+    artefact, in that band, fires it."""
+
+    def __init__(self, shape):
+        super().__init__()
+        yy, xx = np.mgrid[:H, :W]
+        w = 0.1 * np.exp(-((yy - PY) ** 2 + (xx - PX) ** 2) / 8.0).astype(np.float32)
+        if shape == "pixel":
+            cells = [(PY, PX)]
+        elif shape == "column":
+            cells = [(PY + j, PX) for j in range(LENGTH)]
+        else:
+            cells = [(PY + j, PX + j) for j in range(LENGTH)]
+        for y, x in cells:
+            w[y, x] = 1.0
+        self.register_buffer("w", torch.from_numpy(w))
+        self.need = len(cells) - 0.5
+
+    def forward(self, x):
+        s = (x[:, PBAND] * self.w).sum(dim=(1, 2))
+        return torch.stack([torch.zeros_like(s), 10.0 * (s - self.need)], dim=1)
+
+
+def images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, C, H, W, generator=g) * 0.1
+    x[:, :, 0, 0] = 1.0                       # each band's maximum: 1
+    return x
+
+
+def attack(model, threat, **kw):
+    args = dict(popsize=60, max_iter=60, seed=2, threat=threat, length=LENGTH,
+                init="extremes")
+    args.update(kw)
+    return OnePixelAttack(model, **args)
+
+
+@pytest.mark.parametrize("threat,shape", [("band_pixel", "pixel"), ("bad_column", "column"),
+                                          ("cosmic_ray", "diagonal")])
+def test_the_planted_artefact_is_found_and_only_it_is_changed(threat, shape):
+    model = Detector(shape)
+    x = images(4)
+    labels = torch.zeros(4, dtype=torch.int64)
+    assert (model(x).argmax(1) == 0).all()
+    budget = dict(popsize=100, max_iter=100) if threat == "cosmic_ray" else {}
+    r = attack(model, threat, **budget)(x, labels, return_images=True)
+    assert r.success.all()
+    assert (r.band == PBAND).all()
+    diff = r.images != x                                        # (B, C, H, W)
+    assert (diff.sum(dim=(2, 3))[:, [b for b in range(C) if b != PBAND]] == 0).all()
+    k = 1 if threat == "band_pixel" else LENGTH
+    ys = r.y.reshape(4, -1)
+    xs = r.x.reshape(4, -1)
+    assert ys.shape[1] == k
+    for i in range(4):
+        changed = torch.nonzero(diff[i, PBAND])
+        assert len(changed) <= k
+        assert {tuple(p) for p in changed.tolist()} <= set(zip(ys[i].tolist(), xs[i].tolist()))
+        if threat == "bad_column":
+            assert (xs[i] == PX).all() and ys[i].tolist() == list(range(PY, PY + LENGTH))
+        elif threat == "cosmic_ray":
+            assert ys[i].tolist() == list(range(PY, PY + LENGTH))
+            assert xs[i].tolist() == list(range(PX, PX + LENGTH))
+        else:
+            assert (int(ys[i]), int(xs[i])) == (PY, PX)
+        # one value along the artefact, inside the band's bounds, the others unchanged
+        vals = r.values.reshape(4, k, C)[i]
+        assert torch.equal(vals[:, PBAND], vals[:1, PBAND].expand(k))
+        assert 0.0 <= float(vals[0, PBAND]) <= 1.0
+        assert torch.equal(r.images[i, PBAND][ys[i], xs[i]], vals[:, PBAND])
+        with torch.inference_mode():
+            assert int(model(r.images[i:i + 1]).argmax(1)) == 1
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(C, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, stride=2, padding=1)
+        self.head = nn.Linear(6 * (H // 2) * (W // 2), 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.head(torch.flatten(h, 1))
+
+
+@pytest.mark.parametrize("threat", ["band_pixel", "cosmic_ray", "bad_column"])
+def test_delta_inference_gives_the_full_paths_search_and_tracks_stay_inside(threat):
+    model = SmallCNN().eval()
+    x = torch.rand(5, C, H, W, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        labels = model(x).argmax(1)
+    a = attack(model, threat, max_iter=6)(x, labels)
+    b = attack(model, threat, max_iter=6, incremental=False)(x, labels)
+    for name in ("success", "x", "y", "band", "queries"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    torch.testing.assert_close(a.values, b.values)
+    assert (a.x >= 0).all() and (a.x < W).all() and (a.y >= 0).all() and (a.y < H).all()
+    # batch size and batch members do not change an image's search
+    c = attack(model, threat, max_iter=6, batch_size=7)(x[[3, 1]], labels[[3, 1]],
+                                                         ids=torch.tensor([3, 1]))
+    for name in ("x", "y", "band", "queries"):
+        assert torch.equal(getattr(c, name), getattr(a, name)[[3, 1]]), name
+
+
+def test_bad_threat_arguments():
+    m = SmallCNN()
+    with pytest.raises(GalguardValueError, match="threat"):
+        OnePixelAttack(m, threat="meteor")
+    with pytest.raises(GalguardValueError, match="pixels must be 1"):
+        OnePixelAttack(m, threat="band_pixel", pixels=2)
+    with pytest.raises(GalguardValueError, match="length"):
+        OnePixelAttack(m, threat="cosmic_ray", length=0)
+    with pytest.raises(GalguardValueError, match="exceeds the image size"):
+        OnePixelAttack(m, threat="bad_column", length=40, popsize=8, max_iter=1)(
+            images(1), torch.zeros(1, dtype=torch.int64))
+    with pytest.raises(GalguardValueError, match="shape"):
+        OnePixelAttack(m, popsize=8, max_iter=1)(images(2), torch.zeros(2, dtype=torch.int64),
+                                                 bounds=(np.zeros(3), np.ones(3)))
+
+
+def test_per_call_bounds_limit_the_values():
+    model = Detector("pixel")
+    x = images(2)
+    lo = torch.zeros(2, C)
+    hi = torch.full((2, C), 0.3)                # the detector needs 0.5: no flip within 0.3
+    r = attack(model, "band_pixel", max_iter=10)(x, torch.zeros(2, dtype=torch.int64),
+                                                   bounds=(lo, hi))
+    assert not r.success.any()
+    assert float(r.values[torch.arange(2), r.band].max()) <= 0.3
