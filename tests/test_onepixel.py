@@ -241,7 +241,7 @@ def test_numpy_input_and_empty_batch():
     (dict(crossover=1.5), r"crossover must be None or in \(0, 1\], got 1.5"),
     (dict(strategy="best2"), "strategy must be one of .* got 'best2'"),
     (dict(init="sobol"), "init must be one of .* got 'sobol'"),
-    (dict(bounds="unit"), "bounds must be 'cutout', 'paper' or a \\(lo, hi\\) pair, got 'unit'"),
+    (dict(bounds="unit"), "bounds must be 'cutout', 'saturation', 'paper' or a \\(lo, hi\\) pair, got 'unit'"),
     (dict(bounds=(1.0, 0.0)), "bounds must have lo <= hi"),
     (dict(threshold=1.5), r"threshold must be None or in \(0, 1\), got 1.5"),
     (dict(seed=-1), "seed must be an integer >= 0, got -1"),

@@ -7,10 +7,11 @@
 * `check` and `check_cutouts` (`galguard.checks.run`): reading, chunking, the table and its meta.
 """
 
-from .base import CHECKS, Check, Context, LatentMetrics, NoiseStability, OnePixelCheck, Prediction
+from .base import (CHECKS, Check, Context, LatentMetrics, NoiseStability, OnePixelCheck,
+                   Prediction, physical_bounds, threat_models)
 from .config import CheckConfig
 from .run import COLUMNS, check, check_cutouts, empty_table, resolve_model, table_meta
 
 __all__ = ["check", "check_cutouts", "CheckConfig", "COLUMNS", "resolve_model", "table_meta",
            "empty_table", "Check", "Context", "CHECKS", "Prediction", "NoiseStability",
-           "OnePixelCheck", "LatentMetrics"]
+           "OnePixelCheck", "LatentMetrics", "physical_bounds", "threat_models"]

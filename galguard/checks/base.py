@@ -24,10 +24,11 @@ from .._model_io import evaluating, forward_probs
 from ..flags import Flag
 from ..robustness.latent import get_latent_stats, latent_shift, ood_score
 from ..robustness.noise import effective_gain, noise_stability
+from ..robustness._threats import THREATS
 from ..robustness.onepixel import OnePixelAttack
 
 __all__ = ["Check", "Context", "Prediction", "OutOfDistribution", "NoiseStability",
-           "OnePixelCheck", "LatentMetrics", "CHECKS"]
+           "OnePixelCheck", "LatentMetrics", "CHECKS", "physical_bounds", "threat_models"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class NoiseStability(Check):
 
 
 class OnePixelCheck(Check):
-    """The batched one-pixel attack on the predicted class; ONEPIXEL_FLIP."""
+    """The batched one-pixel attack on the predicted class, under the configured threat model,
+    and with ``certify`` the exact verdict where it finds no flip; ONEPIXEL_FLIP."""
 
     name = "onepixel"
 
@@ -187,20 +189,104 @@ class OnePixelCheck(Check):
                 "onepixel_label": np.full(n, -1, np.int64),
                 "onepixel_class": np.full(n, "", f"U{dims.get('name_width', 1)}"),
                 "onepixel_prob": _nan(n),
-                "onepixel_queries": np.zeros(n, np.int64)}
+                "onepixel_queries": np.zeros(n, np.int64),
+                "onepixel_band": np.full(n, -1, np.int64),
+                "onepixel_status": np.full(n, "", "U9"),
+                "onepixel_certified": np.zeros(n, bool)}
 
     def run(self, model, ctx):
         cfg = ctx.config
-        attack = OnePixelAttack.from_preset(cfg.preset, model, seed=cfg.seed, pixels=cfg.pixels,
-                                            bounds=cfg.bounds, batch_size=cfg.attack_batch_size)
-        r = attack(ctx.images, ctx.pred, ids=ctx.keys, return_images=True)
-        succ = r.success.cpu().numpy()
+        lo, hi = physical_bounds(cfg.bounds, model, ctx.images, ctx.meta)
+        attack = OnePixelAttack.from_preset(
+            cfg.preset, model, seed=cfg.seed, pixels=cfg.pixels, batch_size=cfg.attack_batch_size,
+            threat=cfg.threat, length=cfg.artefact_length)
+        r = attack(ctx.images, ctx.pred, ids=ctx.keys, return_images=True, bounds=(lo, hi))
+        out = {"onepixel_success": r.success.cpu().numpy(), "onepixel_x": r.x.cpu().numpy(),
+               "onepixel_y": r.y.cpu().numpy(), "onepixel_values": r.values.cpu().numpy(),
+               "onepixel_label": r.label.cpu().numpy(), "onepixel_prob": r.prob.cpu().numpy(),
+               "onepixel_queries": r.queries.cpu().numpy(), "onepixel_band": r.band.cpu().numpy()}
+        succ = out["onepixel_success"]
+        status = np.where(succ, "flip", "unknown").astype("U9")
+        adv = r.images
+        if cfg.certify and not succ.all():
+            adv = self._certify(model, ctx, lo, hi, out, status, adv)
+            succ = out["onepixel_success"]
         ctx.flags[succ] |= int(Flag.ONEPIXEL_FLIP)
-        ctx.extras["onepixel_images"] = (succ, r.images)
-        return {"onepixel_success": succ, "onepixel_x": r.x.cpu().numpy(),
-                "onepixel_y": r.y.cpu().numpy(), "onepixel_values": r.values.cpu().numpy(),
-                "onepixel_label": r.label.cpu().numpy(), "onepixel_prob": r.prob.cpu().numpy(),
-                "onepixel_queries": r.queries.cpu().numpy()}
+        ctx.extras["onepixel_images"] = (succ, adv)
+        out["onepixel_status"] = status
+        out["onepixel_certified"] = status == "certified"
+        return out
+
+    @staticmethod
+    def _certify(model, ctx, lo, hi, out, status, adv):
+        """Exact verdicts for the rows the attack did not flip; a flip the certificate finds
+        fills the attack's columns (its queries are the boxes bounded)."""
+        from ..robustness.certify import certify_onepixel
+
+        cfg = ctx.config
+        rows = np.flatnonzero(~out["onepixel_success"])
+        rt = torch.as_tensor(rows, device=ctx.images.device)
+        res = certify_onepixel(model, ctx.images[rt], ctx.pred[rt], bounds=(lo[rt], hi[rt]),
+                               threat=cfg.threat, max_boxes=cfg.certify_boxes)
+        status[rows] = np.asarray(res.status, dtype="U9")
+        for i, why in zip(rows, res.reason):
+            if why:
+                log.info("row %d: one-pixel verdict unknown: %s", int(ctx.keys[i]), why)
+        flip = np.flatnonzero(np.asarray(res.status) == "flip")
+        if not flip.size:
+            return adv
+        adv = adv.clone()
+        for j in flip:
+            i = rows[j]
+            adv[i] = ctx.images[i]
+            adv[i, :, res.y[j], res.x[j]] = torch.as_tensor(res.values[j], device=adv.device)
+        idx = torch.as_tensor(rows[flip], device=adv.device)
+        _, probs = forward_probs(model, adv[idx], cfg.batch_size)
+        label = probs.argmax(dim=1)
+        out["onepixel_success"] = out["onepixel_success"].copy()
+        out["onepixel_success"][rows[flip]] = True
+        out["onepixel_x"][rows[flip]] = res.x[flip]
+        out["onepixel_y"][rows[flip]] = res.y[flip]
+        out["onepixel_values"][rows[flip]] = res.values[flip]
+        out["onepixel_label"][rows[flip]] = label.cpu().numpy()
+        out["onepixel_prob"][rows[flip]] = probs.gather(1, label[:, None])[:, 0].cpu().numpy()
+        out["onepixel_queries"][rows[flip]] += res.boxes[flip]
+        if cfg.threat == "band_pixel":      # the band whose value differs from the image's
+            clean = ctx.images[idx, :, torch.as_tensor(res.y[flip]), torch.as_tensor(res.x[flip])]
+            out["onepixel_band"][rows[flip]] = np.abs(res.values[flip]
+                                                      - clean.cpu().numpy()).argmax(axis=1)
+        return adv
+
+
+def physical_bounds(spec, model, images, meta=None):
+    """(M, C) value bounds of the attacked pixel per cutout, as `OnePixelAttack` takes them.
+
+    ``spec`` is a `CheckConfig` ``bounds``: "cutout" (each band's own [min, max] in the
+    cutout), "saturation" (from the cutout's minimum up to its saturation level where the
+    header gives one, ``saturation - sky`` in the data's units, since the data are sky
+    subtracted; not below the cutout's own maximum; "cutout" where unknown), "paper" or a
+    (lo, hi) pair."""
+    from ..robustness.onepixel import _resolve_bounds
+
+    lo, hi = _resolve_bounds("cutout" if spec == "saturation" else spec, model, images)
+    if spec == "saturation" and meta is not None and "saturation" in meta.colnames:
+        m = images.shape[0]
+        sat = np.asarray(meta["saturation"], np.float64).reshape(m, -1)
+        sky = np.asarray(meta["sky"], np.float64).reshape(m, -1) if "sky" in meta.colnames \
+            else np.zeros_like(sat)
+        level = sat - np.where(np.isfinite(sky), sky, 0.0)
+        level = torch.as_tensor(level, dtype=hi.dtype, device=hi.device)
+        known = torch.isfinite(level)
+        hi = torch.where(known, torch.maximum(hi, torch.nan_to_num(level)), hi)
+    return lo, hi
+
+
+def threat_models(config):
+    """What the one-pixel check ran, for the table meta ``threat_models``: a list of dicts."""
+    return [{"threat": config.threat, "changes": THREATS[config.threat],
+             "pixels": config.changed_pixels(), "bounds": config.to_dict()["bounds"],
+             "certified": bool(config.certify),
+             "certify_boxes": int(config.certify_boxes) if config.certify else None}]
 
 
 class OutOfDistribution(Check):

@@ -22,7 +22,9 @@ import numpy as np
 from .._validate import validate_bool, validate_choice, validate_int, validate_real
 from ..errors import GalguardValueError
 from ..flags import VERDICT_FLAGS, Flag
-from ..robustness.onepixel import PRESETS, validate_bounds
+from ..robustness._threats import DEFAULT_LENGTH, THREATS
+from ..robustness.certify import THREATS as CERTIFY_THREATS
+from ..robustness.onepixel import BOUND_SPECS, PRESETS, validate_bounds
 
 __all__ = ["CheckConfig", "Option", "option", "OPTIONS", "add_arguments", "from_args",
            "VERDICT_NAMES", "flags_from_names", "flag_names", "given_options",
@@ -181,8 +183,25 @@ class CheckConfig:
     pixels: int = option(1, "Pixels changed by the attack.", "int", minimum=1, metavar="N")
     bounds: object = option(
         "cutout", "Value bounds of the attacked pixel: 'cutout' (each band's own [min, max] in "
-        "the cutout: a plausible bad pixel), 'paper' (the [0, 1] normalised space of "
-        "DeepAdversaries) or LO,HI in data units.", "bounds", metavar="BOUNDS")
+        "the cutout: a plausible bad pixel), 'saturation' (from the cutout's minimum up to its "
+        "saturation level, the header's SATURATE less the sky, where known; else as 'cutout'), "
+        "'paper' (the [0, 1] normalised space of DeepAdversaries) or LO,HI in data units.",
+        "bounds", metavar="BOUNDS")
+    threat: str = option(
+        "pixel", "What the attack (and --certify) may change: the threat model.", "choice",
+        choices=THREATS)
+    artefact_length: int = option(
+        DEFAULT_LENGTH, "Pixels of a cosmic_ray track or a bad_column segment.", "int",
+        minimum=1, metavar="N")
+    certify: bool = option(
+        False, "Exact one-pixel verdicts (experimental, slower than the attack): where the "
+        "attack finds no flip, bound every position's logits over the whole value box and "
+        "split the boxes until the galaxy is proved robust (onepixel_status 'certified'), a "
+        "flip is found, or certify_boxes runs out ('unknown'). Threats pixel and band_pixel.",
+        "bool")
+    certify_boxes: int = option(
+        40000, "Most value boxes bounded per galaxy by --certify (its first pass, one box per "
+        "position and changed band, always runs).", "int", minimum=1, metavar="N")
     low_confidence: float = option(
         0.5, "LOW_CONFIDENCE when the predicted class probability is below this.", "real",
         minimum=0.0, maximum=1.0, group="verdicts", metavar="P")
@@ -226,6 +245,21 @@ class CheckConfig:
         for f in dataclasses.fields(self):
             value = f.metadata["option"].validate(f.name, getattr(self, f.name))
             object.__setattr__(self, f.name, value)
+        if self.threat != "pixel" and self.pixels != 1:
+            raise GalguardValueError(
+                f"pixels must be 1 with threat={self.threat!r} (artefact_length sets the pixels "
+                f"of an artefact), got {self.pixels}")
+        if self.certify and self.threat not in CERTIFY_THREATS:
+            raise GalguardValueError(
+                f"certify supports the threats {CERTIFY_THREATS}, got threat={self.threat!r}")
+        if self.certify and self.pixels != 1:
+            raise GalguardValueError(f"certify needs pixels=1, got {self.pixels}")
+
+    def changed_pixels(self):
+        """Pixels one attack candidate changes (the shape of the onepixel_x/y columns)."""
+        if self.threat == "pixel":
+            return self.pixels
+        return 1 if self.threat == "band_pixel" else self.artefact_length
 
     def to_dict(self):
         """The configuration as a JSON-serialisable dict."""
@@ -298,14 +332,14 @@ def flag_names(bits):
 
 
 def _parse_bounds(text):
-    if text in ("cutout", "paper"):
+    if text in BOUND_SPECS:
         return text
     parts = text.split(",")
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be 'cutout', 'paper' or LO,HI, got {text!r}") from None
+            f"must be 'cutout', 'saturation', 'paper' or LO,HI, got {text!r}") from None
     return (lo, hi)
 
 

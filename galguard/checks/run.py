@@ -24,7 +24,7 @@ from .._validate import validate_int
 from ..errors import GalguardValueError
 from ..flags import Flag, fragile_mask
 from ..robustness.onepixel import PRESETS
-from .base import CHECKS, Context
+from .base import CHECKS, Context, threat_models
 from .config import OPTIONS, CheckConfig, with_card_thresholds
 
 __all__ = ["check", "check_cutouts", "COLUMNS", "resolve_model", "table_meta", "empty_table"]
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 COLUMNS = ("id", "source", "pred_label", "pred_class", "pred_prob", "probs", "noise_flip_rate",
            "noise_prob_drop", "onepixel_success", "onepixel_x", "onepixel_y", "onepixel_values",
            "onepixel_label", "onepixel_class", "onepixel_prob", "onepixel_queries",
-           "latent_shift_noise",
+           "onepixel_band", "onepixel_status", "onepixel_certified", "latent_shift_noise",
            "latent_shift_onepixel", "ood_score", "ood_reason", "flags", "fragile", "error")
 
 
@@ -208,7 +208,7 @@ def check_cutouts(cutouts, config, model, *, offset=0, device=None, n_classes=No
     if n_classes is None:
         n_classes = 0
     names = class_names(model, n_classes)
-    t = empty_table(n, n_classes, C, config.pixels, names)
+    t = empty_table(n, n_classes, C, config.changed_pixels(), names)
     ids = np.asarray(meta["id"], np.int64) if "id" in meta.colnames else keys_all
     t["id"] = np.where(ids >= 0, ids, keys_all)  # unknown ids: the global input position
     if "source" in meta.colnames:
@@ -246,6 +246,7 @@ def table_meta(config, name, sha256, model):
         meta["classes"] = ",".join(classes)
     if config.onepixel:
         meta["onepixel_attack"] = json.dumps(PRESETS[config.preset], sort_keys=True)
+        meta["threat_models"] = json.dumps(threat_models(config), sort_keys=True)
     return meta
 
 
@@ -320,6 +321,12 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
             Attack on the predicted class: whether a pixel flips it (re-verified), the pixel
             ``image[..., y, x]``, the per-band values written, the class and probability after
             the attack, and the model evaluations spent.
+        ``onepixel_band``, ``onepixel_status``, ``onepixel_certified``
+            The band changed by a single-band threat (-1: all bands, or not run); the verdict
+            "flip" (a change inside the bounds flips the class), "certified" (``certify``
+            proved that none does), "unknown" (no flip found, nothing proved: the attack alone,
+            or the certificate's budget spent) or "" (not run); and ``status ==
+            "certified"``.
         ``latent_shift_noise``, ``latent_shift_onepixel``
             Mean latent distance to the noisy versions and the distance to the successful
             one-pixel version, divided by the model's mean class-centroid separation (NaN when
@@ -392,7 +399,7 @@ def check(cutouts, *, model="default", config=None, device=None, progress=False,
                 t.replace_column("probs", np.full((len(t), k), np.nan, np.float32))
     if not tables:
         channels = len(getattr(module, "bands", ())) or 0
-        table = empty_table(0, n_classes or 0, channels, config.pixels,
+        table = empty_table(0, n_classes or 0, channels, config.changed_pixels(),
                             class_names(module, n_classes or 0))
     elif len(tables) == 1:
         table = tables[0]

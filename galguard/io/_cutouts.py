@@ -29,6 +29,7 @@ META_COLUMNS = (
     ("sky", "f"),          # sky level that was subtracted, data units, (N, C)
     ("zeropoint", "f"),    # AB magnitude of one data unit, (N, C)
     ("seeing", "f"),       # PSF FWHM in arcsec where the source gives it, (N, C)
+    ("saturation", "f"),   # saturation level (SATURATE), raw data units before sky, (N, C)
     ("sky_removed", "b"),  # True where galguard itself subtracted an estimated sky, (N, C)
     ("bunit", "s"),        # BUNIT of the data
     ("flags", "i"),        # galguard.flags.Flag bitmask

@@ -23,6 +23,7 @@ PLANE_KEYS = {
     "zeropoint": "MAGZP{n}",
     "exptime": "EXPTIM{n}",
     "seeing": "SEEING{n}",
+    "saturation": "SATUR{n}",
 }
 
 #: scalar keywords and their aliases, first found wins
@@ -33,6 +34,7 @@ SCALAR_KEYS = {
     "zeropoint": ("MAGZP", "MAGZPT", "MAGZERO", "ZEROPT", "PHOTZP", "ZP"),
     "exptime": ("EXPTIME", "EXPOSURE", "TEXPTIME"),
     "seeing": ("SEEING", "PSF_FWHM"),
+    "saturation": ("SATURATE", "SATLEVEL", "SATURATN"),
 }
 
 _SKIP = {"COMMENT", "HISTORY", "", "CONTINUE", "END"}
@@ -235,7 +237,7 @@ def plane_info(hv, nplanes):
     -------
     dict
         ``bands`` list of str ("" unknown), float arrays (nplanes,) ``gain``, ``sky``,
-        ``zeropoint``, ``exptime``, ``seeing`` (NaN where missing), ``bunit`` str,
+        ``zeropoint``, ``exptime``, ``seeing``, ``saturation`` (NaN where missing), ``bunit`` str,
         ``id`` int (-1 unknown), ``true_label`` int (-1 unknown).
     """
     out = {}

@@ -17,7 +17,7 @@ MAX_CUBE_BANDS = 10
 DEFAULT_CHUNK_SIZE = 1024
 
 _FILL_KEYS = ("gain", "sky", "exptime", "zeropoint", "seeing")
-PLANE_FIELDS = ("gain", "sky", "exptime", "zeropoint", "seeing")
+PLANE_FIELDS = ("gain", "sky", "exptime", "zeropoint", "seeing", "saturation")
 
 # per-row columns recognised in a CATALOG table or a metadata Table, mapped to meta names
 ROW_COLUMNS = {
@@ -26,6 +26,7 @@ ROW_COLUMNS = {
     "GAIN": "gain", "SKYLEV": "sky", "SKY": "sky", "SKYLEVEL": "sky",
     "MAGZP": "zeropoint", "ZEROPOINT": "zeropoint",
     "EXPTIME": "exptime", "SEEING": "seeing",
+    "SATURATE": "saturation", "SATURATION": "saturation",
 }
 
 

@@ -45,6 +45,9 @@ PRESETS = {
 _STRATEGIES = ("rand1", "best1")
 _INITS = ("random", "extremes")
 
+#: Named value bounds (`OnePixelAttack`'s ``bounds``).
+BOUND_SPECS = ("cutout", "saturation", "paper")
+
 
 @dataclasses.dataclass
 class OnePixelResult:
@@ -640,17 +643,18 @@ def _concat_results(parts):
 # ---------------------------------------------------------------------------------------------
 # validation
 def validate_bounds(bounds, *, name="bounds"):
-    """``bounds`` checked: "cutout", "paper" or a finite (lo, hi) pair (scalars or per band)."""
+    """``bounds`` checked: "cutout", "saturation", "paper" or a finite (lo, hi) pair (scalars
+    or per band)."""
     if isinstance(bounds, str):
-        if bounds not in ("cutout", "paper"):
+        if bounds not in BOUND_SPECS:
             raise GalguardValueError(
-                f"{name} must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}")
+                f"{name} must be 'cutout', 'saturation', 'paper' or a (lo, hi) pair, got {bounds!r}")
         return bounds
     try:
         lo, hi = bounds
     except (TypeError, ValueError):
         raise GalguardValueError(
-            f"{name} must be 'cutout', 'paper' or a (lo, hi) pair, got {bounds!r}") from None
+            f"{name} must be 'cutout', 'saturation', 'paper' or a (lo, hi) pair, got {bounds!r}") from None
     lo = np.asarray(lo.cpu() if isinstance(lo, torch.Tensor) else lo, dtype=np.float64)
     hi = np.asarray(hi.cpu() if isinstance(hi, torch.Tensor) else hi, dtype=np.float64)
     if lo.ndim > 1 or hi.ndim > 1 or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
@@ -713,6 +717,10 @@ def _resolve_bounds(spec, model, images):
         if flat.shape[-1] == 0:
             raise GalguardValueError(f"images must have H, W > 0, got {tuple(images.shape)}")
         return flat.amin(dim=2).contiguous(), flat.amax(dim=2).contiguous()
+    if spec == "saturation":
+        raise GalguardValueError(
+            "bounds='saturation' needs each cutout's saturation level: pass bounds=(lo, hi) to "
+            "the call (see galguard.checks.physical_bounds), or use galguard.check")
     if spec == "paper":
         lo, hi = paper_bounds(model, C)
     else:
