@@ -1,26 +1,32 @@
-"""Exact one-pixel verdicts side by side with the `default` attack preset (experimental).
+"""Exact one-pixel verdicts side by side with the attack presets (experimental).
 
-On the first ``--n`` galaxies of the shipped Y10 sample and the shipped default model, with the
-attack's ``cutout`` bounds and the ``pixel`` threat: the ``default`` preset attack, then
-`galguard.robustness.certify.certify_onepixel` with a first-pass budget (one box per position)
-and with ``--boxes`` boxes per galaxy; prints times, verdicts and the first-pass settled
-fractions.
+On ``--n`` galaxies of the shipped Y10 sample and each ``--models`` model, with the attack's
+``cutout`` bounds and one ``--threat``: the ``fast``, ``default`` and ``paper`` (with
+``--paper``) preset attacks, then `galguard.robustness.certify.certify_onepixel` on every
+galaxy with ``--boxes`` boxes per galaxy; prints times, verdicts, the first-pass settled
+fractions and each preset's recall against the verdicts (flips the preset found / galaxies with
+a known flip).
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_certify.py [--n 6] [--boxes 30000]``
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_certify.py [--n 12] [--boxes 40000]
+[--threat band_pixel] [--models default convnet_none]``
 """
 
 import argparse
 import time
 
+import numpy as np
 import torch
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=6)
-    ap.add_argument("--boxes", type=int, default=30000)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--boxes", type=int, default=40000)
+    ap.add_argument("--threat", default="band_pixel", choices=["pixel", "band_pixel"])
+    ap.add_argument("--models", nargs="+", default=["default"])
     ap.add_argument("--method", default="linear", choices=["linear", "interval"])
+    ap.add_argument("--paper", action="store_true", help="also run the paper preset")
     args = ap.parse_args()
 
     from galguard import models
@@ -30,21 +36,38 @@ def main():
     from galguard.sim import sample_path
 
     torch.set_num_threads(1)
-    x = torch.from_numpy(read_cutouts(sample_path("y10")).data[:args.n]).float()
-    m = models.load(args.model).eval()
-    with torch.inference_mode():
-        lab = m(x)[1].argmax(1)
-    lo, hi = x.amin(dim=(2, 3)), x.amax(dim=(2, 3))
-    t = time.perf_counter()
-    a = OnePixelAttack.from_preset("default", m, seed=0)(x, lab)
-    print(f"default attack: {time.perf_counter() - t:.1f} s, flips {a.success.tolist()}")
-    first = x.shape[2] * x.shape[3]
-    for budget in (first, args.boxes):
+    x = torch.from_numpy(read_cutouts(sample_path("y10")).data[args.start:args.start + args.n])
+    x = x.float()
+    presets = ["fast", "default"] + (["paper"] if args.paper else [])
+    for name in args.models:
+        m = models.load(name).eval()
+        with torch.inference_mode():
+            lab = m(x)[1].argmax(1)
+        lo, hi = x.amin(dim=(2, 3)), x.amax(dim=(2, 3))
+        found, times = {}, {}
+        for p in presets:
+            t = time.perf_counter()
+            a = OnePixelAttack.from_preset(p, m, seed=0, threat=args.threat)(x, lab)
+            times[p] = time.perf_counter() - t
+            found[p] = a.success.numpy()
+            print(f"{name} {p} attack ({args.threat}): {times[p]:.1f} s, "
+                  f"{int(found[p].sum())} flips of {len(x)}", flush=True)
         t = time.perf_counter()
-        r = certify_onepixel(m, x, lab, bounds=(lo, hi), max_boxes=budget,
-                             bounds_method=args.method)
-        print(f"certify (budget {budget}): {time.perf_counter() - t:.1f} s, {r.status}, "
-              f"first-pass settled {r.settled.round(3).tolist()}, boxes {r.boxes.tolist()}")
+        r = certify_onepixel(m, x, lab, bounds=(lo, hi), threat=args.threat,
+                             max_boxes=args.boxes, bounds_method=args.method)
+        tc = time.perf_counter() - t
+        st = np.array(r.status)
+        flip = (st == "flip") | np.any([found[p] for p in presets], axis=0)
+        print(f"{name} certify ({args.threat}, budget {args.boxes}): {tc:.1f} s "
+              f"({tc / times['default']:.1f}x the default preset), certified "
+              f"{int((st == 'certified').sum())}, flip {int((st == 'flip').sum())}, unknown "
+              f"{int((st == 'unknown').sum())}; verdicts {int((st != 'unknown').sum())} of "
+              f"{len(x)}; first-pass settled {r.settled.round(3).tolist()}; boxes "
+              f"{r.boxes.tolist()}", flush=True)
+        for p in presets:
+            rec = found[p][flip].mean() if flip.any() else float("nan")
+            print(f"{name} {p} recall against the verdicts: {rec:.2f} "
+                  f"({int(found[p][flip].sum())} of {int(flip.sum())} known flips)")
 
 
 if __name__ == "__main__":
