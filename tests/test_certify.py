@@ -265,3 +265,25 @@ def test_band_pixel_certificates_hold_on_a_fine_grid_of_each_band():
                 pos = torch.arange(H * W).repeat_interleave(41)
                 adv[torch.arange(len(adv)), band, pos // W, pos % W] = vals.repeat(H * W)
                 assert bool((model(adv).argmax(1) == labels[i]).all()), (i, band)
+
+
+@pytest.mark.parametrize("threat", ["pixel", "band_pixel"])
+def test_no_certified_galaxy_is_flipped_by_the_paper_budget_attack(threat):
+    from galguard.robustness import OnePixelAttack
+
+    model = tiny(5, size=16)
+    images = torch.rand(8, C, 16, 16, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    res = certify_onepixel(model, images, labels, bounds=(lo, hi), threat=threat,
+                           max_boxes=6000)
+    cert = torch.from_numpy(res.certified)
+    assert cert.any()
+    atk = OnePixelAttack.from_preset("paper", model, seed=0, threat=threat, init="extremes")
+    r = atk(images[cert], labels[cert], bounds=(lo[cert], hi[cert]))
+    assert not r.success.any()
+    flips = [i for i, s in enumerate(res.status) if s == "flip"]
+    for i in flips:         # and every certificate flip is real, inside the bounds
+        v = torch.from_numpy(res.values[i])
+        assert ((lo[i] - 1e-6 <= v) & (v <= hi[i] + 1e-6)).all()
