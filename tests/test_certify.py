@@ -287,3 +287,75 @@ def test_no_certified_galaxy_is_flipped_by_the_paper_budget_attack(threat):
     for i in flips:         # and every certificate flip is real, inside the bounds
         v = torch.from_numpy(res.values[i])
         assert ((lo[i] - 1e-6 <= v) & (v <= hi[i] + 1e-6)).all()
+
+
+@pytest.mark.parametrize("threat", ["pixel", "band_pixel"])
+def test_the_attack_on_the_open_sites_keeps_the_verdicts_and_finds_real_flips(threat):
+    from galguard.robustness import OnePixelAttack
+
+    model = tiny(1, size=16)
+    images = torch.rand(8, C, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    lo, hi = images.amin(dim=(2, 3)), 3 * images.amax(dim=(2, 3))
+    kw = dict(bounds=(lo, hi), threat=threat, max_boxes=3000)
+    base = certify_onepixel(model, images, labels, **kw)
+    atk = OnePixelAttack.from_preset("fast", model, seed=0, threat=threat)
+    res = certify_onepixel(model, images, labels, attack=atk, ids=torch.arange(10, 18), **kw)
+    st, st0 = np.array(res.status), np.array(base.status)
+    assert np.array_equal(st == "certified", st0 == "certified")
+    assert ((st0 != "flip") | (st == "flip")).all()
+    assert (st == "flip").any() and res.attacked.any() and (st == "certified").any()
+    assert (res.open_sites[res.attacked] > 0).all()
+    assert (res.queries[~res.attacked] == 0).all() and (res.queries[res.attacked] > 0).all()
+    for i in np.flatnonzero(st == "flip"):
+        adv = images[i:i + 1].clone()
+        adv[0, :, res.y[i], res.x[i]] = torch.from_numpy(res.values[i])
+        with torch.inference_mode():
+            assert int(model(adv).argmax(1)) != int(labels[i])
+    with pytest.raises(ValueError, match="threat"):
+        other = "pixel" if threat == "band_pixel" else "band_pixel"
+        certify_onepixel(model, images, labels, attack=OnePixelAttack(model, threat=other),
+                         **kw)
+
+
+class Bump(nn.Module):
+    """Class 1 only when band 1 of pixel (5, 6) lies in (0.29, 0.31): a flip inside the box
+    that neither its corners nor its centre show."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(C, 3, 1)
+        self.c2 = nn.Conv2d(3, 1, 1, bias=False)
+        self.head = nn.Linear(H * W, 2)
+        with torch.no_grad():
+            self.c1.weight.zero_()
+            self.c1.weight[:, 1] = 1.0
+            self.c1.bias.copy_(torch.tensor([-0.25, -0.3, -0.35]))
+            self.c2.weight.copy_(torch.tensor([1.0, -2.0, 1.0]).view(1, 3, 1, 1))
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.tensor([0.0, -4.0]))
+            self.head.weight[1, 5 * W + 6] = 100.0
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.c2(torch.relu(self.c1(x))), 1))
+
+
+@pytest.mark.parametrize("threat", ["pixel", "band_pixel"])
+def test_the_attack_finds_an_interior_flip_on_the_only_open_site(threat):
+    from galguard.robustness import OnePixelAttack
+
+    model = Bump().eval()
+    images = torch.rand(2, C, H, W, generator=torch.Generator().manual_seed(0)) * 0.1
+    images[:, :, 0, 0] = 1.0
+    labels = torch.zeros(2, dtype=torch.int64)
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    atk = OnePixelAttack.from_preset("fast", model, seed=0, threat=threat)
+    res = certify_onepixel(model, images, labels, bounds=(lo, hi), threat=threat,
+                           attack=atk)
+    assert res.status == ["flip", "flip"] and res.attacked.all()
+    assert (res.open_sites == 1).all()              # the one position (band) that can flip
+    assert (res.y == 5).all() and (res.x == 6).all()
+    assert ((res.values[:, 1] > 0.29) & (res.values[:, 1] < 0.31)).all()
+    first = H * W * (C if threat == "band_pixel" else 1)
+    assert (res.boxes == first).all()               # found before any box was split

@@ -148,3 +148,57 @@ def test_per_call_bounds_limit_the_values():
                                                    bounds=(lo, hi))
     assert not r.success.any()
     assert float(r.values[torch.arange(2), r.band].max()) <= 0.3
+
+
+@pytest.mark.parametrize("threat", ["pixel", "band_pixel"])
+def test_sites_restrict_every_candidate_and_both_paths_agree(threat):
+    from galguard.robustness._threats import codec_for
+
+    model = SmallCNN().eval()
+    x = torch.rand(3, C, H, W, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        labels = model(x).argmax(1)
+    shape = (3, C, H, W) if threat == "band_pixel" else (3, H, W)
+    sites = torch.rand(shape, generator=torch.Generator().manual_seed(5)) < 0.02
+    sites.view(3, -1)[:, 7] = True                      # at least one per image
+    sites[2] = False
+    sites.view(3, -1)[2, -1] = True                     # a single site: the last one
+    a = attack(model, threat, max_iter=5, early_stop=False)(x, labels, sites=sites,
+                                                             return_images=True)
+    b = attack(model, threat, max_iter=5, early_stop=False, incremental=False)(
+        x, labels, sites=sites)
+    for name in ("success", "x", "y", "band", "queries"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for i in range(3):
+        changed = (a.images[i] != x[i]).nonzero()
+        where = changed[:, 1:] if threat == "pixel" else changed
+        for c in where.tolist():
+            assert bool(sites[i][tuple(c)]), (i, c)
+    assert int(a.y[2]) == H - 1 and int(a.x[2]) == W - 1
+    # the mapping from genes to sites is idempotent: allowed sites stand for themselves
+    codec = codec_for(threat, x, x.amin(dim=(2, 3)), x.amax(dim=(2, 3)), sites=sites)
+    m = torch.rand(3, 50, 2 + (2 if threat == "band_pixel" else C)) * torch.tensor(
+        [W, H] + ([C, 1.0] if threat == "band_pixel" else [1.0] * C))
+    once = codec.canon(torch.arange(3), m)
+    assert torch.equal(codec.canon(torch.arange(3), once), once)
+
+
+def test_sites_find_the_planted_pixel_among_few_and_bad_sites_are_refused():
+    model = Detector("pixel")
+    x = images(2)
+    sites = torch.zeros(2, C, H, W, dtype=torch.bool)
+    sites[:, PBAND, PY, PX] = True
+    sites[:, 0, :3, :3] = True                          # and some harmless ones
+    r = attack(model, "band_pixel", popsize=8, max_iter=3, init="random")(
+        x, torch.zeros(2, dtype=torch.int64), sites=sites)
+    assert r.success.all()
+    assert (r.y == PY).all() and (r.x == PX).all() and (r.band == PBAND).all()
+    lab = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(GalguardValueError, match="at least one site"):
+        attack(model, "band_pixel")(x, lab, sites=torch.zeros(2, C, H, W, dtype=torch.bool))
+    with pytest.raises(GalguardValueError, match="shape"):
+        attack(model, "band_pixel")(x, lab, sites=torch.ones(2, H, W, dtype=torch.bool))
+    with pytest.raises(GalguardValueError, match="one-pixel searches only"):
+        attack(model, "cosmic_ray")(x, lab, sites=torch.ones(2, H, W, dtype=torch.bool))
+    with pytest.raises(GalguardValueError, match="bool"):
+        attack(model, "pixel")(x, lab, sites=torch.ones(2, H, W))

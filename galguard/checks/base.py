@@ -209,7 +209,7 @@ class OnePixelCheck(Check):
         status = np.where(succ, "flip", "unknown").astype("U9")
         adv = r.images
         if cfg.certify and not succ.all():
-            adv = self._certify(model, ctx, lo, hi, out, status, adv)
+            adv = self._certify(model, ctx, lo, hi, out, status, adv, attack)
             succ = out["onepixel_success"]
         ctx.flags[succ] |= int(Flag.ONEPIXEL_FLIP)
         ctx.extras["onepixel_images"] = (succ, adv)
@@ -218,20 +218,23 @@ class OnePixelCheck(Check):
         return out
 
     @staticmethod
-    def _certify(model, ctx, lo, hi, out, status, adv):
-        """Exact verdicts for the rows the attack did not flip; a flip the certificate finds
-        fills the attack's columns (its queries are the boxes bounded)."""
+    def _certify(model, ctx, lo, hi, out, status, adv, attack):
+        """Exact verdicts for the rows the attack did not flip, the attack run again on the
+        sites the certificate's first pass leaves open; a flip found there fills the attack's
+        columns (its queries add the boxes bounded and the second attack's evaluations)."""
         from ..robustness.certify import certify_onepixel
 
         cfg = ctx.config
         rows = np.flatnonzero(~out["onepixel_success"])
         rt = torch.as_tensor(rows, device=ctx.images.device)
         res = certify_onepixel(model, ctx.images[rt], ctx.pred[rt], bounds=(lo[rt], hi[rt]),
-                               threat=cfg.threat, max_boxes=cfg.certify_boxes)
+                               threat=cfg.threat, max_boxes=cfg.certify_boxes, attack=attack,
+                               ids=ctx.keys[rt])
         status[rows] = np.asarray(res.status, dtype="U9")
         for i, why in zip(rows, res.reason):
             if why:
                 log.info("row %d: one-pixel verdict unknown: %s", int(ctx.keys[i]), why)
+        out["onepixel_queries"][rows] += res.queries
         flip = np.flatnonzero(np.asarray(res.status) == "flip")
         if not flip.size:
             return adv

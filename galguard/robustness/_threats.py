@@ -20,13 +20,20 @@ value ``lo[band] + fraction * (hi[band] - lo[band])``, the direction ``int(direc
 four, and a track or segment that would leave the image is moved inside it. Decoded, every
 candidate is ``length`` pixels with all C values (the unchanged bands at their own values), which
 is what both evaluators (full and delta inference) take.
+
+Sites: ``pixel`` (one pixel) and ``band_pixel`` searches can be restricted to given sites per
+image (`PixelCodec.restrict`: positions, or positions and bands), e.g. those the certificate
+could not settle (`galguard.robustness.certify`). A member's position (and band) genes then pick
+a site: an allowed one stands for itself, any other maps to the allowed site at the same
+fraction of the image's flat order, so the DE searches the allowed sites only and every decoded
+candidate is an allowed one (the mapping is idempotent).
 """
 
 import torch
 
 from ..errors import GalguardValueError
 
-__all__ = ["THREATS", "DEFAULT_LENGTH", "codec_for"]
+__all__ = ["THREATS", "DEFAULT_LENGTH", "codec_for", "validate_sites"]
 
 #: Threat models, with what each changes.
 THREATS = {
@@ -43,13 +50,35 @@ DEFAULT_LENGTH = 4
 _DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
-def codec_for(threat, images, lo, hi, *, pixels=1, length=DEFAULT_LENGTH):
-    """The codec of `threat` for a call on `images` (B, C, H, W) with value bounds (B, C)."""
+def codec_for(threat, images, lo, hi, *, pixels=1, length=DEFAULT_LENGTH, sites=None):
+    """The codec of `threat` for a call on `images` (B, C, H, W) with value bounds (B, C),
+    restricted to `sites` where given (`PixelCodec.restrict`)."""
     if threat not in THREATS:
         raise GalguardValueError(f"threat must be one of {tuple(THREATS)}, got {threat!r}")
     if threat == "pixel":
-        return PixelCodec(images, lo, hi, pixels)
-    return ArtefactCodec(threat, images, lo, hi, length)
+        codec = PixelCodec(images, lo, hi, pixels)
+    else:
+        codec = ArtefactCodec(threat, images, lo, hi, length)
+    if sites is not None:
+        codec.restrict(sites)
+    return codec
+
+
+def validate_sites(sites, threat, pixels, shape):
+    """`sites` as a bool tensor on the images' device, checked against the threat and the
+    images' `shape` (B, C, H, W)."""
+    B, C, H, W = shape
+    if threat not in ("pixel", "band_pixel") or pixels != 1:
+        raise GalguardValueError(
+            f"sites restrict one-pixel searches only (threat 'pixel' with pixels=1 or "
+            f"'band_pixel'), not threat {threat!r} with {pixels} pixel(s)")
+    want = (B, C, H, W) if threat == "band_pixel" else (B, H, W)
+    sites = torch.as_tensor(sites)
+    if sites.dtype != torch.bool or tuple(sites.shape) != want:
+        raise GalguardValueError(
+            f"sites must be a bool array of shape {want} for threat {threat!r}, got "
+            f"{sites.dtype} of shape {tuple(sites.shape)}")
+    return sites
 
 
 class PixelCodec:
@@ -63,6 +92,52 @@ class PixelCodec:
         self.pixels = pixels            # pixels written per candidate
         self.slots = pixels             # pixels in the kernel's layout
         self.genes = self.C             # value genes per slot
+        self.table = None               # (B, N) site of each flat position (restrict)
+
+    def restrict(self, sites):
+        """Search only `sites`: (B, H, W) bool allowed positions (``pixel``) or (B, C, H, W)
+        allowed bands of positions (``band_pixel``), at least one per image."""
+        B = self.images.shape[0]
+        sites = validate_sites(sites, self.threat, self.pixels, self.images.shape)
+        flat = sites.to(self.images.device).reshape(B, -1)
+        n = flat.sum(dim=1)
+        if B and int(n.min()) == 0:
+            raise GalguardValueError(
+                f"sites must allow at least one site per image; image "
+                f"{int(torch.nonzero(n == 0)[0])} has none")
+        N = flat.shape[1]
+        order = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)    # allowed first
+        q = torch.arange(N, device=flat.device)
+        pick = order.gather(1, (q[None, :] * n[:, None]) // N)
+        self.table = torch.where(flat, q[None, :], pick)
+
+    def canon(self, rows, members):
+        """`members` (n, G) or (R, P, G) of images `rows` (n,) or (R,) with their position (and
+        band) genes moved to the sites they pick (unchanged without `restrict`)."""
+        if self.table is None:
+            return members
+        shape = members.shape
+        if members.ndim == 3:
+            rows = rows.repeat_interleave(shape[1])
+        m = members.reshape(-1, shape[-1]).clone()
+        H, W = self.H, self.W
+        q = m[:, 1].long().clamp(0, H - 1) * W + m[:, 0].long().clamp(0, W - 1)
+        if self.threat == "band_pixel":
+            q = q + m[:, 2].long().clamp(0, self.C - 1) * (H * W)
+        s = self.table[rows, q]
+        pix = s % (H * W)
+        m[:, 0] = (pix % W).to(m.dtype)
+        m[:, 1] = (pix // W).to(m.dtype)
+        if self.threat == "band_pixel":
+            m[:, 2] = (s // (H * W)).to(m.dtype)
+        return m.reshape(shape)
+
+    def write_members(self, rows, members, out=None):
+        """Candidate images (R * P, C, H, W) of members (R, P, G) of images `rows` (R,)."""
+        from .. import kernels
+
+        return kernels.de_write_candidates(self.images[rows],
+                                           self.canon(rows, members).contiguous(), out=out)
 
     def gene_bounds(self):
         return self.lo, self.hi
@@ -81,15 +156,14 @@ class PixelCodec:
         (n, k, C) and the band changed (n,) (-1: all)."""
         from .. import kernels
 
+        members = self.canon(rows, members)
         xs, ys, vals = kernels.decode_members(members.contiguous(), height=self.H,
                                               width=self.W, channels=self.C)
         return ys, xs, vals, torch.full_like(rows, -1)
 
     def write(self, rows, members):
         """Candidate images (n, C, H, W)."""
-        from .. import kernels
-
-        return kernels.de_write_candidates(self.images[rows], members[:, None, :].contiguous())
+        return self.write_members(rows, members[:, None, :])
 
 
 class ArtefactCodec(PixelCodec):
@@ -127,6 +201,7 @@ class ArtefactCodec(PixelCodec):
     def decode(self, rows, members):
         n, dev = members.shape[0], members.device
         C, H, W, k = self.C, self.H, self.W, self.pixels
+        members = self.canon(rows, members)
         x = members[:, 0].long().clamp(0, W - 1)
         y = members[:, 1].long().clamp(0, H - 1)
         band = members[:, 2].long().clamp(0, C - 1)
@@ -154,6 +229,10 @@ class ArtefactCodec(PixelCodec):
         vals = vals.scatter(2, band[:, None, None].expand(n, k, 1),
                             value[:, None, None].expand(n, k, 1).to(vals.dtype))
         return ys, xs, vals, band
+
+    def write_members(self, rows, members, out=None):
+        R, P, G = members.shape
+        return self.write(rows.repeat_interleave(P), members.reshape(R * P, G))
 
     def write(self, rows, members):
         ys, xs, vals, _ = self.decode(rows, members)

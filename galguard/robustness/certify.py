@@ -12,11 +12,15 @@ back-substitution (CROWN), which keeps the correlations the forward pass loses;
 ``bounds_method="interval"`` uses interval propagation only. A position whose
 bounds prove that the predicted class stays on top (the lower bound of ``logit[pred] -
 logit[j]`` exceeds a stated floating-point margin for every other class j) is *settled*.
-Unsettled boxes are split (bisection of their widest band), their corners and centres are
-evaluated exactly (a flip there is a real flip, re-verified with the full model), and the
-halves bounded again, until every box is settled (the galaxy is **certified**: no pixel value
-inside the bounds can change its class), a flip is found (**flip**), or the galaxy's budget of
-box evaluations runs out (**unknown**).
+The verdict runs in three steps: (1) the first pass bounds one box per position (per band of a
+position for ``band_pixel``) and evaluates the centre and corners of each unsettled box exactly;
+(2) with ``attack``, the attack searches the galaxies still undecided on their unsettled sites
+only, where a flip can exist (`OnePixelAttack` ``sites=``); (3) the unsettled boxes are split
+(bisection of their widest band), their centres evaluated exactly (a flip there is a real
+flip, re-verified with the full model) and the halves bounded again, depth first, until every
+box is settled (the galaxy is **certified**: no pixel value inside the bounds can change its
+class), a flip is found (**flip**), or the galaxy's budget of box evaluations runs out
+(**unknown**).
 
 Soundness: every rule is an over-approximation in exact arithmetic (affine layers in
 centre/radius form with ``|W|``, monotone activations at both ends, the activations with one
@@ -75,6 +79,13 @@ class CertifyResult:
         Per galaxy: why it is "unknown" ("" otherwise).
     threat : str
         The threat model.
+    open_sites : numpy.ndarray
+        (B,) int64 first-pass boxes (positions, or bands of positions) the bounds did not
+        settle: the only sites where a flip can exist, which the ``attack`` searched.
+    attacked : numpy.ndarray
+        (B,) bool galaxies the ``attack`` ran on (undecided after the first pass).
+    queries : numpy.ndarray
+        (B,) int64 model evaluations the ``attack`` spent.
     """
 
     status: list
@@ -85,6 +96,9 @@ class CertifyResult:
     boxes: np.ndarray
     reason: list
     threat: str
+    open_sites: np.ndarray = None
+    attacked: np.ndarray = None
+    queries: np.ndarray = None
 
     @property
     def certified(self):
@@ -94,7 +108,8 @@ class CertifyResult:
 
 
 def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=60_000,
-                     margin=1e-3, chunk=1024, plan=None, bounds_method="linear"):
+                     margin=1e-3, chunk=1024, plan=None, bounds_method="linear", attack=None,
+                     ids=None):
     """Exact one-pixel verdicts for a batch of galaxies.
 
     Parameters
@@ -119,6 +134,13 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     bounds_method : {"linear", "interval"}
         Linear bounds in the pixel's values through the cone (CROWN-style relaxation of ReLU;
         tighter) or plain interval bound propagation.
+    attack : OnePixelAttack, optional
+        Run after the first pass (one box per position, or per band of a position) on the
+        galaxies still undecided, restricted to the sites whose boxes the bounds did not settle
+        (``sites=``), with the same bounds; its flips (re-verified by the full model) are
+        verdicts, and splitting goes on for the rest. Its threat must be `threat`.
+    ids : array-like, optional
+        (B,) global image indices for the attack's random streams (default ``arange(B)``).
 
     Returns
     -------
@@ -129,13 +151,18 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     B, C, H, W = images.shape
     dev = images.device
     lo_b, hi_b = bounds
+    orig_bounds = (lo_b, hi_b)
+    if attack is not None and getattr(attack, "threat", None) != threat:
+        raise ValueError(f"attack must use the threat {threat!r}, got "
+                         f"{getattr(attack, 'threat', None)!r}")
     warp = _Warp.of(model)
     if warp is not None:        # raw values past the clip limits act as the limits: same boxes
         lo_b, hi_b = warp.clamp(lo_b), warp.clamp(hi_b)
     res = CertifyResult(status=["unknown"] * B, x=np.full(B, -1, np.int64),
                         y=np.full(B, -1, np.int64), values=np.full((B, C), np.nan, np.float32),
                         settled=np.zeros(B), boxes=np.zeros(B, np.int64), reason=[""] * B,
-                        threat=threat)
+                        threat=threat, open_sites=np.zeros(B, np.int64),
+                        attacked=np.zeros(B, bool), queries=np.zeros(B, np.int64))
     if B == 0:
         return res
     with torch.inference_mode():
@@ -167,77 +194,97 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                     blo[:, band] = lo_b[i, band]
                     bhi[:, band] = hi_b[i, band]
                     queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, band)))
-        q = [torch.cat(t) for t in zip(*queue)]
-        q.append(torch.ones(q[0].shape[0], dtype=torch.bool, device=dev))   # first pass
-        first = np.bincount(q[0].cpu().numpy(), minlength=B)
+        first_q = [torch.cat(t) for t in zip(*queue)]
+        first_q.append(torch.ones(first_q[0].shape[0], dtype=torch.bool, device=dev))
+        first = np.bincount(first_q[0].cpu().numpy(), minlength=B)
         budget = np.maximum(first, max_boxes)
         settled_first = np.zeros(B, np.int64)
         bounded_first = np.zeros(B, np.int64)
         done = np.zeros(B, bool)
         failed = [None] * B
-        while q[0].numel():
-            # drop the boxes of galaxies already decided
-            keep = torch.as_tensor(~done, device=dev)[q[0]]
-            if not bool(keep.all()):
-                q = [t[keep] for t in q]
-            if not q[0].numel():
-                break
-            nb, ny, nx, nlo, nhi, nband, ng = (t[:chunk] for t in q)
-            q = [t[chunk:] for t in q]
-            # a single-band box carries one variable (the same bounds, a quarter of the work)
-            vary = None if threat == "pixel" else nband[:, None]
-            try:
-                m = ie.margins(nb, ny, nx, nlo, nhi, labels[nb], vary=vary)
-            except Unsupported as exc:
-                for i in set(nb.tolist()):
-                    failed[i] = str(exc)
-                    done[i] = True
-                continue
-            ok = m.amin(dim=1) > tol[nb]
-            nbn = nb.cpu().numpy()
-            res.boxes += np.bincount(nbn, minlength=B)
-            settled_first += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
-            bounded_first += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
-            bad = ~ok
-            if not bool(bad.any()):
-                continue
-            ub, uy, ux, ulo, uhi, uband = nb[bad], ny[bad], nx[bad], nlo[bad], nhi[bad], \
-                nband[bad]
-            # exact evaluation at the centre and the corners of each unsettled box
-            flips = _exact_flips(inc, model, images, labels, ub, uy, ux, ulo, uhi,
-                                 corners=ng[bad])
-            for i, (y, x, v) in flips.items():
-                if not done[i]:
-                    res.status[i] = "flip"
-                    res.y[i], res.x[i] = y, x
-                    res.values[i] = v
-                    done[i] = True
-            # over budget: unknown; otherwise split each box's widest band in two
-            for i in np.unique(ub.cpu().numpy()):
-                if not done[i] and res.boxes[i] >= budget[i]:
-                    res.status[i] = "unknown"
-                    res.reason[i] = f"budget of {int(budget[i])} boxes spent"
-                    done[i] = True
-            keep = torch.as_tensor(~done, device=dev)[ub]
-            ub, uy, ux, ulo, uhi, uband = ub[keep], uy[keep], ux[keep], ulo[keep], uhi[keep], \
-                uband[keep]
-            if not ub.numel():
-                continue
+
+        def bound(q):
+            """Bound the boxes `q` in chunks; the unsettled ones of undecided galaxies (after
+            their exact corner and centre evaluations and the budget)."""
+            left = []
+            while q[0].numel():
+                keep = torch.as_tensor(~done, device=dev)[q[0]]
+                if not bool(keep.all()):
+                    q = [t[keep] for t in q]
+                if not q[0].numel():
+                    break
+                nb, ny, nx, nlo, nhi, nband, ng = (t[:chunk] for t in q)
+                q = [t[chunk:] for t in q]
+                # a single-band box carries one variable (the same bounds, a quarter of the work)
+                vary = None if threat == "pixel" else nband[:, None]
+                try:
+                    m = ie.margins(nb, ny, nx, nlo, nhi, labels[nb], vary=vary)
+                except Unsupported as exc:
+                    for i in set(nb.tolist()):
+                        failed[i] = str(exc)
+                        done[i] = True
+                    continue
+                ok = m.amin(dim=1) > tol[nb]
+                nbn = nb.cpu().numpy()
+                res.boxes += np.bincount(nbn, minlength=B)
+                settled_first[:] += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
+                bounded_first[:] += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
+                bad = ~ok
+                if not bool(bad.any()):
+                    continue
+                u = [t[bad] for t in (nb, ny, nx, nlo, nhi, nband, ng)]
+                # exact evaluation at the centre and the corners of each unsettled box
+                flips = _exact_flips(inc, model, images, labels, *u[:5], corners=u[6])
+                for i, (y, x, v) in flips.items():
+                    if not done[i]:
+                        res.status[i] = "flip"
+                        res.y[i], res.x[i] = y, x
+                        res.values[i] = v
+                        done[i] = True
+                for i in np.unique(u[0].cpu().numpy()):
+                    if not done[i] and res.boxes[i] >= budget[i]:
+                        res.status[i] = "unknown"
+                        res.reason[i] = f"budget of {int(budget[i])} boxes spent"
+                        done[i] = True
+                left.append(u)
+            if not left:
+                return None
+            u = [torch.cat(t) for t in zip(*left)]
+            keep = torch.as_tensor(~done, device=dev)[u[0]]
+            return [t[keep] for t in u]
+
+        def split(u):
+            """Each box's widest band (in the model's preprocessed values) bisected."""
+            ub, uy, ux, ulo, uhi, uband, _ = u
             if warp is None:
                 band = (uhi - ulo).argmax(dim=1, keepdim=True)
                 mid = (ulo.gather(1, band) + uhi.gather(1, band)) / 2
-            else:       # bisect the widest band in the model's preprocessed values
+            else:
                 plo, phi = warp.forward(ulo), warp.forward(uhi)
                 band = (phi - plo).argmax(dim=1, keepdim=True)
                 mid = warp.inverse((plo + phi) / 2).gather(1, band)
                 mid = torch.minimum(torch.maximum(mid, ulo.gather(1, band)), uhi.gather(1, band))
-            hi1 = uhi.scatter(1, band, mid)
-            lo2 = ulo.scatter(1, band, mid)
             no = torch.zeros(2 * ub.shape[0], dtype=torch.bool, device=dev)
-            q = [torch.cat([a, t]) for a, t in zip(
-                (torch.cat([ub, ub]), torch.cat([uy, uy]), torch.cat([ux, ux]),
-                 torch.cat([ulo, lo2]), torch.cat([hi1, uhi]), torch.cat([uband, uband]), no),
-                q)]
+            return [torch.cat([ub, ub]), torch.cat([uy, uy]), torch.cat([ux, ux]),
+                    torch.cat([ulo, ulo.scatter(1, band, mid)]),
+                    torch.cat([uhi.scatter(1, band, mid), uhi]), torch.cat([uband, uband]), no]
+
+        # 1. the first pass: one box per position (and band)
+        left = bound(first_q)
+        res.open_sites = np.bincount(left[0].cpu().numpy(), minlength=B) if left is not None \
+            else np.zeros(B, np.int64)
+        # 2. the attack, on the sites the bounds left open
+        if attack is not None and left is not None and left[0].numel():
+            _attack_open(attack, images, labels, ids, orig_bounds, threat, left, done, res)
+            keep = torch.as_tensor(~done, device=dev)[left[0]]
+            left = [t[keep] for t in left]
+        # 3. branch and bound, depth first
+        q = split(left) if left is not None and left[0].numel() else None
+        while q is not None and q[0].numel():
+            u = bound([t[:chunk] for t in q])
+            q = [t[chunk:] for t in q]
+            if u is not None and u[0].numel():
+                q = [torch.cat([a, t]) for a, t in zip(split(u), q)]
         res.settled = settled_first / np.maximum(bounded_first, 1)
         for i in range(B):
             if failed[i] is not None and res.status[i] != "flip":
@@ -270,6 +317,38 @@ class _Warp:
 
     def inverse(self, y):
         return torch.sinh(y) / self.pre.scale
+
+
+def _attack_open(attack, images, labels, ids, bounds, threat, left, done, res):
+    """Run `attack` on the undecided galaxies over the sites of their unsettled boxes `left`;
+    record its flips in `res` and `done`."""
+    B, C, H, W = images.shape
+    dev = images.device
+    rows = np.unique(left[0].cpu().numpy())
+    rows = rows[~done[rows]]
+    if not rows.size:
+        return
+    pos = {int(i): j for j, i in enumerate(rows)}
+    r_of = torch.as_tensor([pos.get(int(i), -1) for i in range(B)], device=dev)[left[0]]
+    shape = (rows.size, C, H, W) if threat == "band_pixel" else (rows.size, H, W)
+    sites = torch.zeros(shape, dtype=torch.bool, device=dev)
+    ok = r_of >= 0
+    if threat == "band_pixel":
+        sites[r_of[ok], left[5][ok], left[1][ok], left[2][ok]] = True
+    else:
+        sites[r_of[ok], left[1][ok], left[2][ok]] = True
+    rt = torch.as_tensor(rows, device=dev)
+    gid = rt if ids is None else torch.as_tensor(ids, device=dev)[rt]
+    lo, hi = bounds
+    r = attack(images[rt], labels[rt], ids=gid, bounds=(lo[rt], hi[rt]), sites=sites)
+    res.attacked[rows] = True
+    res.queries[rows] += r.queries.cpu().numpy()
+    for j in torch.nonzero(r.success).flatten().tolist():
+        i = int(rows[j])
+        res.status[i] = "flip"
+        res.y[i], res.x[i] = int(r.y[j]), int(r.x[j])
+        res.values[i] = r.values[j].float().cpu().numpy()
+        done[i] = True
 
 
 def _exact_flips(inc, model, images, labels, b, ys, xs, lo, hi, corners):

@@ -17,7 +17,7 @@ import torch
 from .._model_io import evaluating, model_logits
 from .._validate import validate_int
 from ..errors import GalguardValueError
-from ._threats import DEFAULT_LENGTH, THREATS, codec_for
+from ._threats import DEFAULT_LENGTH, THREATS, codec_for, validate_sites
 
 __all__ = ["OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits", "paper_bounds",
            "validate_bounds"]
@@ -307,7 +307,8 @@ class OnePixelAttack:
         return f"OnePixelAttack({type(self.model).__name__}, {args})"
 
     # ------------------------------------------------------------------------------------------
-    def __call__(self, images, labels, *, ids=None, return_images=False, bounds=None):
+    def __call__(self, images, labels, *, ids=None, return_images=False, bounds=None,
+                 sites=None):
         """Attack a batch of images.
 
         Parameters
@@ -323,6 +324,11 @@ class OnePixelAttack:
         bounds : (lo, hi) of (B, C) arrays, optional
             Per-image value bounds for this call (e.g. up to each cutout's saturation level),
             instead of the attack's ``bounds``.
+        sites : array-like of bool, optional
+            Search only these sites: (B, H, W) positions (threat ``pixel``, one pixel) or
+            (B, C, H, W) bands of positions (``band_pixel``), at least one per image; e.g. the
+            positions a certificate could not settle (`galguard.robustness.certify`). The
+            budget is the same, spent on fewer sites.
 
         Returns
         -------
@@ -344,12 +350,15 @@ class OnePixelAttack:
             lo, hi = _resolve_bounds(self.bounds, self.model, images)
         else:
             lo, hi = _per_image_bounds(bounds, B, C, device)
+        if sites is not None:
+            sites = validate_sites(sites, self.threat, self.pixels, images.shape).to(device)
         with evaluating(self.model):
             plan, group = self._plan(images)
             if group >= B:
-                return self._run(images, labels, ids, return_images, plan, lo, hi)
+                return self._run(images, labels, ids, return_images, plan, lo, hi, sites)
             parts = [self._run(images[i:i + group], labels[i:i + group], ids[i:i + group],
-                               return_images, plan, lo[i:i + group], hi[i:i + group])
+                               return_images, plan, lo[i:i + group], hi[i:i + group],
+                               None if sites is None else sites[i:i + group])
                      for i in range(0, B, group)]
             return _concat_results(parts)
 
@@ -377,14 +386,15 @@ class OnePixelAttack:
         # image than batches of hundreds (cache reuse); see BENCHMARKS.md.
         return max(16, (4 << 20) // (4 * C * H * W))
 
-    def _run(self, images, labels, ids, return_images, plan, lo, hi):
+    def _run(self, images, labels, ids, return_images, plan, lo, hi, sites=None):
         k = _kernels()
         device = images.device
         B, C, H, W = images.shape
         images = images.contiguous()
         if B == 0:
             return self._empty_result(images, labels, return_images)
-        codec = codec_for(self.threat, images, lo, hi, pixels=self.pixels, length=self.length)
+        codec = codec_for(self.threat, images, lo, hi, pixels=self.pixels, length=self.length,
+                          sites=sites)
         P, npx = self.popsize, codec.slots
         glo, ghi = codec.gene_bounds()
         G = npx * (2 + codec.genes)
@@ -463,8 +473,7 @@ class OnePixelAttack:
                 out_success[succ_idx] = ok
         adv = None
         if return_images:
-            adv = k.de_write_candidates(images, members) if codec.threat == "pixel" else \
-                codec.write(torch.arange(B, device=device), out_member)
+            adv = codec.write_members(torch.arange(B, device=device), members)
         return self._result(codec, out_member, out_probs, out_success, out_queries, out_gen,
                             labels, adv)
 
@@ -567,7 +576,6 @@ class _Evaluator:
         return self.buf[:n]
 
     def __call__(self, rows, members):
-        k = _kernels()
         R, P, _ = members.shape
         chunk = self.chunk
         out = None
@@ -581,12 +589,7 @@ class _Evaluator:
             if not mem.is_contiguous():
                 mem = mem.contiguous()
             n = (b1 - b0) * (p1 - p0)
-            if self.codec.threat == "pixel":
-                cand = k.de_write_candidates(self.images[rows[b0:b1]], mem,
-                                             out=self._buffer(n))
-            else:
-                cand = self.codec.write(rows[b0:b1].repeat_interleave(p1 - p0),
-                                        mem.reshape(n, -1))
+            cand = self.codec.write_members(rows[b0:b1], mem, out=self._buffer(n))
             probs = torch.softmax(model_logits(self.model(cand)).float(), dim=1)
             if out is None:
                 out = torch.empty(R, P, probs.shape[1], dtype=torch.float32,
