@@ -202,14 +202,17 @@ class SymbolicEvaluator(IntervalEvaluator):
         clean_z = inc.clean[flat].index_select(0, b)                        # (n, D)
         if flat is out:     # the margin is a difference of the flattened layer's outputs
             n, D = clean_z.shape
-            d = torch.eye(D, device=clean_z.device, dtype=clean_z.dtype)
-            d = (d[labels][:, None, :] - d[None, :, :]).expand(n, D, D)    # (n, K=D, D)
-            const = torch.zeros(n, D, device=d.device, dtype=d.dtype)
+            w = torch.eye(D, device=clean_z.device, dtype=clean_z.dtype)
+            bias = None
         else:
             w, bias = self._linear_params(out, env)
-            d = w[labels][:, None, :] - w[None, :, :]                      # (n, K, D)
-            const = (bias[labels][:, None] - bias[None, :]) if bias is not None else \
-                torch.zeros(d.shape[:2], device=d.device, dtype=d.dtype)
+        # the margins against the other classes only (the label's own is +inf)
+        n, Kall = clean_z.shape[0], w.shape[0]
+        ar = torch.arange(Kall - 1, device=labels.device)
+        others = ar[None, :] + (ar[None, :] >= labels[:, None]).long()        # (n, K - 1)
+        d = w[labels][:, None, :] - w[others]                                # (n, K, D)
+        const = (bias[labels][:, None] - bias[others]) if bias is not None else \
+            torch.zeros(d.shape[:2], device=d.device, dtype=d.dtype)
         n, K, D = d.shape
         # the flattened linear layer: z = clean_z + W[:, window] (a - clean_a)
         fp = inc.plans[flat]
@@ -274,11 +277,20 @@ class SymbolicEvaluator(IntervalEvaluator):
                 dom = dominant.unsqueeze(1).to(lf.dtype)
                 const = const + (ln * (1 - dom) * hmax.unsqueeze(1)).sum(dim=(2, 3))
                 coef = lp + ln * dom                                       # (n, K, C, P)
-                kk = prm["kernel"][0] * prm["kernel"][1]
+                (kh, kw_), (sh, sw) = prm["kernel"], prm["stride"]
+                kk = kh * kw_
                 unf = torch.zeros(n, K, Cc, kk, P, device=lam.device, dtype=lam.dtype)
                 unf.scatter_(3, j.unsqueeze(1).expand(-1, K, -1, -1, -1), coef.unsqueeze(3))
-                reg = F.fold(unf.reshape(nK, Cc * kk, P), (ih, iw), prm["kernel"],
-                             dilation=prm["dilation"], padding=0, stride=prm["stride"])
+                if (kh, kw_) == (sh, sw) and tuple(prm["dilation"]) == (1, 1):
+                    # non-overlapping windows: the inverse of the forward reshape
+                    ho, wo = lam.shape[3:]
+                    reg = unf.reshape(nK, Cc, kh, kw_, ho, wo).permute(0, 1, 4, 2, 5, 3) \
+                        .reshape(nK, Cc, ho * kh, wo * kw_)
+                    if (ho * kh, wo * kw_) != (ih, iw):
+                        reg = F.pad(reg, (0, iw - wo * kw_, 0, ih - ho * kh))
+                else:
+                    reg = F.fold(unf.reshape(nK, Cc * kk, P), (ih, iw), prm["kernel"],
+                                 dilation=prm["dilation"], padding=0, stride=prm["stride"])
             reg = reg.reshape(n, K, *reg.shape[1:])
             if reg.shape[3:] != (gh, gw):
                 return None
@@ -290,7 +302,8 @@ class SymbolicEvaluator(IntervalEvaluator):
         const = const + torch.einsum("nkc,nc->nk", lc, self.fixed)
         lv = lc.gather(2, self.vary[:, None, :].expand(n, K, -1))          # (n, K, V)
         low = const + (_pos(lv) * lo[:, None, :] + _neg(lv) * hi[:, None, :]).sum(2)
-        return low.scatter(1, labels[:, None], float("inf"))
+        full = torch.full((n, Kall), float("inf"), device=low.device, dtype=low.dtype)
+        return full.scatter(1, others, low)
 
     # -- concretisation
     def _concretise(self, L, U):
@@ -364,13 +377,14 @@ class SymbolicEvaluator(IntervalEvaluator):
         return _SState(L, U, oy, ox)
 
     def _s_conv(self, node, L, U, weight, bias, kw):
+        """Centre and radius form: ``W (L + U) / 2 -+ |W| (U - L) / 2``, which is
+        ``W+ L + W- U`` and ``W+ U + W- L`` in exact arithmetic, in two convolutions."""
         n, V1 = L.shape[:2]
-        wp, wn = self._split(node, weight)
         fl = lambda t, w_: F.conv2d(t.reshape(n * V1, *t.shape[2:]), w_, None, **kw)  # noqa: E731
-        Lo = fl(L, wp) + fl(U, wn)
-        Uo = fl(U, wp) + fl(L, wn)
-        Lo = Lo.reshape(n, V1, *Lo.shape[1:])
-        Uo = Uo.reshape(n, V1, *Uo.shape[1:])
+        Mo = fl((L + U) * 0.5, weight)
+        Ro = fl((U - L) * 0.5, self._absw(node, weight))
+        Lo = (Mo - Ro).reshape(n, V1, *Mo.shape[1:])
+        Uo = (Mo + Ro).reshape(n, V1, *Mo.shape[1:])
         if bias is not None:
             Lo[:, -1] += bias.view(1, -1, 1, 1)
             Uo[:, -1] += bias.view(1, -1, 1, 1)
