@@ -3,7 +3,8 @@
 On ``--n`` galaxies of the shipped Y10 sample and each ``--models`` model, with the attack's
 ``cutout`` bounds and one ``--threat``: the ``fast``, ``default`` and ``paper`` (with
 ``--paper``) preset attacks, then `galguard.robustness.certify.certify_onepixel` on every
-galaxy with ``--boxes`` boxes per galaxy; prints times, verdicts, the first-pass settled
+galaxy with ``--boxes`` boxes per galaxy (and, as `check` runs it, the ``--open-attack``
+preset on the sites the first pass leaves open); prints times, verdicts, the first-pass settled
 fractions and each preset's recall against the verdicts (flips the preset found / galaxies with
 a known flip).
 
@@ -27,6 +28,9 @@ def main():
     ap.add_argument("--models", nargs="+", default=["default"])
     ap.add_argument("--method", default="linear", choices=["linear", "interval"])
     ap.add_argument("--paper", action="store_true", help="also run the paper preset")
+    ap.add_argument("--open-attack", default="default",
+                    help="preset of the attack on the sites the first pass leaves open, as "
+                         "check runs it ('none': no such attack)")
     args = ap.parse_args()
 
     from galguard import models
@@ -53,8 +57,11 @@ def main():
             print(f"{name} {p} attack ({args.threat}): {times[p]:.1f} s, "
                   f"{int(found[p].sum())} flips of {len(x)}", flush=True)
         t = time.perf_counter()
+        open_attack = None if args.open_attack == "none" else OnePixelAttack.from_preset(
+            args.open_attack, m, seed=0, threat=args.threat)
         r = certify_onepixel(m, x, lab, bounds=(lo, hi), threat=args.threat,
-                             max_boxes=args.boxes, bounds_method=args.method)
+                             max_boxes=args.boxes, bounds_method=args.method,
+                             attack=open_attack)
         tc = time.perf_counter() - t
         st = np.array(r.status)
         flip = (st == "flip") | np.any([found[p] for p in presets], axis=0)
@@ -63,7 +70,8 @@ def main():
               f"{int((st == 'certified').sum())}, flip {int((st == 'flip').sum())}, unknown "
               f"{int((st == 'unknown').sum())}; verdicts {int((st != 'unknown').sum())} of "
               f"{len(x)}; first-pass settled {r.settled.round(3).tolist()}; boxes "
-              f"{r.boxes.tolist()}", flush=True)
+              f"{r.boxes.tolist()}; open sites {r.open_sites.tolist()}; flips found by "
+              f"{[f for f in r.found_by if f]}", flush=True)
         for p in presets:
             rec = found[p][flip].mean() if flip.any() else float("nan")
             print(f"{name} {p} recall against the verdicts: {rec:.2f} "

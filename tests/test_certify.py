@@ -354,6 +354,7 @@ def test_the_attack_finds_an_interior_flip_on_the_only_open_site(threat):
     res = certify_onepixel(model, images, labels, bounds=(lo, hi), threat=threat,
                            attack=atk)
     assert res.status == ["flip", "flip"] and res.attacked.all()
+    assert res.found_by == ["attack", "attack"]
     assert (res.open_sites == 1).all()              # the one position (band) that can flip
     assert (res.y == 5).all() and (res.x == 6).all()
     assert ((res.values[:, 1] > 0.29) & (res.values[:, 1] < 0.31)).all()

@@ -86,6 +86,10 @@ class CertifyResult:
         (B,) bool galaxies the ``attack`` ran on (undecided after the first pass).
     queries : numpy.ndarray
         (B,) int64 model evaluations the ``attack`` spent.
+    found_by : list of str
+        Per flip, what found it: "first pass" (a corner or the centre of a whole box),
+        "attack" (the attack on the open sites) or "split" (a split box's centre); "" without
+        a flip.
     """
 
     status: list
@@ -99,6 +103,7 @@ class CertifyResult:
     open_sites: np.ndarray = None
     attacked: np.ndarray = None
     queries: np.ndarray = None
+    found_by: list = None
 
     @property
     def certified(self):
@@ -162,7 +167,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                         y=np.full(B, -1, np.int64), values=np.full((B, C), np.nan, np.float32),
                         settled=np.zeros(B), boxes=np.zeros(B, np.int64), reason=[""] * B,
                         threat=threat, open_sites=np.zeros(B, np.int64),
-                        attacked=np.zeros(B, bool), queries=np.zeros(B, np.int64))
+                        attacked=np.zeros(B, bool), queries=np.zeros(B, np.int64),
+                        found_by=[""] * B)
     if B == 0:
         return res
     with torch.inference_mode():
@@ -171,7 +177,9 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             res.reason = ["the model has no delta-inference plan (untraceable, or no "
                           "convolution runs on windows)"] * B
             return res
-        ie = (SymbolicEvaluator if bounds_method == "linear" else IntervalEvaluator)(inc)
+        # interval bounds first (a quarter of the cost); linear ones where those do not settle
+        ies = [IntervalEvaluator(inc)] + ([SymbolicEvaluator(inc)] if bounds_method == "linear"
+                                          else [])
         out = model(images)
         clean = out[1] if isinstance(out, (tuple, list)) else out
         tol = (margin * (1.0 + clean.abs().amax(dim=1))).to(dev)        # (B,)
@@ -203,7 +211,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
         done = np.zeros(B, bool)
         failed = [None] * B
 
-        def bound(q):
+        def bound(q, first_pass=False):
             """Bound the boxes `q` in chunks; the unsettled ones of undecided galaxies (after
             their exact corner and centre evaluations and the budget)."""
             left = []
@@ -218,7 +226,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                 # a single-band box carries one variable (the same bounds, a quarter of the work)
                 vary = None if threat == "pixel" else nband[:, None]
                 try:
-                    m = ie.margins(nb, ny, nx, nlo, nhi, labels[nb], vary=vary)
+                    m = _cascade(ies, nb, ny, nx, nlo, nhi, labels[nb], vary, tol[nb])
                 except Unsupported as exc:
                     for i in set(nb.tolist()):
                         failed[i] = str(exc)
@@ -238,6 +246,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                 for i, (y, x, v) in flips.items():
                     if not done[i]:
                         res.status[i] = "flip"
+                        res.found_by[i] = "first pass" if first_pass else "split"
                         res.y[i], res.x[i] = y, x
                         res.values[i] = v
                         done[i] = True
@@ -270,7 +279,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                     torch.cat([uhi.scatter(1, band, mid), uhi]), torch.cat([uband, uband]), no]
 
         # 1. the first pass: one box per position (and band)
-        left = bound(first_q)
+        left = bound(first_q, first_pass=True)
         res.open_sites = np.bincount(left[0].cpu().numpy(), minlength=B) if left is not None \
             else np.zeros(B, np.int64)
         # 2. the attack, on the sites the bounds left open
@@ -319,6 +328,20 @@ class _Warp:
         return torch.sinh(y) / self.pre.scale
 
 
+def _cascade(ies, b, ys, xs, lo, hi, labels, vary, tol):
+    """Margin lower bounds by the evaluators `ies` in turn, each on the boxes the ones before
+    did not settle (``> tol``); the largest bound of each box."""
+    m = ies[0].margins(b, ys, xs, lo, hi, labels, vary=vary)
+    for ie in ies[1:]:
+        open_ = torch.nonzero(~(m.amin(dim=1) > tol)).flatten()
+        if not open_.numel():
+            break
+        sub = ie.margins(b[open_], ys[open_], xs[open_], lo[open_], hi[open_], labels[open_],
+                         vary=None if vary is None else vary[open_])
+        m[open_] = torch.maximum(m[open_], sub)
+    return m
+
+
 def _attack_open(attack, images, labels, ids, bounds, threat, left, done, res):
     """Run `attack` on the undecided galaxies over the sites of their unsettled boxes `left`;
     record its flips in `res` and `done`."""
@@ -346,6 +369,7 @@ def _attack_open(attack, images, labels, ids, bounds, threat, left, done, res):
     for j in torch.nonzero(r.success).flatten().tolist():
         i = int(rows[j])
         res.status[i] = "flip"
+        res.found_by[i] = "attack"
         res.y[i], res.x[i] = int(r.y[j]), int(r.x[j])
         res.values[i] = r.values[j].float().cpu().numpy()
         done[i] = True
