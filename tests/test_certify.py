@@ -360,3 +360,18 @@ def test_the_attack_finds_an_interior_flip_on_the_only_open_site(threat):
     assert ((res.values[:, 1] > 0.29) & (res.values[:, 1] < 0.31)).all()
     first = H * W * (C if threat == "band_pixel" else 1)
     assert (res.boxes == first).all()               # found before any box was split
+
+
+def test_a_galaxy_whose_first_boxes_all_stay_open_is_given_up_as_unknown():
+    model = tiny(0, size=16)
+    images = torch.rand(2, C, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    lo, hi = torch.full((2, C), -1e4), torch.full((2, C), 1e4)
+    res = certify_onepixel(model, images, labels, bounds=(lo, hi), give_up=64, chunk=64,
+                           max_boxes=100_000)
+    for i in range(2):
+        assert res.status[i] == "flip" or (res.status[i] == "unknown"
+                                           and "settle none" in res.reason[i]
+                                           and res.boxes[i] < 16 * 16)
+    assert "unknown" in res.status

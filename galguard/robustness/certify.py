@@ -113,8 +113,8 @@ class CertifyResult:
 
 
 def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=60_000,
-                     margin=1e-3, chunk=1024, plan=None, bounds_method="linear", attack=None,
-                     ids=None):
+                     give_up=2048, margin=1e-3, chunk=1024, plan=None, bounds_method="linear",
+                     attack=None, ids=None):
     """Exact one-pixel verdicts for a batch of galaxies.
 
     Parameters
@@ -132,6 +132,10 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     max_boxes : int
         Budget per galaxy: most boxes bounded (the first pass over the positions counts; a
         galaxy whose first pass alone exceeds it is still given that pass).
+    give_up : int or None
+        A galaxy whose first ``give_up`` first-pass boxes are all unsettled is "unknown" at
+        once (the shipped ResNet18s: their windows cover the map from the second stage on, and
+        the bounds settle nothing); None: never.
     margin : float
         Floating-point margin, relative to ``1 + max |clean logit|``.
     chunk : int
@@ -237,6 +241,15 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                 res.boxes += np.bincount(nbn, minlength=B)
                 settled_first[:] += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
                 bounded_first[:] += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
+                if give_up is not None and first_pass:
+                    for i in np.unique(nbn):
+                        if not done[i] and settled_first[i] == 0 and \
+                                bounded_first[i] >= give_up:
+                            res.status[i] = "unknown"
+                            res.reason[i] = (f"the bounds settle none of the first "
+                                             f"{int(bounded_first[i])} positions (the change's "
+                                             f"cone covers too much of the network)")
+                            done[i] = True
                 bad = ~ok
                 if not bool(bad.any()):
                     continue
