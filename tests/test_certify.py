@@ -375,3 +375,78 @@ def test_a_galaxy_whose_first_boxes_all_stay_open_is_given_up_as_unknown():
                                            and "settle none" in res.reason[i]
                                            and res.boxes[i] < 16 * 16)
     assert "unknown" in res.status
+
+
+def track_flips(model, image, label, lo, hi, threat, k, steps=21):
+    """Oracle: does any track (bad_column: vertical; cosmic_ray: the four directions) of k
+    pixels in one band, all at one value of a fine grid of the band's [lo, hi], flip?"""
+    from galguard.robustness._threats import _DIRECTIONS
+
+    S = image.shape[-1]
+    dirs = [(1, 0)] if threat == "bad_column" else _DIRECTIONS
+    for dy, dx in dirs:
+        for band in range(C):
+            advs = []
+            for y in range(S - (k - 1) * dy):
+                for x in range(S):
+                    if not 0 <= x + (k - 1) * dx < S:
+                        continue
+                    a = image.expand(steps, -1, -1, -1).clone()
+                    for j in range(k):
+                        a[:, band, y + j * dy, x + j * dx] = torch.linspace(
+                            float(lo[band]), float(hi[band]), steps)
+                    advs.append(a)
+            with torch.inference_mode():
+                if bool((model(torch.cat(advs)).argmax(1) != label).any()):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("method,kw", [("linear", {}), ("interval", {}),
+                                       ("linear", dict(residual=True)),
+                                       ("linear", dict(act="gelu", pool="overlap"))])
+@pytest.mark.parametrize("threat", ["bad_column", "cosmic_ray"])
+def test_artefact_certificates_hold_on_a_fine_grid_and_their_flips_are_tracks(threat, method,
+                                                                               kw):
+    k, S = 3, 12
+    seen = set()
+    for seed in range(2):
+        model = tiny(seed, size=S, **kw)
+        images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            labels = model(images).argmax(1)
+        lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+        res = certify_onepixel(model, images, labels, bounds=(lo, hi), threat=threat, length=k,
+                               max_boxes=20000, bounds_method=method)
+        assert res.x.shape == (4, k) and res.values.shape == (4, k, C)
+        for i in range(4):
+            seen.add(res.status[i])
+            if res.status[i] == "certified":
+                assert not track_flips(model, images[i], labels[i], lo[i], hi[i], threat, k)
+            elif res.status[i] == "flip":
+                ys, xs = torch.as_tensor(res.y[i]), torch.as_tensor(res.x[i])
+                adv = images[i].clone()
+                adv[:, ys, xs] = torch.from_numpy(res.values[i]).T
+                with torch.inference_mode():
+                    assert int(model(adv[None]).argmax(1)) != int(labels[i])
+                step = torch.stack([ys.diff(), xs.diff()])
+                assert (step == step[:, :1]).all() and int(step.abs().max()) == 1
+                if threat == "bad_column":
+                    assert (step[1] == 0).all()
+                changed = (adv != images[i]).any(dim=(1, 2))
+                assert int(changed.sum()) == 1          # one band
+    assert {"certified", "flip"} <= seen
+
+
+def test_artefact_threat_arguments():
+    from galguard.robustness import OnePixelAttack
+
+    model = tiny(0)
+    images = torch.rand(2, C, H, W)
+    labels = torch.zeros(2, dtype=torch.int64)
+    b = (images.amin(dim=(2, 3)), images.amax(dim=(2, 3)))
+    with pytest.raises(ValueError, match="length"):
+        certify_onepixel(model, images, labels, bounds=b, threat="bad_column", length=H + 1)
+    with pytest.raises(ValueError, match="one-pixel threats only"):
+        certify_onepixel(model, images, labels, bounds=b, threat="cosmic_ray",
+                         attack=OnePixelAttack(model, threat="cosmic_ray"))

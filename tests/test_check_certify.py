@@ -87,7 +87,6 @@ def test_without_certify_no_flip_is_unknown_and_the_threat_is_recorded(model):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(certify=True, threat="cosmic_ray"), "certify supports the threats"),
     (dict(threat="band_pixel", pixels=2), "pixels must be 1"),
     (dict(certify=True, pixels=2), "certify needs pixels=1"),
     (dict(threat="meteor"), "threat"),
@@ -144,3 +143,34 @@ def test_cli_certify_and_threat_flags(model, tmp_path):
     assert len(t) == 3 and x.shape[-1] == SIZE
     assert set(t["onepixel_status"]) <= {"flip", "certified", "unknown"}
     assert json.loads(t.meta["threat_models"])[0]["threat"] == "band_pixel"
+
+
+def test_certify_gives_verdicts_for_artefact_threats(model):
+    c = cutouts(6)
+    t = galguard.check(c, model=model, preset="fast", noise=False, threat="bad_column",
+                       artefact_length=3, certify=True, certify_boxes=20000)
+    status = np.array(t["onepixel_status"])
+    assert set(status) <= {"flip", "certified", "unknown"}
+    assert "certified" in status and "flip" in status
+    assert np.array_equal(t["onepixel_success"], status == "flip")
+    images = torch.from_numpy(c.data)
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    for i in np.flatnonzero(status == "flip"):
+        ys, xs = torch.as_tensor(t["onepixel_y"][i]), torch.as_tensor(t["onepixel_x"][i])
+        assert (xs == xs[0]).all() and (ys.diff() == 1).all()       # a column segment
+        adv = images[i].clone()
+        adv[:, ys, xs] = torch.from_numpy(np.asarray(t["onepixel_values"][i])).T
+        band = (adv != images[i]).any(dim=(1, 2))
+        assert int(band.sum()) == 1 and int(band.nonzero()) == int(t["onepixel_band"][i])
+        with torch.inference_mode():
+            assert int(model(adv[None])[1].argmax(1)) != int(t["pred_label"][i])
+    for i in np.flatnonzero(status == "certified"):     # no segment at a grid value flips it
+        C, H, W = images[i].shape
+        with torch.inference_mode():
+            for band in range(C):
+                for v in torch.linspace(float(lo[i, band]), float(hi[i, band]), 7):
+                    adv = images[i].expand((H - 2) * W, -1, -1, -1).clone()
+                    p = torch.arange((H - 2) * W)
+                    for j in range(3):
+                        adv[p, band, p // W + j, p % W] = v
+                    assert bool((model(adv)[1].argmax(1) == int(t["pred_label"][i])).all())

@@ -227,9 +227,11 @@ class OnePixelCheck(Check):
         cfg = ctx.config
         rows = np.flatnonzero(~out["onepixel_success"])
         rt = torch.as_tensor(rows, device=ctx.images.device)
+        one = cfg.threat in ("pixel", "band_pixel")     # the open-site attack: one pixel only
         res = certify_onepixel(model, ctx.images[rt], ctx.pred[rt], bounds=(lo[rt], hi[rt]),
-                               threat=cfg.threat, max_boxes=cfg.certify_boxes, attack=attack,
-                               ids=ctx.keys[rt])
+                               threat=cfg.threat, max_boxes=cfg.certify_boxes,
+                               attack=attack if one else None, ids=ctx.keys[rt],
+                               length=cfg.artefact_length)
         status[rows] = np.asarray(res.status, dtype="U9")
         for i, why in zip(rows, res.reason):
             if why:
@@ -239,10 +241,14 @@ class OnePixelCheck(Check):
         if not flip.size:
             return adv
         adv = adv.clone()
+        C = adv.shape[1]
         for j in flip:
             i = rows[j]
             adv[i] = ctx.images[i]
-            adv[i, :, res.y[j], res.x[j]] = torch.as_tensor(res.values[j], device=adv.device)
+            ys = torch.as_tensor(np.atleast_1d(res.y[j]), device=adv.device)
+            xs = torch.as_tensor(np.atleast_1d(res.x[j]), device=adv.device)
+            vals = torch.as_tensor(res.values[j], device=adv.device).reshape(-1, C)
+            adv[i][:, ys, xs] = vals.T
         idx = torch.as_tensor(rows[flip], device=adv.device)
         _, probs = forward_probs(model, adv[idx], cfg.batch_size)
         label = probs.argmax(dim=1)
@@ -254,10 +260,9 @@ class OnePixelCheck(Check):
         out["onepixel_label"][rows[flip]] = label.cpu().numpy()
         out["onepixel_prob"][rows[flip]] = probs.gather(1, label[:, None])[:, 0].cpu().numpy()
         out["onepixel_queries"][rows[flip]] += res.boxes[flip]
-        if cfg.threat == "band_pixel":      # the band whose value differs from the image's
-            clean = ctx.images[idx, :, torch.as_tensor(res.y[flip]), torch.as_tensor(res.x[flip])]
-            out["onepixel_band"][rows[flip]] = np.abs(res.values[flip]
-                                                      - clean.cpu().numpy()).argmax(axis=1)
+        if cfg.threat != "pixel":           # the band whose values differ from the image's
+            diff = (adv[idx] - ctx.images[idx]).abs().sum(dim=(2, 3))
+            out["onepixel_band"][rows[flip]] = diff.argmax(dim=1).cpu().numpy()
         return adv
 
 

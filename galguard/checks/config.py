@@ -197,11 +197,11 @@ class CheckConfig:
         False, "Exact one-pixel verdicts (experimental, slower than the attack): where the "
         "attack finds no flip, bound every position's logits over the whole value box and "
         "split the boxes until the galaxy is proved robust (onepixel_status 'certified'), a "
-        "flip is found, or certify_boxes runs out ('unknown'). Threats pixel and band_pixel.",
+        "flip is found, or certify_boxes runs out ('unknown'). Every threat.",
         "bool")
     certify_boxes: int = option(
         40000, "Most value boxes bounded per galaxy by --certify (its first pass, one box per "
-        "position and changed band, always runs).", "int", minimum=1, metavar="N")
+        "position, changed band and track direction, always runs).", "int", minimum=1, metavar="N")
     low_confidence: float = option(
         0.5, "LOW_CONFIDENCE when the predicted class probability is below this.", "real",
         minimum=0.0, maximum=1.0, group="verdicts", metavar="P")

@@ -30,6 +30,17 @@ _STRUCT_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueez
 
 
 
+def track_window(track, vary, lo, hi):
+    """The input window's (lo, hi) (n, C, fh, fw) of an artefact box (`margins`' ``track``)."""
+    mask, clean = track
+    n, C = lo.shape
+    band = torch.zeros(n, C, dtype=torch.bool, device=lo.device).scatter_(1, vary, True)
+    var = band[:, :, None, None] & mask[None, None]
+    blo = lo.gather(1, vary)[:, :, None, None]
+    bhi = hi.gather(1, vary)[:, :, None, None]
+    return torch.where(var, blo, clean), torch.where(var, bhi, clean)
+
+
 class Unsupported(Exception):
     """An op that interval bound propagation has no rule for."""
 
@@ -72,11 +83,15 @@ class IntervalEvaluator:
             self.abs_weights[key] = w.abs()
         return self.abs_weights[key]
 
-    def margins(self, b, ys, xs, lo, hi, labels, vary=None):
+    def margins(self, b, ys, xs, lo, hi, labels, vary=None, track=None):
         """Lower bounds (n, K) of ``logit[label] - logit[j]`` over the boxes: candidate image
         ``b`` (n,), pixel ``ys, xs`` (n,), per-band value bounds ``lo, hi`` (n, C); +inf at
         j == label. ``vary`` (which bands vary) is a hint for `SymbolicEvaluator`; intervals
-        need none. Raises `Unsupported` for an op without a rule."""
+        need none. ``track`` = (mask, clean): an artefact instead of one pixel, the pixels
+        ``mask`` (fh, fw) bool of the fh x fw block at (ys, xs), whose clean values are
+        ``clean`` (n, C, fh, fw), all set to one value of band ``vary`` (n, 1) in its [lo, hi]
+        (the plan's footprint must be fh x fw). Raises `Unsupported` for an op without a
+        rule."""
         inc = self.inc
         env = {}
         n = b.shape[0]
@@ -87,6 +102,8 @@ class IntervalEvaluator:
                 env[node] = inc.consts[node]
             elif p.mode == "skip":
                 env[node] = None
+            elif p.kind == "input" and track is not None:
+                env[node] = _IState(*track_window(track, vary, lo, hi), ys, xs)
             elif p.kind == "input":
                 env[node] = _IState(lo.reshape(n, -1, 1, 1), hi.reshape(n, -1, 1, 1), ys, xs)
             elif p.kind == "flatlin":

@@ -59,10 +59,10 @@ class SymbolicEvaluator(IntervalEvaluator):
 
     backward = True
 
-    def margins(self, b, ys, xs, lo, hi, labels, vary=None):
+    def margins(self, b, ys, xs, lo, hi, labels, vary=None, track=None):
         """As `IntervalEvaluator.margins`; ``vary`` (n, V) int64, optional: the bands that vary
         (the others are fixed at ``lo == hi``), so that the bounds carry V variables instead of
-        C (a single-band box: one)."""
+        C (a single-band box: one; an artefact's ``track``: one, shared by its pixels)."""
         inc = self.inc
         n, C = lo.shape
         if vary is None:
@@ -82,10 +82,20 @@ class SymbolicEvaluator(IntervalEvaluator):
             elif p.mode == "skip":
                 env[node] = None
             elif p.kind == "input":
-                L = torch.zeros(n, V + 1, C, device=lo.device, dtype=lo.dtype)
-                L[:, :V].scatter_(2, vary[:, :, None], 1.0)
-                L[:, V] = self.fixed
-                L = L[..., None, None]
+                if track is None:
+                    L = torch.zeros(n, V + 1, C, device=lo.device, dtype=lo.dtype)
+                    L[:, :V].scatter_(2, vary[:, :, None], 1.0)
+                    L[:, V] = self.fixed
+                    L = L[..., None, None]
+                else:
+                    if V != 1:
+                        raise ValueError("an artefact box has one variable (vary: (n, 1))")
+                    mask, clean = track
+                    band = torch.zeros(n, C, dtype=torch.bool, device=lo.device) \
+                        .scatter_(1, vary, True)
+                    var = band[:, :, None, None] & mask[None, None]
+                    L = torch.stack([var.to(lo.dtype),
+                                     torch.where(var, torch.zeros_like(clean), clean)], dim=1)
                 env[node] = _SState(L, L.clone(), ys, xs)
                 self.pure.add(node)
             elif p.kind == "pointwise" and self._redefines(node, env):
@@ -93,16 +103,23 @@ class SymbolicEvaluator(IntervalEvaluator):
                 # of the variables maps through it exactly (per band, monotone or with one
                 # minimum), and the variables become its output
                 src = next(a for a in node.all_input_nodes if isinstance(env.get(a), _SState))
-                blo, bhi = self.box
-                flo, fhi = self._pointwise(
-                    node, env, src, self.fixed.scatter(1, self.vary, blo).reshape(n, -1, 1, 1),
-                    self.fixed.scatter(1, self.vary, bhi).reshape(n, -1, 1, 1))
-                flo, fhi = flo.reshape(n, -1), fhi.reshape(n, -1)
-                self.box = (flo.gather(1, self.vary), fhi.gather(1, self.vary))
-                self.fixed = flo.scatter(1, self.vary, 0.0)    # fixed bands: flo == fhi
                 st = env[src]
+                coef, const = st.L[:, :-1], st.L[:, -1]        # one-hot 0/1 coefficients
+                blo, bhi = self.box
+                wlo = const + (coef * blo[:, :, None, None, None]).sum(1)
+                whi = const + (coef * bhi[:, :, None, None, None]).sum(1)
+                flo, fhi = self._pointwise(node, env, src, wlo, whi)
+                isvar = coef.sum(1) > 0
+                on = coef > 0                                   # (n, V, C, h, w)
+                nlo, lo2 = _var_range(on, flo)
+                nhi, hi2 = _var_range(on, fhi)
+                # one map for all of a variable's pixels, or no exact mapping
+                if bool((lo2 != nlo).any()) or bool((hi2 != nhi).any()):
+                    raise Unsupported(f"node {node.name!r}: an elementwise op that differs "
+                                      f"between the artefact's pixels")
+                self.box = (nlo, nhi)
                 L = st.L.clone()
-                L[:, -1, :, 0, 0] = self.fixed
+                L[:, -1] = torch.where(isvar, torch.zeros_like(flo), flo)
                 env[node] = _SState(L, L.clone(), st.oy, st.ox)
                 self.pure.add(node)
             elif p.kind == "flatlin" and node is out and self.backward:
@@ -298,9 +315,9 @@ class SymbolicEvaluator(IntervalEvaluator):
             const = const + c2
         # the variables
         lo, hi = self.box
-        lc = lam.reshape(n, K, -1)                                         # (n, K, C)
-        const = const + torch.einsum("nkc,nc->nk", lc, self.fixed)
-        lv = lc.gather(2, self.vary[:, None, :].expand(n, K, -1))          # (n, K, V)
+        Lv = env[var].L                                          # (n, V + 1, C, h, w)
+        const = const + torch.einsum("nkchw,nchw->nk", lam, Lv[:, -1])
+        lv = torch.einsum("nkchw,nvchw->nkv", lam, Lv[:, :-1])          # (n, K, V)
         low = const + (_pos(lv) * lo[:, None, :] + _neg(lv) * hi[:, None, :]).sum(2)
         full = torch.full((n, Kall), float("inf"), device=low.device, dtype=low.dtype)
         return full.scatter(1, others, low)
@@ -589,6 +606,14 @@ class SymbolicEvaluator(IntervalEvaluator):
         sl = Lm[:, :-1]                                                  # (n, V, K)
         low = (_pos(sl) * lo[..., None] + _neg(sl) * hi[..., None]).sum(1) + Lm[:, -1]
         return low.scatter(1, labels[:, None], float("inf"))
+
+
+def _var_range(on, f):
+    """(max, min) (n, V) of `f` (n, C, h, w) over each variable's entries `on` (n, V, C, h, w)."""
+    v = f[:, None].expand_as(on)
+    hi = torch.where(on, v, float("-inf")).flatten(2).amax(dim=2)
+    lo = torch.where(on, v, float("inf")).flatten(2).amin(dim=2)
+    return hi, lo
 
 
 def _crop(t, oy, ox, h, w):

@@ -285,8 +285,9 @@ def _arg(node, i, name, default):
 
 
 class _Planner:
-    def __init__(self, gm, x_node, out_node, clean, H, W):
+    def __init__(self, gm, x_node, out_node, clean, H, W, footprint=(1, 1)):
         self.gm = gm
+        self.footprint = tuple(int(f) for f in footprint)
         self.modules = dict(gm.named_modules())
         self.x = x_node
         self.out = out_node
@@ -327,8 +328,11 @@ class _Planner:
     # -- the rules
     def plan_node(self, node):
         if node is self.x:
-            ay = _Axis(self.H, np.arange(self.H), np.arange(self.H))
-            ax = _Axis(self.W, np.arange(self.W), np.arange(self.W))
+            fh, fw = self.footprint
+            ay = _Axis(self.H, np.arange(self.H), np.minimum(np.arange(self.H) + fh - 1,
+                                                              self.H - 1))
+            ax = _Axis(self.W, np.arange(self.W), np.minimum(np.arange(self.W) + fw - 1,
+                                                              self.W - 1))
             return _NodePlan(node, "window", "input", ay, ax)
         if node.op == "get_attr":
             return _NodePlan(node, "const")
@@ -537,8 +541,11 @@ def _clean_values(gm, x_node, images_1):
     return env
 
 
-def plan_model(model, image_shape, *, device="cpu"):
+def plan_model(model, image_shape, *, device="cpu", footprint=(1, 1)):
     """The delta-inference plan of `model` for images of `image_shape` (C, H, W).
+
+    ``footprint`` (fh, fw): the changed region is the fh x fw block whose top-left pixel is the
+    position (1 x 1: one pixel; larger for an artefact's bounding box, `certify`).
 
     Returns ``(graph module, plans, logits node)``; raises for untraceable models. Under
     `torch.inference_mode` and eval mode, as the attack runs it.
@@ -547,7 +554,7 @@ def plan_model(model, image_shape, *, device="cpu"):
     C, H, W = image_shape
     probe = torch.zeros((1, C, H, W), device=device)
     clean = _clean_values(gm, x_node, probe)
-    planner = _Planner(gm, x_node, out, clean, H, W)
+    planner = _Planner(gm, x_node, out, clean, H, W, footprint)
     plans = planner.run()
     _mark_flat_linear(gm, plans, clean)
     _mark_global_pool(gm, plans, clean)

@@ -47,13 +47,16 @@ import torch
 from ._bounds import IntervalEvaluator, Unsupported
 from ._incremental import IncrementalEvaluator
 from ._linear_bounds import SymbolicEvaluator
+from ._plan import plan_model
+from ._threats import _DIRECTIONS, DEFAULT_LENGTH
 
 __all__ = ["certify_onepixel", "CertifyResult", "THREATS", "Unsupported", "IntervalEvaluator",
            "SymbolicEvaluator"]
 
 log = logging.getLogger(__name__)
 
-THREATS = ("pixel", "band_pixel")
+THREATS = ("pixel", "band_pixel", "cosmic_ray", "bad_column")
+_TRACKS = ("cosmic_ray", "bad_column")
 
 
 @dataclasses.dataclass
@@ -114,7 +117,7 @@ class CertifyResult:
 
 def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=60_000,
                      give_up=2048, margin=1e-3, chunk=1024, plan=None, bounds_method="linear",
-                     attack=None, ids=None):
+                     attack=None, ids=None, length=DEFAULT_LENGTH):
     """Exact one-pixel verdicts for a batch of galaxies.
 
     Parameters
@@ -127,8 +130,10 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
         (B,) int64 classes to keep (the predicted classes).
     bounds : (lo, hi)
         (B, C) per-image, per-band value bounds of the pixel (the attack's bounds).
-    threat : {"pixel", "band_pixel"}
-        All bands of one pixel, or one band of one pixel (the others unchanged).
+    threat : {"pixel", "band_pixel", "cosmic_ray", "bad_column"}
+        All bands of one pixel, one band of one pixel (the others unchanged), or the attack's
+        artefacts (`galguard.robustness._threats`): a straight track (four directions) or a
+        vertical segment of `length` pixels in one band, all at one value.
     max_boxes : int
         Budget per galaxy: most boxes bounded (the first pass over the positions counts; a
         galaxy whose first pass alone exceeds it is still given that pass).
@@ -150,6 +155,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
         verdicts, and splitting goes on for the rest. Its threat must be `threat`.
     ids : array-like, optional
         (B,) global image indices for the attack's random streams (default ``arange(B)``).
+    length : int
+        The artefact's pixels (``cosmic_ray``, ``bad_column``).
 
     Returns
     -------
@@ -161,14 +168,22 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     dev = images.device
     lo_b, hi_b = bounds
     orig_bounds = (lo_b, hi_b)
+    if threat in _TRACKS and attack is not None:
+        raise ValueError(f"attack= searches open sites of one-pixel threats only, not "
+                         f"{threat!r}")
+    k = int(length) if threat in _TRACKS else 1
+    if k < 1 or k > min(images.shape[2:]):
+        raise ValueError(f"length must be in [1, {min(images.shape[2:])}], got {length!r}")
     if attack is not None and getattr(attack, "threat", None) != threat:
         raise ValueError(f"attack must use the threat {threat!r}, got "
                          f"{getattr(attack, 'threat', None)!r}")
     warp = _Warp.of(model)
     if warp is not None:        # raw values past the clip limits act as the limits: same boxes
         lo_b, hi_b = warp.clamp(lo_b), warp.clamp(hi_b)
-    res = CertifyResult(status=["unknown"] * B, x=np.full(B, -1, np.int64),
-                        y=np.full(B, -1, np.int64), values=np.full((B, C), np.nan, np.float32),
+    pshape = (B,) if k == 1 else (B, k)
+    res = CertifyResult(status=["unknown"] * B, x=np.full(pshape, -1, np.int64),
+                        y=np.full(pshape, -1, np.int64),
+                        values=np.full(pshape + (C,), np.nan, np.float32),
                         settled=np.zeros(B), boxes=np.zeros(B, np.int64), reason=[""] * B,
                         threat=threat, open_sites=np.zeros(B, np.int64),
                         attacked=np.zeros(B, bool), queries=np.zeros(B, np.int64),
@@ -181,140 +196,268 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             res.reason = ["the model has no delta-inference plan (untraceable, or no "
                           "convolution runs on windows)"] * B
             return res
-        # interval bounds first (a quarter of the cost); linear ones where those do not settle
-        ies = [IntervalEvaluator(inc)] + ([SymbolicEvaluator(inc)] if bounds_method == "linear"
-                                          else [])
         out = model(images)
         clean = out[1] if isinstance(out, (tuple, list)) else out
         tol = (margin * (1.0 + clean.abs().amax(dim=1))).to(dev)        # (B,)
-        # the boxes: per galaxy every position (and band for band_pixel)
-        yy, xx = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev),
-                                indexing="ij")
-        yy, xx = yy.reshape(-1), xx.reshape(-1)
-        P = H * W
-        queue = []
+        st = _Search(model, images, labels, res, tol, chunk, give_up, warp, threat)
+        if threat not in _TRACKS:
+            st.run(inc, bounds_method, _pixel_boxes(images, lo_b, hi_b, threat), max_boxes,
+                   None, attack, ids, orig_bounds)
+        else:
+            # one footprint (the track's bounding box) per direction; exact evaluations of
+            # the k-pixel candidates by delta inference with the one-pixel plan
+            exact = IncrementalEvaluator.build(model, images, pixels=k, plan=plan)
+            dirs = [(1, 0)] if threat == "bad_column" else list(_DIRECTIONS)
+            for dy, dx in dirs:
+                fh, fw = (k - 1) * dy + 1, (k - 1) * abs(dx) + 1
+                off = torch.tensor([(j * dy, j * dx + (k - 1 if dx < 0 else 0))
+                                    for j in range(k)], device=dev)      # (k, 2) in the block
+                mask = torch.zeros(fh, fw, dtype=torch.bool, device=dev)
+                mask[off[:, 0], off[:, 1]] = True
+                try:
+                    fplan = plan_model(model, (C, H, W), device=dev, footprint=(fh, fw))
+                except Exception as exc:  # noqa: BLE001 - untraceable: no verdict
+                    res.reason = [f"no delta-inference plan: {exc}"] * B
+                    return res
+                finc = IncrementalEvaluator.build(model, images, plan=fplan)
+                if finc is None or exact is None:
+                    res.reason = ["the model has no delta-inference plan for the artefact"] * B
+                    return res
+                st.run(finc, bounds_method, _track_boxes(images, lo_b, hi_b, fh, fw),
+                       max_boxes // len(dirs), (mask, off, fh, fw, exact), None, None, None)
+        res.settled = st.settled_first / np.maximum(st.bounded_first, 1)
         for i in range(B):
-            bi = torch.full((P,), i, dtype=torch.int64, device=dev)
-            if threat == "pixel":
-                blo = lo_b[i].expand(P, C).clone()
-                bhi = hi_b[i].expand(P, C).clone()
-                queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, -1)))
-            else:
-                pix = images[i, :, yy, xx].T                             # (P, C)
-                for band in range(C):
-                    blo, bhi = pix.clone(), pix.clone()
-                    blo[:, band] = lo_b[i, band]
-                    bhi[:, band] = hi_b[i, band]
-                    queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, band)))
+            if st.failed[i] is not None and res.status[i] != "flip":
+                res.status[i] = "unknown"
+                res.reason[i] = st.failed[i]
+            elif not st.done[i]:
+                res.status[i] = "certified"
+    return res
+
+
+def _pixel_boxes(images, lo_b, hi_b, threat):
+    """First-pass boxes of the one-pixel threats: every position (and band for band_pixel)."""
+    B, C, H, W = images.shape
+    dev = images.device
+    yy, xx = torch.meshgrid(torch.arange(H, device=dev), torch.arange(W, device=dev),
+                            indexing="ij")
+    yy, xx = yy.reshape(-1), xx.reshape(-1)
+    P = H * W
+    queue = []
+    for i in range(B):
+        bi = torch.full((P,), i, dtype=torch.int64, device=dev)
+        if threat == "pixel":
+            blo = lo_b[i].expand(P, C).clone()
+            bhi = hi_b[i].expand(P, C).clone()
+            queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, -1)))
+        else:
+            pix = images[i, :, yy, xx].T                             # (P, C)
+            for band in range(C):
+                blo, bhi = pix.clone(), pix.clone()
+                blo[:, band] = lo_b[i, band]
+                bhi[:, band] = hi_b[i, band]
+                queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, band)))
+    return queue
+
+
+def _track_boxes(images, lo_b, hi_b, fh, fw):
+    """First-pass boxes of an artefact threat: every block origin and band; the box holds
+    the band's [lo, hi] and zeros elsewhere (one variable)."""
+    B, C, H, W = images.shape
+    dev = images.device
+    yy, xx = torch.meshgrid(torch.arange(H - fh + 1, device=dev),
+                            torch.arange(W - fw + 1, device=dev), indexing="ij")
+    yy, xx = yy.reshape(-1), xx.reshape(-1)
+    P = yy.numel()
+    queue = []
+    for i in range(B):
+        bi = torch.full((P,), i, dtype=torch.int64, device=dev)
+        for band in range(C):
+            blo = torch.zeros(P, C, device=dev, dtype=images.dtype)
+            bhi = torch.zeros_like(blo)
+            blo[:, band] = lo_b[i, band]
+            bhi[:, band] = hi_b[i, band]
+            queue.append((bi, yy, xx, blo, bhi, torch.full_like(bi, band)))
+    return queue
+
+
+class _Search:
+    """The three steps of `certify_onepixel` over one set of first-pass boxes (one footprint),
+    recording verdicts in the shared result."""
+
+    def __init__(self, model, images, labels, res, tol, chunk, give_up, warp, threat):
+        B = images.shape[0]
+        self.model, self.images, self.labels, self.res = model, images, labels, res
+        self.tol, self.chunk, self.give_up, self.warp, self.threat = tol, chunk, give_up, warp, \
+            threat
+        self.settled_first = np.zeros(B, np.int64)
+        self.bounded_first = np.zeros(B, np.int64)
+        self.done = np.zeros(B, bool)
+        self.failed = [None] * B
+
+    def run(self, inc, bounds_method, queue, max_boxes, track, attack, ids, orig_bounds):
+        B = self.images.shape[0]
+        dev = self.images.device
+        res, done = self.res, self.done
+        # interval bounds first (a quarter of the cost); linear ones where those do not settle
+        self.ies = [IntervalEvaluator(inc)] + ([SymbolicEvaluator(inc)]
+                                               if bounds_method == "linear" else [])
+        self.inc, self.track = inc, track
         first_q = [torch.cat(t) for t in zip(*queue)]
         first_q.append(torch.ones(first_q[0].shape[0], dtype=torch.bool, device=dev))
         first = np.bincount(first_q[0].cpu().numpy(), minlength=B)
-        budget = np.maximum(first, max_boxes)
-        settled_first = np.zeros(B, np.int64)
-        bounded_first = np.zeros(B, np.int64)
-        done = np.zeros(B, bool)
-        failed = [None] * B
-
-        def bound(q, first_pass=False):
-            """Bound the boxes `q` in chunks; the unsettled ones of undecided galaxies (after
-            their exact corner and centre evaluations and the budget)."""
-            left = []
-            while q[0].numel():
-                keep = torch.as_tensor(~done, device=dev)[q[0]]
-                if not bool(keep.all()):
-                    q = [t[keep] for t in q]
-                if not q[0].numel():
-                    break
-                nb, ny, nx, nlo, nhi, nband, ng = (t[:chunk] for t in q)
-                q = [t[chunk:] for t in q]
-                # a single-band box carries one variable (the same bounds, a quarter of the work)
-                vary = None if threat == "pixel" else nband[:, None]
-                try:
-                    m = _cascade(ies, nb, ny, nx, nlo, nhi, labels[nb], vary, tol[nb])
-                except Unsupported as exc:
-                    for i in set(nb.tolist()):
-                        failed[i] = str(exc)
-                        done[i] = True
-                    continue
-                ok = m.amin(dim=1) > tol[nb]
-                nbn = nb.cpu().numpy()
-                res.boxes += np.bincount(nbn, minlength=B)
-                settled_first[:] += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
-                bounded_first[:] += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
-                if give_up is not None and first_pass:
-                    for i in np.unique(nbn):
-                        if not done[i] and settled_first[i] == 0 and \
-                                bounded_first[i] >= give_up:
-                            res.status[i] = "unknown"
-                            res.reason[i] = (f"the bounds settle none of the first "
-                                             f"{int(bounded_first[i])} positions (the change's "
-                                             f"cone covers too much of the network)")
-                            done[i] = True
-                bad = ~ok
-                if not bool(bad.any()):
-                    continue
-                u = [t[bad] for t in (nb, ny, nx, nlo, nhi, nband, ng)]
-                # exact evaluation at the centre and the corners of each unsettled box
-                flips = _exact_flips(inc, model, images, labels, *u[:5], corners=u[6])
-                for i, (y, x, v) in flips.items():
-                    if not done[i]:
-                        res.status[i] = "flip"
-                        res.found_by[i] = "first pass" if first_pass else "split"
-                        res.y[i], res.x[i] = y, x
-                        res.values[i] = v
-                        done[i] = True
-                for i in np.unique(u[0].cpu().numpy()):
-                    if not done[i] and res.boxes[i] >= budget[i]:
-                        res.status[i] = "unknown"
-                        res.reason[i] = f"budget of {int(budget[i])} boxes spent"
-                        done[i] = True
-                left.append(u)
-            if not left:
-                return None
-            u = [torch.cat(t) for t in zip(*left)]
-            keep = torch.as_tensor(~done, device=dev)[u[0]]
-            return [t[keep] for t in u]
-
-        def split(u):
-            """Each box's widest band (in the model's preprocessed values) bisected."""
-            ub, uy, ux, ulo, uhi, uband, _ = u
-            if warp is None:
-                band = (uhi - ulo).argmax(dim=1, keepdim=True)
-                mid = (ulo.gather(1, band) + uhi.gather(1, band)) / 2
-            else:
-                plo, phi = warp.forward(ulo), warp.forward(uhi)
-                band = (phi - plo).argmax(dim=1, keepdim=True)
-                mid = warp.inverse((plo + phi) / 2).gather(1, band)
-                mid = torch.minimum(torch.maximum(mid, ulo.gather(1, band)), uhi.gather(1, band))
-            no = torch.zeros(2 * ub.shape[0], dtype=torch.bool, device=dev)
-            return [torch.cat([ub, ub]), torch.cat([uy, uy]), torch.cat([ux, ux]),
-                    torch.cat([ulo, ulo.scatter(1, band, mid)]),
-                    torch.cat([uhi.scatter(1, band, mid), uhi]), torch.cat([uband, uband]), no]
-
+        self.budget = res.boxes + np.maximum(first, max_boxes)
         # 1. the first pass: one box per position (and band)
-        left = bound(first_q, first_pass=True)
-        res.open_sites = np.bincount(left[0].cpu().numpy(), minlength=B) if left is not None \
-            else np.zeros(B, np.int64)
+        left = self.bound(first_q, first_pass=True)
+        res.open_sites += np.bincount(left[0].cpu().numpy(), minlength=B) \
+            if left is not None else 0
         # 2. the attack, on the sites the bounds left open
         if attack is not None and left is not None and left[0].numel():
-            _attack_open(attack, images, labels, ids, orig_bounds, threat, left, done, res)
+            _attack_open(attack, self.images, self.labels, ids, orig_bounds, self.threat, left,
+                         done, res)
             keep = torch.as_tensor(~done, device=dev)[left[0]]
             left = [t[keep] for t in left]
         # 3. branch and bound, depth first
-        q = split(left) if left is not None and left[0].numel() else None
+        chunk = self.chunk
+        q = self.split(left) if left is not None and left[0].numel() else None
         while q is not None and q[0].numel():
-            u = bound([t[:chunk] for t in q])
+            u = self.bound([t[:chunk] for t in q])
             q = [t[chunk:] for t in q]
             if u is not None and u[0].numel():
-                q = [torch.cat([a, t]) for a, t in zip(split(u), q)]
-        res.settled = settled_first / np.maximum(bounded_first, 1)
-        for i in range(B):
-            if failed[i] is not None and res.status[i] != "flip":
-                res.status[i] = "unknown"
-                res.reason[i] = failed[i]
-            elif not done[i]:
-                res.status[i] = "certified"
-    return res
+                q = [torch.cat([a, t]) for a, t in zip(self.split(u), q)]
+
+    def _clean_blocks(self, b, ys, xs, fh, fw):
+        dev = self.images.device
+        rows = ys[:, None] + torch.arange(fh, device=dev)
+        cols = xs[:, None] + torch.arange(fw, device=dev)
+        blk = self.images[b[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return blk.permute(0, 3, 1, 2).contiguous()                   # (n, C, fh, fw)
+
+    def bound(self, q, first_pass=False):
+        """Bound the boxes `q` in chunks; the unsettled ones of undecided galaxies (after
+        their exact corner and centre evaluations and the budget)."""
+        B = self.images.shape[0]
+        dev = self.images.device
+        res, done, labels, tol = self.res, self.done, self.labels, self.tol
+        give_up, chunk = self.give_up, self.chunk
+        left = []
+        while q[0].numel():
+            keep = torch.as_tensor(~done, device=dev)[q[0]]
+            if not bool(keep.all()):
+                q = [t[keep] for t in q]
+            if not q[0].numel():
+                break
+            nb, ny, nx, nlo, nhi, nband, ng = (t[:chunk] for t in q)
+            q = [t[chunk:] for t in q]
+            # a single-band box carries one variable (the same bounds, a quarter of the work)
+            vary = None if self.threat == "pixel" else nband[:, None]
+            track = None
+            if self.track is not None:
+                mask, _, fh, fw, _ = self.track
+                track = (mask, self._clean_blocks(nb, ny, nx, fh, fw))
+            try:
+                m = _cascade(self.ies, nb, ny, nx, nlo, nhi, labels[nb], vary, tol[nb], track)
+            except Unsupported as exc:
+                for i in set(nb.tolist()):
+                    self.failed[i] = str(exc)
+                    done[i] = True
+                continue
+            ok = m.amin(dim=1) > tol[nb]
+            nbn = nb.cpu().numpy()
+            res.boxes += np.bincount(nbn, minlength=B)
+            self.settled_first += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
+            self.bounded_first += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
+            if give_up is not None and first_pass:
+                for i in np.unique(nbn):
+                    if not done[i] and self.settled_first[i] == 0 and \
+                            self.bounded_first[i] >= give_up:
+                        res.status[i] = "unknown"
+                        res.reason[i] = (f"the bounds settle none of the first "
+                                         f"{int(self.bounded_first[i])} positions (the "
+                                         f"change's cone covers too much of the network)")
+                        done[i] = True
+            bad = ~ok
+            if not bool(bad.any()):
+                continue
+            u = [t[bad] for t in (nb, ny, nx, nlo, nhi, nband, ng)]
+            # exact evaluation at the centre and the corners of each unsettled box
+            if self.track is None:
+                flips = _exact_flips(self.inc, self.model, self.images, labels, *u[:5],
+                                     corners=u[6])
+            else:
+                flips = _exact_track_flips(self.track, self.model, self.images, labels, *u)
+            for i, (y, x, v) in flips.items():
+                if not done[i]:
+                    res.status[i] = "flip"
+                    res.found_by[i] = "first pass" if first_pass else "split"
+                    res.y[i], res.x[i] = y, x
+                    res.values[i] = v
+                    done[i] = True
+            for i in np.unique(u[0].cpu().numpy()):
+                if not done[i] and res.boxes[i] >= self.budget[i]:
+                    res.status[i] = "unknown"
+                    res.reason[i] = f"budget of {int(self.budget[i])} boxes spent"
+                    done[i] = True
+            left.append(u)
+        if not left:
+            return None
+        u = [torch.cat(t) for t in zip(*left)]
+        keep = torch.as_tensor(~done, device=dev)[u[0]]
+        return [t[keep] for t in u]
+
+    def split(self, u):
+        """Each box's widest band (in the model's preprocessed values) bisected."""
+        warp = self.warp
+        ub, uy, ux, ulo, uhi, uband, _ = u
+        if warp is None:
+            band = (uhi - ulo).argmax(dim=1, keepdim=True)
+            mid = (ulo.gather(1, band) + uhi.gather(1, band)) / 2
+        else:
+            plo, phi = warp.forward(ulo), warp.forward(uhi)
+            band = (phi - plo).argmax(dim=1, keepdim=True)
+            mid = warp.inverse((plo + phi) / 2).gather(1, band)
+            mid = torch.minimum(torch.maximum(mid, ulo.gather(1, band)), uhi.gather(1, band))
+        no = torch.zeros(2 * ub.shape[0], dtype=torch.bool, device=ub.device)
+        return [torch.cat([ub, ub]), torch.cat([uy, uy]), torch.cat([ux, ux]),
+                torch.cat([ulo, ulo.scatter(1, band, mid)]),
+                torch.cat([uhi.scatter(1, band, mid), uhi]), torch.cat([uband, uband]), no]
+
+
+def _exact_track_flips(track, model, images, labels, b, y0, x0, lo, hi, band, first):
+    """Exact evaluation of artefact boxes: the value at the band's centre and, for first-pass
+    boxes, at its two ends; {image: (ys (k,), xs (k,), values (k, C))} of verified flips."""
+    _, off, _, _, exact = track
+    ys = y0[:, None] + off[None, :, 0]                                   # (n, k)
+    xs = x0[:, None] + off[None, :, 1]
+    n, k = ys.shape
+    base = images[b[:, None], :, ys, xs]                                 # (n, k, C)
+    bl = lo.gather(1, band[:, None])[:, 0]
+    bh = hi.gather(1, band[:, None])[:, 0]
+    pts = [((bl + bh) / 2, slice(None))]
+    sel = torch.nonzero(first).flatten()
+    if sel.numel():
+        pts += [(bl[sel], sel), (bh[sel], sel)]
+    flips = {}
+    for v, rows in pts:
+        vals = base[rows].clone()
+        r = torch.arange(vals.shape[0], device=vals.device)
+        vals[r, :, band[rows]] = v[:, None].to(vals.dtype)
+        logits = exact.logits(b[rows], ys[rows], xs[rows], vals)
+        cand = torch.nonzero(logits.argmax(1) != labels[b[rows]]).flatten()
+        seen = set()
+        for j in cand.tolist():
+            i = int(b[rows][j])
+            if i in seen or i in flips:
+                continue
+            seen.add(i)
+            adv = images[i:i + 1].clone()
+            yy, xx = ys[rows][j], xs[rows][j]
+            adv[0][:, yy, xx] = vals[j].T
+            out = model(adv)
+            lg = out[1] if isinstance(out, (tuple, list)) else out
+            if int(lg.argmax(1)) != int(labels[i]):
+                flips[i] = (yy.cpu().numpy(), xx.cpu().numpy(), vals[j].float().cpu().numpy())
+    return flips
 
 
 class _Warp:
@@ -341,16 +484,17 @@ class _Warp:
         return torch.sinh(y) / self.pre.scale
 
 
-def _cascade(ies, b, ys, xs, lo, hi, labels, vary, tol):
+def _cascade(ies, b, ys, xs, lo, hi, labels, vary, tol, track=None):
     """Margin lower bounds by the evaluators `ies` in turn, each on the boxes the ones before
     did not settle (``> tol``); the largest bound of each box."""
-    m = ies[0].margins(b, ys, xs, lo, hi, labels, vary=vary)
+    m = ies[0].margins(b, ys, xs, lo, hi, labels, vary=vary, track=track)
     for ie in ies[1:]:
         open_ = torch.nonzero(~(m.amin(dim=1) > tol)).flatten()
         if not open_.numel():
             break
         sub = ie.margins(b[open_], ys[open_], xs[open_], lo[open_], hi[open_], labels[open_],
-                         vary=None if vary is None else vary[open_])
+                         vary=None if vary is None else vary[open_],
+                         track=None if track is None else (track[0], track[1][open_]))
         m[open_] = torch.maximum(m[open_], sub)
     return m
 
