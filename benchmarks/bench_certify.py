@@ -9,7 +9,7 @@ fractions and each preset's recall against the verdicts (flips the preset found 
 a known flip).
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_certify.py [--n 12] [--boxes 40000]
-[--threat band_pixel] [--models default convnet_none]``
+[--threat band_pixel] [--length 4] [--models default convnet_none]``
 """
 
 import argparse
@@ -24,7 +24,10 @@ def main():
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--boxes", type=int, default=40000)
-    ap.add_argument("--threat", default="band_pixel", choices=["pixel", "band_pixel"])
+    ap.add_argument("--threat", default="band_pixel",
+                    choices=["pixel", "band_pixel", "cosmic_ray", "bad_column"])
+    ap.add_argument("--length", type=int, default=4, help="artefact length (cosmic_ray, "
+                    "bad_column)")
     ap.add_argument("--models", nargs="+", default=["default"])
     ap.add_argument("--method", default="linear", choices=["linear", "interval"])
     ap.add_argument("--paper", action="store_true", help="also run the paper preset")
@@ -51,17 +54,19 @@ def main():
         found, times = {}, {}
         for p in presets:
             t = time.perf_counter()
-            a = OnePixelAttack.from_preset(p, m, seed=0, threat=args.threat)(x, lab)
+            a = OnePixelAttack.from_preset(p, m, seed=0, threat=args.threat,
+                                           length=args.length)(x, lab)
             times[p] = time.perf_counter() - t
             found[p] = a.success.numpy()
             print(f"{name} {p} attack ({args.threat}): {times[p]:.1f} s, "
                   f"{int(found[p].sum())} flips of {len(x)}", flush=True)
         t = time.perf_counter()
-        open_attack = None if args.open_attack == "none" else OnePixelAttack.from_preset(
-            args.open_attack, m, seed=0, threat=args.threat)
+        one = args.threat in ("pixel", "band_pixel")    # open-site attacks: one pixel only
+        open_attack = None if args.open_attack == "none" or not one else \
+            OnePixelAttack.from_preset(args.open_attack, m, seed=0, threat=args.threat)
         r = certify_onepixel(m, x, lab, bounds=(lo, hi), threat=args.threat,
                              max_boxes=args.boxes, bounds_method=args.method,
-                             attack=open_attack)
+                             attack=open_attack, length=args.length)
         tc = time.perf_counter() - t
         st = np.array(r.status)
         flip = (st == "flip") | np.any([found[p] for p in presets], axis=0)

@@ -34,7 +34,13 @@ rule makes the galaxy "unknown" with the op named, never "certified".
 Threat models: ``pixel`` (all bands of one pixel, each in its band's [lo, hi]; the
 DeepAdversaries change) and ``band_pixel`` (one band of one pixel, the others unchanged). A
 galaxy certified for ``pixel`` is certified for ``band_pixel`` as well (its boxes hold every
-single-band change), not the other way round.
+single-band change), not the other way round. The artefacts ``cosmic_ray`` (a straight track of
+``length`` pixels, horizontal, vertical or diagonal) and ``bad_column`` (a vertical segment) set
+their pixels in one band to one value: their box has one variable shared by the track's
+pixels, bounded through the cone of the track's bounding box (a delta-inference plan per
+footprint, `plan_model(footprint=)`), one first pass per direction, each with a quarter of the
+budget for ``cosmic_ray``; their exact evaluations run the k-pixel candidates. The attack on
+the open sites is for the one-pixel threats only.
 """
 
 
