@@ -90,7 +90,8 @@ class CertifyResult:
         The threat model.
     open_sites : numpy.ndarray
         (B,) int64 first-pass boxes (positions, or bands of positions) the bounds did not
-        settle: the only sites where a flip can exist, which the ``attack`` searched.
+        settle, among those bounded before the galaxy's verdict: the only sites where a flip
+        can exist, which the ``attack`` searched.
     attacked : numpy.ndarray
         (B,) bool galaxies the ``attack`` ran on (undecided after the first pass).
     queries : numpy.ndarray
@@ -315,8 +316,6 @@ class _Search:
         self.budget = res.boxes + np.maximum(first, max_boxes)
         # 1. the first pass: one box per position (and band)
         left = self.bound(first_q, first_pass=True)
-        res.open_sites += np.bincount(left[0].cpu().numpy(), minlength=B) \
-            if left is not None else 0
         # 2. the attack, on the sites the bounds left open
         if attack is not None and left is not None and left[0].numel():
             _attack_open(attack, self.images, self.labels, ids, orig_bounds, self.threat, left,
@@ -383,6 +382,8 @@ class _Search:
                                          f"change's cone covers too much of the network)")
                         done[i] = True
             bad = ~ok
+            if first_pass:
+                res.open_sites += np.bincount(nbn[bad.cpu().numpy()], minlength=B)
             if not bool(bad.any()):
                 continue
             u = [t[bad] for t in (nb, ny, nx, nlo, nhi, nband, ng)]
