@@ -450,3 +450,16 @@ def test_artefact_threat_arguments():
     with pytest.raises(ValueError, match="one-pixel threats only"):
         certify_onepixel(model, images, labels, bounds=b, threat="cosmic_ray",
                          attack=OnePixelAttack(model, threat="cosmic_ray"))
+
+
+def test_a_one_pixel_artefact_gives_the_band_pixel_verdicts():
+    model = tiny(0, size=12)
+    images = torch.rand(4, C, 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    b = (images.amin(dim=(2, 3)), images.amax(dim=(2, 3)))
+    one = certify_onepixel(model, images, labels, bounds=b, threat="band_pixel")
+    for threat in ("cosmic_ray", "bad_column"):
+        art = certify_onepixel(model, images, labels, bounds=b, threat=threat, length=1)
+        assert art.status == one.status and art.x.shape == (4,)
+        assert np.array_equal(art.certified, one.certified)

@@ -463,7 +463,8 @@ def _exact_track_flips(track, model, images, labels, b, y0, x0, lo, hi, band, fi
             out = model(adv)
             lg = out[1] if isinstance(out, (tuple, list)) else out
             if int(lg.argmax(1)) != int(labels[i]):
-                flips[i] = (yy.cpu().numpy(), xx.cpu().numpy(), vals[j].float().cpu().numpy())
+                f = (yy.cpu().numpy(), xx.cpu().numpy(), vals[j].float().cpu().numpy())
+                flips[i] = f if k > 1 else (int(f[0][0]), int(f[1][0]), f[2][0])
     return flips
 
 
