@@ -198,7 +198,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     if B == 0:
         return res
     with torch.inference_mode():
-        inc = IncrementalEvaluator.build(model, images, plan=plan)
+        # the exact evaluations of k-pixel artefacts: delta inference with the one-pixel plan
+        inc = IncrementalEvaluator.build(model, images, pixels=k, plan=plan)
         if inc is None:
             res.reason = ["the model has no delta-inference plan (untraceable, or no "
                           "convolution runs on windows)"] * B
@@ -211,9 +212,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             st.run(inc, bounds_method, _pixel_boxes(images, lo_b, hi_b, threat), max_boxes,
                    None, attack, ids, orig_bounds)
         else:
-            # one footprint (the track's bounding box) per direction; exact evaluations of
-            # the k-pixel candidates by delta inference with the one-pixel plan
-            exact = IncrementalEvaluator.build(model, images, pixels=k, plan=plan)
+            # one footprint (the track's bounding box) per direction
             dirs = [(1, 0)] if threat == "bad_column" else list(_DIRECTIONS)
             for dy, dx in dirs:
                 fh, fw = (k - 1) * dy + 1, (k - 1) * abs(dx) + 1
@@ -227,11 +226,11 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                     res.reason = [f"no delta-inference plan: {exc}"] * B
                     return res
                 finc = IncrementalEvaluator.build(model, images, plan=fplan)
-                if finc is None or exact is None:
+                if finc is None:
                     res.reason = ["the model has no delta-inference plan for the artefact"] * B
                     return res
                 st.run(finc, bounds_method, _track_boxes(images, lo_b, hi_b, fh, fw),
-                       max_boxes // len(dirs), (mask, off, fh, fw, exact), None, None, None)
+                       max_boxes // len(dirs), (mask, off, fh, fw, inc), None, None, None)
         res.settled = st.settled_first / np.maximum(st.bounded_first, 1)
         for i in range(B):
             if st.failed[i] is not None and res.status[i] != "flip":
