@@ -43,6 +43,15 @@ def tiny(seed, **kw):
     return m.eval()
 
 
+def tiny_batch(seed, n=8, size=16, **kw):
+    """A tiny network, `n` random images of `size`, their predicted labels and cutout bounds."""
+    model = tiny(seed, size=size, **kw)
+    images = torch.rand(n, C, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    return model, images, labels, images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+
+
 def grid_flips(model, images, labels, lo, hi, steps=13):
     """Oracle: does any pixel, set to any value of a steps^C grid of the box, flip?"""
     B, _, H, W = images.shape
@@ -271,11 +280,7 @@ def test_band_pixel_certificates_hold_on_a_fine_grid_of_each_band():
 def test_no_certified_galaxy_is_flipped_by_the_paper_budget_attack(threat):
     from galguard.robustness import OnePixelAttack
 
-    model = tiny(5, size=16)
-    images = torch.rand(8, C, 16, 16, generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        labels = model(images).argmax(1)
-    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    model, images, labels, lo, hi = tiny_batch(5)
     res = certify_onepixel(model, images, labels, bounds=(lo, hi), threat=threat,
                            max_boxes=6000)
     cert = torch.from_numpy(res.certified)
@@ -293,11 +298,8 @@ def test_no_certified_galaxy_is_flipped_by_the_paper_budget_attack(threat):
 def test_the_attack_on_the_open_sites_keeps_the_verdicts_and_finds_real_flips(threat):
     from galguard.robustness import OnePixelAttack
 
-    model = tiny(1, size=16)
-    images = torch.rand(8, C, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        labels = model(images).argmax(1)
-    lo, hi = images.amin(dim=(2, 3)), 3 * images.amax(dim=(2, 3))
+    model, images, labels, lo, hi = tiny_batch(1)
+    hi = 3 * hi
     kw = dict(bounds=(lo, hi), threat=threat, max_boxes=3000)
     base = certify_onepixel(model, images, labels, **kw)
     atk = OnePixelAttack.from_preset("fast", model, seed=0, threat=threat)
