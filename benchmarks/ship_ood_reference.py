@@ -3,8 +3,8 @@
 For each shipped model: the reference is 1000 held-out simulated galaxies per depth the model was
 trained for (Y10; Y1 too for the domain-adapted ones), galaxy indices 20000..20999 of the
 training seed and magnitude law of its card (disjoint from its training 0..7999, validation
-8000..8999 and test 9000..10999 galaxies); the expected in-domain rate is measured on 300 more per
-depth (indices 40000..40299). The weights file is rewritten with the reference tensors (the
+8000..8999 and test 9000..10999 galaxies); the expected in-domain rate is measured on 1000 more per
+depth (indices 40000..40999). The weights file is rewritten with the reference tensors (the
 network weights are unchanged) and the card gets its ``ood`` entry and ``ood_threshold``.
 
 Usage: ``python benchmarks/ship_ood_reference.py [--cache-dir scratch/simcache] [--n 1000]
@@ -21,7 +21,7 @@ import numpy as np
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--n-held-out", type=int, default=300)
+    ap.add_argument("--n-held-out", type=int, default=1000)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--sim-jobs", type=int, default=1)
     ap.add_argument("--models", default=None, help="comma-separated shipped names (default all)")

@@ -98,7 +98,7 @@ def calibrate(model, reference, *, labels=None, percentile=99.0, seed=0, progres
         order = np.random.default_rng([seed, 3]).permutation(len(ref))
         n_hold = len(ref) // 5 if len(ref) >= 100 else 0
         fit_idx, hold_idx = np.sort(order[n_hold:]), np.sort(order[:n_hold])
-        scorer = DEFAULT_SCORER if latent is not None else "input+inputknn"
+        scorer = DEFAULT_SCORER if latent is not None else "input+inputknn+psf"
         fit_reference(out, ref.data[fit_idx], labels=y[fit_idx], scorer=scorer,
                       held_out=ref.data[hold_idx] if n_hold else None, percentile=percentile,
                       seed=seed, note=f"galguard calibrate: {len(fit_idx)} reference cutouts"

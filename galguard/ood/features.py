@@ -17,6 +17,10 @@ Each cutout gets `FEATURE_NAMES` (for C bands; the middle band is the colour ref
   (quantised in steps of 1 / gain), which must not differ from one another;
 - ``integer``: the fraction of integer-valued pixels (counts, renders).
 
+`profile_features` adds the steepness of the light profile around the peak (``slope_core``,
+``slope_wing``), which the ``psf`` scorer compares with reference galaxies of the same size and
+brightness: a wider PSF (worse seeing) or a lower resolution flattens it.
+
 These are the statistics a survey scientist would look at first; `galguard.ood` compares them
 with the model's reference set (a Mahalanobis distance with Ledoit-Wolf shrinkage). The border
 level is not one of them: `galguard.io` subtracts a sky left in the image before any check, and
@@ -26,7 +30,12 @@ galaxy light reaching the border made it flag bright, large galaxies.
 import numpy as np
 
 __all__ = ["input_features", "feature_names", "describe_feature", "border_level_sigma",
-           "DISTINCT_CAP"]
+           "profile_features", "PROFILE_NAMES", "DISTINCT_CAP"]
+
+#: the columns of `profile_features`
+PROFILE_NAMES = ("slope_core", "slope_wing")
+#: ring radii (pixels) of `profile_features` around the peak: core, inner ring, outer ring
+_RINGS = ((0.0, 1.0), (1.5, 3.0), (3.0, 5.0))
 
 #: the distinct-value statistic is capped here (log10 of a fraction): only fewer distinct values
 #: than that (renders, 8-bit data) count
@@ -40,6 +49,7 @@ _TEXT = {
     "core": "size of the bright core (PSF, concentration)",
     "distinct": "number of distinct pixel values (quantised data, e.g. an 8-bit render)",
     "integer": "integer-valued pixels (counts, or an image render)",
+    "slope": "steepness of the light profile at its peak (PSF, resolution)",
 }
 
 
@@ -126,4 +136,48 @@ def input_features(images, *, border=None):
     few = np.minimum(np.log10(np.maximum(distinct.mean(axis=1), 1e-6)), DISTINCT_CAP)
     parts.append(np.stack([size, core, few, integer.mean(axis=1)], 1))
     out = np.concatenate(parts, axis=1)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def profile_features(images, *, border=None, rings=_RINGS):
+    """Steepness of the light profile around the peak, (N, 2) float64: ``slope_core``, the
+    asinh of the mean band sum (in noise sigmas) within 1 pixel of the peak minus that of the
+    ring 1.5-3 pixels out, and ``slope_wing``, the ring 1.5-3 minus the ring 3-5 pixels out.
+
+    The peak is the brightest pixel of the band sum within 6 pixels of the centroid of its
+    light above 2 sigma (the image centre without such light). In asinh units the slopes are
+    log ratios for bright galaxies and differences in sigmas for faint ones, so the ``psf``
+    scorer compares them with reference galaxies of the same brightness and size. A wider PSF
+    or a coarser resolution flattens the profile; a larger galaxy does too, which the
+    comparison at the same size tells apart. Finite everywhere.
+    """
+    x = np.asarray(images, np.float64)
+    n, c, h, w = x.shape
+    x = np.where(np.isfinite(x), x, 0.0)
+    level, sigma = border_level_sigma(x, border=border)
+    tiny = 1e-12 * np.maximum(np.abs(x).reshape(n, c, -1).max(axis=2), 1e-30)
+    sig = np.maximum(sigma, np.maximum(tiny, 1e-30))
+    tot = ((x - level[..., None, None]) / sig[..., None, None]).sum(axis=1) / np.sqrt(c)
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    wgt = np.where(tot > 2.0, tot, 0.0)
+    sw = wgt.sum(axis=(1, 2))
+    cy = np.where(sw > 0, (wgt * yy).sum(axis=(1, 2)) / np.maximum(sw, 1e-30), (h - 1) / 2)
+    cx = np.where(sw > 0, (wgt * xx).sum(axis=(1, 2)) / np.maximum(sw, 1e-30), (w - 1) / 2)
+    near = (yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2 < 36.0
+    pk = np.where(near, tot, -np.inf).reshape(n, -1).argmax(axis=1)
+    py, px = np.divmod(pk, w)
+    # the rings in a window around the peak (pixels outside the image left out)
+    reach = int(np.ceil(max(b for _, b in rings)))
+    d = np.arange(-reach, reach + 1)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    r2 = (dy * dy + dx * dx).ravel().astype(np.float64)
+    wy = py[:, None] + dy.ravel()[None, :]
+    wx = px[:, None] + dx.ravel()[None, :]
+    inside = (wy >= 0) & (wy < h) & (wx >= 0) & (wx < w)
+    win = tot[np.arange(n)[:, None], np.clip(wy, 0, h - 1), np.clip(wx, 0, w - 1)]
+    means = []
+    for a, b in rings:
+        ring = inside & (r2 <= b * b) & ((r2 > a * a) if a > 0 else True)
+        means.append(np.arcsinh((win * ring).sum(axis=1) / np.maximum(ring.sum(axis=1), 1)))
+    out = np.stack([means[j] - means[j + 1] for j in range(len(means) - 1)], axis=1)
     return np.where(np.isfinite(out), out, 0.0)

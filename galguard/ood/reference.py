@@ -2,13 +2,15 @@
 domain-shift test.
 
 The default scorer, chosen by measurement (``docs/experiments.md``, "Out-of-distribution
-scores"), is ``"input+inputknn+knn"``: the input statistics (`galguard.ood.features`) by their
-Mahalanobis distance (Ledoit-Wolf) and by their k-nearest-neighbour distance to the reference's,
-and the deep k-nearest-neighbour distance of the normalised latent, each divided by its
-reference 99th percentile, combined by their root mean square. The reference (feature mean, scale and
-precision; banks of at most 2000 reference feature vectors and normalised latents) is stored
-with the model's weights, and the threshold (the reference's 99th percentile of the combined
-score) in its card.
+scores"), is ``"input+inputknn+knn+psf"``: the input statistics (`galguard.ood.features`) by
+their Mahalanobis distance (Ledoit-Wolf) and by their k-nearest-neighbour distance to the
+reference's, the deep k-nearest-neighbour distance of the normalised latent, and the light
+profile's steepness at the peak against reference galaxies of the same size and brightness
+(``psf``, a resolution check), each divided by its reference 99th percentile, combined by their
+weighted root mean square (`galguard.ood.scorers.WEIGHTS`). The reference (feature mean, scale
+and precision; banks of at most 2000 reference feature vectors, normalised latents and profile
+slopes) is stored with the model's weights, and the threshold (the reference's 99th percentile
+of the combined score) in its card. References fitted before ``psf`` existed keep their scorer.
 """
 
 import math
@@ -16,17 +18,15 @@ import math
 import numpy as np
 
 from ..errors import GalguardValueError
-from .features import describe_feature, feature_names, input_features
-from .scorers import _K, SCORERS, combine, combined_names, fit_scorer, score
+from .features import describe_feature, feature_names, input_features, profile_features
+from .scorers import _K, BANKS, SCORERS, combine, combined_names, fit_scorer, score
 
 __all__ = ["DEFAULT_SCORER", "CHECK_SCORERS", "fit_reference", "score_cutouts", "domain_shift",
            "domain_shift_of", "explain"]
 
-DEFAULT_SCORER = "input+inputknn+knn"
+DEFAULT_SCORER = "input+inputknn+knn+psf"
 #: the parts a check can compute from the images and the latent alone
-CHECK_SCORERS = ("input", "inputknn", "knn", "mahalanobis")
-#: the parts that compare with a bank of reference points (left out of their own k)
-_BANKS = ("knn", "inputknn")
+CHECK_SCORERS = ("input", "inputknn", "knn", "mahalanobis", "psf")
 #: the reference percentile of the combined score taken as the OUT_OF_DISTRIBUTION threshold
 THRESHOLD_PERCENTILE = 99.0
 BANK_SIZE = 2000
@@ -90,15 +90,19 @@ def fit_reference(model, images, *, labels=None, scorer=DEFAULT_SCORER, held_out
                                  f"use scorer='input'")
     ref = {"features": input_features(x), "latent": latent,
            "labels": probs.argmax(1) if labels is None else np.asarray(labels, np.int64)}
+    if "psf" in parts:
+        ref["profile"] = profile_features(x)
     state = fit_scorer(scorer, ref)
-    for part in _BANKS:  # (fit_scorer scaled them leaving each point out of its own k)
+    for part in BANKS:  # (fit_scorer scaled them leaving each point out of its own k)
         if part not in state:
             continue
-        bank = state[part]["bank"]
-        if len(bank) > bank_size:
-            keep = np.sort(np.random.default_rng([seed, 5]).choice(len(bank), bank_size,
+        n_bank = len(state[part]["bank"])
+        if n_bank > bank_size:
+            keep = np.sort(np.random.default_rng([seed, 5]).choice(n_bank, bank_size,
                                                                    replace=False))
-            state[part]["bank"] = bank[keep]
+            for key in ("bank", "slopes"):     # the bank and what goes with its rows
+                if key in state[part]:
+                    state[part][key] = state[part][key][keep]
     ref_scores = _reference_scores(scorer, state, ref)
     threshold = float(np.percentile(ref_scores, percentile))
     expected, expected_from = 1.0 - percentile / 100.0, "the threshold percentile"
@@ -121,8 +125,9 @@ def _reference_scores(scorer, state, ref):
     """The combined score of the reference itself, kNN left-self-out."""
     each = {}
     for part in combined_names(scorer):
-        if part in _BANKS:
-            each[part] = SCORERS[part][1](state[part], ref, k=_K + 1) / float(state[part]["scale"])
+        if part in BANKS:
+            each[part] = SCORERS[part][1](state[part], ref, self_out=True) / \
+                float(state[part]["scale"])
         else:
             each[part] = score(part, {part: state[part]}, ref)
     return combine(each)
@@ -131,6 +136,8 @@ def _reference_scores(scorer, state, ref):
 def score_cutouts(scorer, state, images, model=None, *, latent=None):
     """Combined score, scaled part scores and input features of cutouts."""
     batch = {"features": input_features(images)}
+    if "psf" in combined_names(scorer):
+        batch["profile"] = profile_features(images)
     if any(p in ("knn", "mahalanobis") for p in combined_names(scorer)):
         if latent is None:
             latent, _ = _latents(model, images)
@@ -155,7 +162,10 @@ def explain(parts, features, state, names, threshold):
             words.append(one if abs(z[k]) >= 3 else
                          f"its pixel statistics together are unlike the training data (the "
                          f"largest deviation: {one})")
-        for part, what in (("knn", "the model's latent representation is far from every "
+        for part, what in (("psf", "its light profile is flatter (or steeper) at the peak than "
+                                   "in training galaxies of the same size and brightness: "
+                                   "another PSF or resolution"),
+                           ("knn", "the model's latent representation is far from every "
                                    "reference galaxy"),
                            ("mahalanobis", "the latent vector is far from every class centroid")):
             if part in parts and parts[part][i] > threshold:

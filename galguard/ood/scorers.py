@@ -20,18 +20,32 @@ input           Mahalanobis distance of the input statistics (`galguard.ood.feat
 inputknn        distance of the standardised input statistics to their k-th nearest reference
                 (k = 10): unlike the Gaussian distance it sees gaps in a multimodal reference
                 (a noise level between Y10's and Y1's)
+psf             how much flatter the light profile is at its peak (`profile_features`) than
+                in the 50 reference galaxies nearest in size and brightness (input statistics
+                ``size`` and the mean ``peak``): z, the sum of the two slopes' robust z-scores
+                below their neighbours' medians, as ``max(z, 0) + 0.5 max(-z, 0)`` (flatter
+                counts fully: a wider PSF; steeper half: coarser pixels). A resolution check
 ==============  ==============================================================================
 
-Combinations (``"input+inputknn+knn"`` ...) take the root mean square of the scores, each
-divided by its value at the reference's 99th percentile, so that each contributes on the same
-scale.
+Combinations (``"input+inputknn+knn+psf"`` ...) take the weighted root mean square of the
+scores, each divided by its value at the reference's 99th percentile, so that each contributes
+on the same scale; ``psf`` weighs 2 (`WEIGHTS`), the others 1: it alone sees a wider PSF, and
+with weight 1 the three other parts dilute it (AUROC 0.870 against 0.906 on the default model;
+the weight and the 0.5 for steeper profiles were chosen on validation galaxies,
+``docs/experiments.md``).
 """
 
 import numpy as np
 
-__all__ = ["SCORERS", "fit_scorer", "score", "combine", "auroc", "combined_names"]
+__all__ = ["SCORERS", "BANKS", "WEIGHTS", "fit_scorer", "score", "combine", "auroc", "combined_names"]
 
 _K = 10
+#: the reference galaxies of the same size and brightness the ``psf`` scorer compares with
+_K_PSF = 50
+#: steeper-than-neighbours profiles count this much of a flatter one in the ``psf`` score
+_PSF_STEEP = 0.5
+#: weights of the parts in a combination (1 when not listed)
+WEIGHTS = {"psf": 2.0}
 
 
 def _ledoit_wolf_precision(x):
@@ -66,9 +80,46 @@ def _fit_inputknn(ref):
     return {"mean": mean, "std": std, "bank": z.astype(np.float32)}
 
 
-def _score_inputknn(state, batch, k=_K):
+def _score_inputknn(state, batch, self_out=False):
     z = (np.asarray(batch["features"], np.float64) - state["mean"]) / state["std"]
-    return _kth_distance(z, state["bank"], k)
+    return _kth_distance(z, state["bank"], _K + self_out)
+
+
+def _psf_given(features):
+    """The ``psf`` scorer's neighbourhood variables: the input statistics ``size`` and the
+    mean ``peak`` over the bands (`feature_names`: C noise, C peak, C - 1 colour, then size,
+    core, distinct, integer)."""
+    f = np.asarray(features, np.float64)
+    c = (f.shape[1] - 3) // 3
+    return np.stack([f[:, -4], f[:, c:2 * c].mean(axis=1)], axis=1)
+
+
+def _fit_psf(ref):
+    g = _psf_given(ref["features"])
+    mean, std = g.mean(axis=0), np.maximum(g.std(axis=0), 0.02)
+    return {"mean": mean, "std": std, "bank": ((g - mean) / std).astype(np.float32),
+            "slopes": np.asarray(ref["profile"], np.float32)}
+
+
+def _score_psf(state, batch, self_out=False):
+    import torch
+
+    q = torch.as_tensor((_psf_given(batch["features"]) - state["mean"]) / state["std"],
+                        dtype=torch.float32)
+    bank = torch.as_tensor(state["bank"], dtype=torch.float32)
+    slopes = torch.as_tensor(state["slopes"], dtype=torch.float32)
+    mine = torch.as_tensor(np.asarray(batch["profile"], np.float64), dtype=torch.float32)
+    k = min(_K_PSF + self_out, bank.shape[0])
+    out = []
+    for i in range(0, len(q), 2048):
+        idx = torch.cdist(q[i:i + 2048], bank).topk(k, dim=1, largest=False).indices
+        v = slopes[idx[:, int(self_out):]]                                   # (n, k, 2)
+        med = v.median(dim=1).values
+        mad = (v - med[:, None]).abs().median(dim=1).values
+        z = (med - mine[i:i + 2048]) / (1.4826 * mad + 1e-3)
+        z = z.sum(dim=1)
+        out.append(z.clamp(min=0.0) + _PSF_STEEP * (-z).clamp(min=0.0))
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
 def _kth_distance(q, bank, k):
@@ -108,8 +159,8 @@ def _fit_knn(ref):
     return {"bank": _normalise(ref["latent"]).astype(np.float32)}
 
 
-def _score_knn(state, batch, k=_K):
-    return _kth_distance(_normalise(batch["latent"]), state["bank"], k)
+def _score_knn(state, batch, self_out=False):
+    return _kth_distance(_normalise(batch["latent"]), state["bank"], _K + self_out)
 
 
 def _fit_energy(ref):
@@ -150,7 +201,11 @@ def _score_vim(state, batch):
 
 SCORERS = {"mahalanobis": (_fit_maha, _score_maha), "knn": (_fit_knn, _score_knn),
            "energy": (_fit_energy, _score_energy), "vim": (_fit_vim, _score_vim),
-           "input": (_fit_input, _score_input), "inputknn": (_fit_inputknn, _score_inputknn)}
+           "input": (_fit_input, _score_input), "inputknn": (_fit_inputknn, _score_inputknn),
+           "psf": (_fit_psf, _score_psf)}
+#: the parts that compare with a bank of reference points (each left out of its own neighbours
+#: when the reference itself is scored: ``self_out=True``)
+BANKS = ("knn", "inputknn", "psf")
 
 
 def combined_names(name):
@@ -170,7 +225,7 @@ def fit_scorer(name, ref, *, percentile=99.0):
         fit, fn = SCORERS[part]
         st = fit(ref)
         # a bank's own points are their nearest neighbours: leave each out of its own k
-        s = fn(st, ref, k=_K + 1) if part in ("knn", "inputknn") else fn(st, ref)
+        s = fn(st, ref, self_out=True) if part in BANKS else fn(st, ref)
         st["scale"] = np.array(max(float(np.percentile(s, percentile)), 1e-12)
                                if part != "energy" else
                                float(np.percentile(s, percentile) - np.percentile(s, 50)) or 1.0)
@@ -200,9 +255,13 @@ def score(name, state, batch, *, parts=False):
 
 
 def combine(parts):
-    """The root mean square of scaled part scores (a dict of arrays); one part: itself."""
+    """The root mean square of scaled part scores (a dict of arrays), weighted by `WEIGHTS`;
+    one part: itself."""
     a = np.stack([np.asarray(v, np.float64) for v in parts.values()])
-    return a[0] if len(a) == 1 else np.sqrt(np.mean(np.maximum(a, 0.0) ** 2, axis=0))
+    if len(a) == 1:
+        return a[0]
+    w = np.array([WEIGHTS.get(k, 1.0) for k in parts], np.float64)[:, None]
+    return np.sqrt((w * np.maximum(a, 0.0) ** 2).sum(axis=0) / w.sum())
 
 
 def auroc(inside, outside):
