@@ -202,3 +202,101 @@ def test_sites_find_the_planted_pixel_among_few_and_bad_sites_are_refused():
         attack(model, "cosmic_ray")(x, lab, sites=torch.ones(2, H, W, dtype=torch.bool))
     with pytest.raises(GalguardValueError, match="bool"):
         attack(model, "pixel")(x, lab, sites=torch.ones(2, H, W))
+
+
+@pytest.mark.parametrize("threat,shape", [("band_pixel", "pixel"), ("bad_column", "column"),
+                                          ("cosmic_ray", "diagonal"), ("pixel", "pixel")])
+def test_gradient_corners_find_the_planted_artefact_in_the_first_population(threat, shape):
+    """init="gradient" seeds the population with the box corners a first-order expansion ranks
+    best: the planted artefact is in the initial population (no generation run), which a random
+    population of the same size misses; also when called under inference mode."""
+    model = Detector(shape)
+    x = images(3)
+    labels = torch.zeros(3, dtype=torch.int64)
+    with torch.inference_mode():
+        r = attack(model, threat, popsize=8, max_iter=0, init="gradient")(x, labels)
+    assert bool(r.success.all()) and r.queries.tolist() == [9, 9, 9]    # 8 + re-verification
+    assert r.generations.tolist() == [0, 0, 0]
+    if threat != "pixel":
+        assert r.band.tolist() == [PBAND] * 3
+    rand = attack(model, threat, popsize=8, max_iter=0, init="random")(x, labels)
+    assert not bool(rand.success.any())
+
+
+@pytest.mark.parametrize("threat", ["pixel", "band_pixel", "bad_column", "cosmic_ray"])
+def test_gradient_corners_are_the_best_first_order_candidates(threat):
+    """`corners` against brute force over every candidate's first-order change, restricted to
+    allowed sites where given; every corner decodes to band values at lo or hi."""
+    from galguard.robustness._threats import codec_for
+
+    g = torch.Generator().manual_seed(4)
+    x = images(2)
+    lo, hi = x.amin(dim=(2, 3)), x.amax(dim=(2, 3))
+    grad = torch.randn(x.shape, generator=g)
+    codec = codec_for(threat, x, lo, hi, length=3)
+    n = 12
+    mem = codec.corners(grad, n)
+    rows = torch.arange(2).repeat_interleave(n)
+    ys, xs, vals, band = codec.decode(rows, mem.reshape(2 * n, -1))
+    base = x[rows[:, None], :, ys, xs]                                    # (2n, k, C)
+    pred = (grad[rows[:, None], :, ys, xs] * (vals - base)).sum(dim=(1, 2)).reshape(2, n)
+    assert bool((pred[:, 1:] >= pred[:, :-1] - 1e-5).all())              # ranked
+    # brute force: every candidate at lo or hi of its changed band(s)
+    if threat == "pixel":
+        best = torch.minimum(grad * (lo[:, :, None, None] - x),
+                             grad * (hi[:, :, None, None] - x)).sum(1).reshape(2, -1)
+    else:
+        axes = [torch.arange(W) + 0.5, torch.arange(H) + 0.5, torch.arange(C) + 0.5,
+                torch.tensor([0.0, 1.0])] + ([torch.arange(4) + 0.5] if threat == "cosmic_ray"
+                                             else [])
+        grid = torch.stack(torch.meshgrid(*[a.float() for a in axes], indexing="ij"), -1)
+        grid = grid.reshape(-1, mem.shape[2])
+        r2 = torch.arange(2).repeat_interleave(grid.shape[0])
+        ys2, xs2, v2, _ = codec.decode(r2, grid.repeat(2, 1))
+        b2 = x[r2[:, None], :, ys2, xs2]
+        best = (grad[r2[:, None], :, ys2, xs2] * (v2 - b2)).sum(dim=(1, 2)).reshape(2, -1)
+    top = best.sort(dim=1).values[:, :n]
+    if threat in ("pixel", "band_pixel"):
+        torch.testing.assert_close(pred, top, rtol=1e-5, atol=1e-5)
+    else:   # brute force repeats tracks that decode moves inside the image: the best only
+        torch.testing.assert_close(pred[:, 0], top[:, 0], rtol=1e-5, atol=1e-5)
+    changed = vals != base
+    at_corner = (vals == lo[rows][:, None, :]) | (vals == hi[rows][:, None, :])
+    assert bool(at_corner[changed].all())
+    # restricted to allowed sites
+    if threat in ("pixel", "band_pixel"):
+        sites = torch.zeros((2, C, H, W) if threat == "band_pixel" else (2, H, W), dtype=bool)
+        sites[..., 2:5, 3:7] = True
+        rc = codec_for(threat, x, lo, hi, sites=sites)
+        m2 = rc.corners(grad, n)
+        ys3, xs3, _, b3 = rc.decode(rows, m2.reshape(2 * n, -1))
+        assert bool(((ys3 >= 2) & (ys3 < 5) & (xs3 >= 3) & (xs3 < 7)).all())
+
+
+def test_gradient_init_falls_back_for_a_model_autograd_cannot_differentiate():
+    class Detached(Detector):
+        def forward(self, x):
+            return super().forward(x).detach()
+
+    model = Detached("pixel")
+    x = images(2)
+    r = attack(model, "band_pixel", popsize=8, max_iter=2, init="gradient")(
+        x, torch.zeros(2, dtype=torch.int64))
+    rand = attack(model, "band_pixel", popsize=8, max_iter=2, init="random")(
+        x, torch.zeros(2, dtype=torch.int64))
+    assert r.success.tolist() == rand.success.tolist()
+    torch.testing.assert_close(r.values, rand.values)
+
+
+def test_gradient_scan_then_the_random_search_unchanged():
+    """Where the corner scan finds no flip, the search is the "random" one, for popsize more
+    evaluations (so the gradient init finds every flip the random one finds)."""
+    model = Detector("column")          # needs four bright pixels: no single band pixel fires
+    x = images(3)
+    labels = torch.zeros(3, dtype=torch.int64)
+    g = attack(model, "band_pixel", popsize=10, max_iter=5, init="gradient")(x, labels)
+    r = attack(model, "band_pixel", popsize=10, max_iter=5, init="random")(x, labels)
+    assert not bool(g.success.any()) and not bool(r.success.any())
+    torch.testing.assert_close(g.values, r.values)
+    assert g.x.tolist() == r.x.tolist() and g.y.tolist() == r.y.tolist()
+    assert (g.queries - r.queries).tolist() == [10, 10, 10]

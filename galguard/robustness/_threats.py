@@ -93,6 +93,7 @@ class PixelCodec:
         self.slots = pixels             # pixels in the kernel's layout
         self.genes = self.C             # value genes per slot
         self.table = None               # (B, N) site of each flat position (restrict)
+        self.allowed = None             # (B, N) bool allowed sites (restrict)
 
     def restrict(self, sites):
         """Search only `sites`: (B, H, W) bool allowed positions (``pixel``) or (B, C, H, W)
@@ -106,6 +107,7 @@ class PixelCodec:
                 f"sites must allow at least one site per image; image "
                 f"{int(torch.nonzero(n == 0)[0])} has none")
         N = flat.shape[1]
+        self.allowed = flat
         order = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)    # allowed first
         q = torch.arange(N, device=flat.device)
         pick = order.gather(1, (q[None, :] * n[:, None]) // N)
@@ -151,6 +153,29 @@ class PixelCodec:
         v[:, 1::4, :, 2:] = self.lo[:, None, None, :]
         return pop
 
+    def corners(self, grad, n):
+        """Members (B, n, G) at the `n` box corners (every band at its minimum or maximum)
+        whose first-order change of the fitness, ``grad . (corner - image)``, is the most
+        negative; `grad` (B, C, H, W) is the gradient of the fitness score. With k pixels,
+        member j takes the positions ranked j .. j + k - 1."""
+        B, C, H, W = self.images.shape
+        k = self.slots
+        dlo = grad * (self.lo[:, :, None, None] - self.images)
+        dhi = grad * (self.hi[:, :, None, None] - self.images)
+        take_hi = dhi < dlo
+        delta = torch.minimum(dlo, dhi).sum(dim=1).reshape(B, -1)          # (B, H * W)
+        if self.allowed is not None:
+            delta = delta.masked_fill(~self.allowed, float("inf"))
+        n = max(1, min(n, H * W - k + 1))
+        rank = torch.argsort(delta, dim=1, stable=True)[:, :n + k - 1]     # (B, n + k - 1)
+        vals = torch.where(take_hi, self.hi[:, :, None, None], self.lo[:, :, None, None])
+        vals = vals.reshape(B, C, -1).gather(2, rank[:, None, :].expand(B, C, -1))
+        pos = torch.stack([(rank % W).to(vals.dtype) + 0.5, (rank // W).to(vals.dtype) + 0.5],
+                          dim=1)                                            # (B, 2, n + k - 1)
+        slot = torch.cat([pos, vals], dim=1).transpose(1, 2)                # (B, n + k - 1, 2 + C)
+        j = torch.arange(n, device=rank.device)[:, None] + torch.arange(k, device=rank.device)
+        return slot[:, j].reshape(B, n, k * (2 + C))
+
     def decode(self, rows, members):
         """Candidates of `members` (n, G) of images `rows` (n,): ys, xs (n, k), values
         (n, k, C) and the band changed (n,) (-1: all)."""
@@ -191,6 +216,49 @@ class ArtefactCodec(PixelCodec):
         if self.threat == "cosmic_ray":
             ghi[:, 2] = len(_DIRECTIONS)
         return glo, ghi
+
+    def corners(self, grad, n):
+        """As `PixelCodec.corners`: one band at its minimum or maximum (``band_pixel``), or a
+        whole track or segment (each direction) at one of the two, ranked by
+        ``grad . (candidate - image)`` summed over its pixels."""
+        B, C, H, W = self.images.shape
+        k = self.pixels
+        lo, hi = self.lo[:, :, None, None], self.hi[:, :, None, None]
+        dirs = [(0, 0)] if self.threat == "band_pixel" else \
+            [(1, 0)] if self.threat == "bad_column" else list(_DIRECTIONS)
+        span = k - 1
+        gp = torch.nn.functional.pad(grad, (span, span, span, span))
+        gx = torch.nn.functional.pad(grad * self.images, (span, span, span, span))
+        yy = torch.arange(H, device=grad.device)[:, None]
+        xx = torch.arange(W, device=grad.device)[None, :]
+        scores, fracs = [], []
+        for dy, dx in dirs:
+            s1 = torch.zeros_like(grad)
+            s2 = torch.zeros_like(grad)
+            for j in range(k):
+                oy, ox = span + j * dy, span + j * dx
+                s1 = s1 + gp[:, :, oy:oy + H, ox:ox + W]
+                s2 = s2 + gx[:, :, oy:oy + H, ox:ox + W]
+            ok = (yy + span * dy <= H - 1) & (xx + span * dx <= W - 1) & (xx + span * dx >= 0)
+            dlo, dhi = lo * s1 - s2, hi * s1 - s2
+            d = torch.minimum(dlo, dhi).masked_fill(~ok, float("inf"))
+            scores.append(d)
+            fracs.append((dhi < dlo).to(grad.dtype))
+        score = torch.stack(scores, dim=1).reshape(B, -1)                 # (B, D * C * H * W)
+        frac = torch.stack(fracs, dim=1).reshape(B, -1)
+        if self.allowed is not None:                    # band_pixel sites: (B, C * H * W)
+            score = score.masked_fill(~self.allowed, float("inf"))
+        n = max(1, min(n, score.shape[1]))
+        rank = torch.argsort(score, dim=1, stable=True)[:, :n]
+        f = frac.gather(1, rank)
+        x = rank % W
+        y = (rank // W) % H
+        band = (rank // (H * W)) % C
+        d = rank // (C * H * W)
+        genes = [x.to(f.dtype) + 0.5, y.to(f.dtype) + 0.5, band.to(f.dtype) + 0.5, f]
+        if self.threat == "cosmic_ray":
+            genes.append(d.to(f.dtype) + 0.5)
+        return torch.stack(genes, dim=2)
 
     def extremes(self, pop):
         pop = pop.clone()
