@@ -254,17 +254,33 @@ def _histogram(table, k):
     return edges, counts, _png(fig)
 
 
+def _embed(latents, method, seed):
+    """2-d embedding of the latents (n, D); None where they are degenerate (nearly all equal:
+    the manifold methods find no structure)."""
+    n = len(latents)
+    spread = np.ptp(latents, axis=0) if n else np.zeros(1)
+    if not np.isfinite(latents).all() or float(spread.max(initial=0.0)) <= 1e-9 * (
+            1.0 + float(np.abs(latents).max(initial=0.0))):
+        return None
+    try:
+        if method == "tsne":
+            from sklearn.manifold import TSNE
+            return TSNE(n_components=2, perplexity=float(min(30, max(2, (n - 1) / 3))),
+                        random_state=seed, init="pca").fit_transform(latents)
+        from sklearn.manifold import Isomap
+        return Isomap(n_neighbors=min(10, n - 1), n_components=2).fit_transform(latents)
+    except ValueError as exc:      # e.g. Isomap on a few nearly equal latents: no eigenvalue
+        log.warning("latent map: %s embedding failed (%s)", method, exc)
+        return None
+
+
 def _latent_map(table, rows, latents, classes, method, seed):
     import matplotlib.pyplot as plt
 
     n = len(rows)
-    if method == "tsne":
-        from sklearn.manifold import TSNE
-        emb = TSNE(n_components=2, perplexity=float(min(30, max(2, (n - 1) / 3))),
-                   random_state=seed, init="pca").fit_transform(latents)
-    else:
-        from sklearn.manifold import Isomap
-        emb = Isomap(n_neighbors=min(10, n - 1), n_components=2).fit_transform(latents)
+    emb = _embed(latents, method, seed)
+    if emb is None:
+        return None
     pred = np.asarray(table["pred_label"])[rows]
     fragile = np.asarray(table["fragile"], bool)[rows]
     flip = np.nan_to_num(np.asarray(table["noise_flip_rate"], np.float64)[rows], nan=0.0)
@@ -462,9 +478,14 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
             else:
                 latents = np.concatenate(lat).astype(np.float64)
                 mb64 = _latent_map(table, rows, latents, classes, method, seed)
-                latent_points = len(rows)
-                map_html = _img(mb64, "latent-space map", points=latent_points, method=method)
-                figures.append("latent_map")
+                if mb64 is None:
+                    notes.append(f"the latent vectors have no structure for a {method} map "
+                                 f"(nearly all equal); latent map left out")
+                else:
+                    latent_points = len(rows)
+                    map_html = _img(mb64, "latent-space map", points=latent_points,
+                                    method=method)
+                    figures.append("latent_map")
         else:
             notes.append("fewer than 4 cutouts could be read again; latent map left out")
     elif mod is not None:

@@ -301,10 +301,10 @@ class OutOfDistribution(Check):
     """The out-of-distribution score and, for flagged rows, why in words; OUT_OF_DISTRIBUTION.
 
     With the model's OOD reference (`galguard.ood`; the shipped models carry one): the input
-    statistics' Mahalanobis and nearest-neighbour distances and the deep-kNN latent distance,
-    each scaled by its reference percentile, combined by their root mean square (the input
-    parts alone for a model without a latent). Without one: the latent Mahalanobis score of
-    ``latent_stats``."""
+    statistics' Mahalanobis and nearest-neighbour distances, the deep-kNN latent distance and
+    the resolution check (``psf``), each scaled by its reference percentile, combined by their
+    weighted root mean square (the image parts alone for a model without a latent). Without
+    one: the latent Mahalanobis score of ``latent_stats``."""
 
     name = "ood"
 
@@ -320,8 +320,9 @@ class OutOfDistribution(Check):
         if ref is not None:
             scorer, state = ref
             latent = None if ctx.latent is None else ctx.latent.double().cpu().numpy()
-            pixel = [p for p in scorer.split("+") if p in ("input", "inputknn")]
-            if latent is None and len(pixel) < len(scorer.split("+")):  # logits only: pixels
+            # the parts that need no latent (a model with logits only: these alone)
+            pixel = [p for p in scorer.split("+") if p in ("input", "inputknn", "psf")]
+            if latent is None and len(pixel) < len(scorer.split("+")):
                 scorer, state = ("+".join(pixel), {p: state[p] for p in pixel}) if pixel \
                     else (None, None)
             if scorer is not None:

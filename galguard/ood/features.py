@@ -18,8 +18,9 @@ Each cutout gets `FEATURE_NAMES` (for C bands; the middle band is the colour ref
 - ``integer``: the fraction of integer-valued pixels (counts, renders).
 
 `profile_features` adds the steepness of the light profile around the peak (``slope_core``,
-``slope_wing``), which the ``psf`` scorer compares with reference galaxies of the same size and
-brightness: a wider PSF (worse seeing) or a lower resolution flattens it.
+``slope_wing``) and the width of its best-matching Gaussian (``sharpness``, from GalSim's adaptive
+moments), which the ``psf`` scorer compares with reference galaxies of the same size and
+brightness: a wider PSF (worse seeing) or a lower resolution flattens and widens it.
 
 These are the statistics a survey scientist would look at first; `galguard.ood` compares them
 with the model's reference set (a Mahalanobis distance with Ledoit-Wolf shrinkage). The border
@@ -33,7 +34,7 @@ __all__ = ["input_features", "feature_names", "describe_feature", "border_level_
            "profile_features", "PROFILE_NAMES", "DISTINCT_CAP"]
 
 #: the columns of `profile_features`
-PROFILE_NAMES = ("slope_core", "slope_wing")
+PROFILE_NAMES = ("slope_core", "slope_wing", "sharpness")
 #: ring radii (pixels) of `profile_features` around the peak: core, inner ring, outer ring
 _RINGS = ((0.0, 1.0), (1.5, 3.0), (3.0, 5.0))
 
@@ -140,16 +141,23 @@ def input_features(images, *, border=None):
 
 
 def profile_features(images, *, border=None, rings=_RINGS):
-    """Steepness of the light profile around the peak, (N, 2) float64: ``slope_core``, the
-    asinh of the mean band sum (in noise sigmas) within 1 pixel of the peak minus that of the
-    ring 1.5-3 pixels out, and ``slope_wing``, the ring 1.5-3 minus the ring 3-5 pixels out.
+    """Steepness of the light profile around the peak, (N, 3) float64 (`PROFILE_NAMES`):
+
+    - ``slope_core``: the asinh of the mean band sum (in noise sigmas) within 1 pixel of the
+      peak minus that of the ring 1.5-3 pixels out;
+    - ``slope_wing``: the ring 1.5-3 minus the ring 3-5 pixels out;
+    - ``sharpness``: -log10 of the sigma (pixels) of the elliptical Gaussian that best matches
+      the band sum (adaptive moments, `galsim.hsm.FindAdaptiveMom`, started at the peak; a
+      Gaussian convolved with a wider PSF has a larger one). Where the moments do not converge
+      (no source, pure noise) it is -log10 of half the cutout's size: as flat as a cutout can
+      be.
 
     The peak is the brightest pixel of the band sum within 6 pixels of the centroid of its
     light above 2 sigma (the image centre without such light). In asinh units the slopes are
     log ratios for bright galaxies and differences in sigmas for faint ones, so the ``psf``
     scorer compares them with reference galaxies of the same brightness and size. A wider PSF
     or a coarser resolution flattens the profile; a larger galaxy does too, which the
-    comparison at the same size tells apart. Finite everywhere.
+    comparison at the same size tells apart. The slopes are finite everywhere; deterministic.
     """
     x = np.asarray(images, np.float64)
     n, c, h, w = x.shape
@@ -179,5 +187,27 @@ def profile_features(images, *, border=None, rings=_RINGS):
     for a, b in rings:
         ring = inside & (r2 <= b * b) & ((r2 > a * a) if a > 0 else True)
         means.append(np.arcsinh((win * ring).sum(axis=1) / np.maximum(ring.sum(axis=1), 1)))
-    out = np.stack([means[j] - means[j + 1] for j in range(len(means) - 1)], axis=1)
-    return np.where(np.isfinite(out), out, 0.0)
+    slopes = np.stack([means[j] - means[j + 1] for j in range(len(means) - 1)], axis=1)
+    slopes = np.where(np.isfinite(slopes), slopes, 0.0)
+    return np.concatenate([slopes, _sharpness(tot, py, px)[:, None]], axis=1)
+
+
+def _sharpness(tot, py, px):
+    """-log10 of the adaptive-moment sigma (pixels) of each band sum `tot` (N, H, W), started
+    at the peaks (py, px); NaN where the moments fail or are wider than half the cutout."""
+    import galsim
+
+    n, h, w = tot.shape
+    out = np.full(n, np.nan)
+    for i in range(n):
+        img = galsim.Image(np.ascontiguousarray(tot[i], dtype=np.float64), scale=1.0)
+        try:
+            m = galsim.hsm.FindAdaptiveMom(img, guess_centroid=galsim.PositionD(px[i] + 1.0,
+                                                                                py[i] + 1.0),
+                                           strict=True)
+        except (galsim.GalSimHSMError, galsim.GalSimError, RuntimeError, ValueError):
+            continue
+        sig = float(m.moments_sigma)
+        if np.isfinite(sig) and 0 < sig < min(h, w) / 2.0:
+            out[i] = -np.log10(sig)
+    return out

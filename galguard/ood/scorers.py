@@ -22,9 +22,11 @@ inputknn        distance of the standardised input statistics to their k-th near
                 (a noise level between Y10's and Y1's)
 psf             how much flatter the light profile is at its peak (`profile_features`) than
                 in the 50 reference galaxies nearest in size and brightness (input statistics
-                ``size`` and the mean ``peak``): z, the sum of the two slopes' robust z-scores
-                below their neighbours' medians, as ``max(z, 0) + 0.5 max(-z, 0)`` (flatter
-                counts fully: a wider PSF; steeper half: coarser pixels). A resolution check
+                ``size`` and the mean ``peak``): z, the sum of the robust z-scores of the two
+                slopes and the adaptive-moment sharpness (where measured) below their
+                neighbours' medians, as
+                ``max(z, 0) + 0.5 max(-z, 0)`` (flatter counts fully: a wider PSF; steeper
+                half: coarser pixels). A resolution check
 ==============  ==============================================================================
 
 Combinations (``"input+inputknn+knn+psf"`` ...) take the weighted root mean square of the
@@ -109,15 +111,17 @@ def _score_psf(state, batch, self_out=False):
     bank = torch.as_tensor(state["bank"], dtype=torch.float32)
     slopes = torch.as_tensor(state["slopes"], dtype=torch.float32)
     mine = torch.as_tensor(np.asarray(batch["profile"], np.float64), dtype=torch.float32)
+    mine = mine[:, :slopes.shape[1]]     # a reference fitted before ``sharpness``: its columns
     k = min(_K_PSF + self_out, bank.shape[0])
     out = []
     for i in range(0, len(q), 2048):
         idx = torch.cdist(q[i:i + 2048], bank).topk(k, dim=1, largest=False).indices
-        v = slopes[idx[:, int(self_out):]]                                   # (n, k, 2)
-        med = v.median(dim=1).values
-        mad = (v - med[:, None]).abs().median(dim=1).values
-        z = (med - mine[i:i + 2048]) / (1.4826 * mad + 1e-3)
-        z = z.sum(dim=1)
+        v = slopes[idx[:, int(self_out):]]                                   # (n, k, 3)
+        med = v.nanmedian(dim=1).values            # reference sharpness not measured: left out
+        mad = (v - med[:, None]).abs().nanmedian(dim=1).values
+        z = ((med - mine[i:i + 2048]) / (1.4826 * mad + 1e-3)).sum(dim=1)
+        # no profile to measure (the adaptive moments found no source): NaN, left out of a
+        # combination
         out.append(z.clamp(min=0.0) + _PSF_STEEP * (-z).clamp(min=0.0))
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
@@ -226,6 +230,7 @@ def fit_scorer(name, ref, *, percentile=99.0):
         st = fit(ref)
         # a bank's own points are their nearest neighbours: leave each out of its own k
         s = fn(st, ref, self_out=True) if part in BANKS else fn(st, ref)
+        s = s[np.isfinite(s)] if np.isfinite(s).any() else np.zeros(1)   # psf: not measured
         st["scale"] = np.array(max(float(np.percentile(s, percentile)), 1e-12)
                                if part != "energy" else
                                float(np.percentile(s, percentile) - np.percentile(s, 50)) or 1.0)
@@ -256,12 +261,16 @@ def score(name, state, batch, *, parts=False):
 
 def combine(parts):
     """The root mean square of scaled part scores (a dict of arrays), weighted by `WEIGHTS`;
-    one part: itself."""
+    one part: itself. A NaN part (``psf`` where no profile was measured) is left out of its
+    row's mean; a row with no part measured scores 0."""
     a = np.stack([np.asarray(v, np.float64) for v in parts.values()])
     if len(a) == 1:
-        return a[0]
+        return np.nan_to_num(a[0], nan=0.0)
     w = np.array([WEIGHTS.get(k, 1.0) for k in parts], np.float64)[:, None]
-    return np.sqrt((w * np.maximum(a, 0.0) ** 2).sum(axis=0) / w.sum())
+    ok = np.isfinite(a)
+    w = np.where(ok, w, 0.0)
+    num = (w * np.maximum(np.where(ok, a, 0.0), 0.0) ** 2).sum(axis=0)
+    return np.sqrt(num / np.maximum(w.sum(axis=0), 1e-300))
 
 
 def auroc(inside, outside):
