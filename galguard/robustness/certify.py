@@ -122,7 +122,7 @@ class CertifyResult:
 
 
 
-def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=60_000,
+def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=120_000,
                      give_up=2048, margin=1e-3, chunk=1024, plan=None, bounds_method="linear",
                      attack=None, ids=None, length=DEFAULT_LENGTH):
     """Exact one-pixel verdicts for a batch of galaxies.
