@@ -24,9 +24,9 @@ psf             how much flatter the light profile is at its peak (`profile_feat
                 in the 50 reference galaxies nearest in size and brightness (input statistics
                 ``size`` and the mean ``peak``): z, the sum of the robust z-scores of the two
                 slopes and the adaptive-moment sharpness (where measured) below their
-                neighbours' medians, as
-                ``max(z, 0) + 0.5 max(-z, 0)`` (flatter counts fully: a wider PSF; steeper
-                half: coarser pixels). A resolution check
+                neighbours' medians, as ``max(z, 0) + 0.5 max(-z, 0)`` (flatter counts
+                fully: a wider PSF; steeper half: coarser pixels); NaN without a measured
+                sharpness (no source). A resolution check
 ==============  ==============================================================================
 
 Combinations (``"input+inputknn+knn+psf"`` ...) take the weighted root mean square of the
@@ -119,9 +119,9 @@ def _score_psf(state, batch, self_out=False):
         v = slopes[idx[:, int(self_out):]]                                   # (n, k, 3)
         med = v.nanmedian(dim=1).values            # reference sharpness not measured: left out
         mad = (v - med[:, None]).abs().nanmedian(dim=1).values
-        z = ((med - mine[i:i + 2048]) / (1.4826 * mad + 1e-3)).sum(dim=1)
-        # no profile to measure (the adaptive moments found no source): NaN, left out of a
+        # NaN where the cutout's sharpness was not measured (no source): left out of a
         # combination
+        z = ((med - mine[i:i + 2048]) / (1.4826 * mad + 1e-3)).sum(dim=1)
         out.append(z.clamp(min=0.0) + _PSF_STEEP * (-z).clamp(min=0.0))
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
