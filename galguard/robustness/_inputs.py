@@ -29,8 +29,8 @@ def validate_bounds(bounds, *, name="bounds"):
     if lo.ndim > 1 or hi.ndim > 1 or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise GalguardValueError(
             f"{name} (lo, hi) must be finite scalars or per-band sequences, got {bounds!r}")
-    if np.any(np.broadcast_arrays(lo, hi)[0] > np.broadcast_arrays(lo, hi)[1]):
-        raise GalguardValueError(f"bounds must have lo <= hi, got lo={lo}, hi={hi}")
+    if np.any(lo > hi):
+        raise GalguardValueError(f"{name} must have lo <= hi, got lo={lo}, hi={hi}")
     return (lo, hi)
 
 

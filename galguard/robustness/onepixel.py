@@ -21,8 +21,8 @@ from ._inputs import (BOUND_SPECS, _per_image_bounds, _resolve_bounds, _validate
                       _validate_images, _validate_labels, paper_bounds, validate_bounds)
 from ._threats import DEFAULT_LENGTH, THREATS, codec_for, validate_sites
 
-__all__ = ["BOUND_SPECS", "OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits", "paper_bounds",
-           "validate_bounds"]
+__all__ = ["BOUND_SPECS", "OnePixelAttack", "OnePixelResult", "PRESETS", "model_logits",
+           "paper_bounds", "validate_bounds"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ PRESETS = {
 
 _STRATEGIES = ("rand1", "best1")
 _INITS = ("random", "extremes", "gradient")
-
 
 
 @dataclasses.dataclass
