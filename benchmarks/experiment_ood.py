@@ -8,7 +8,10 @@ cutouts of the Hubble XDF (scikit-image), are scored. Printed: AUROC per scorer 
 the fraction of in-domain galaxies above the reference's 98th percentile. About 5 minutes on 2
 CPU cores (simulation included; ``--cache-dir`` keeps the galaxies).
 
-Usage: ``python benchmarks/experiment_ood.py [--n-ref 800] [--n-test 300] [--models all]``
+Usage: ``python benchmarks/experiment_ood.py [--n-ref 800] [--n-test 300] [--models all]
+[--test-start 30000] [--psf-weights 2,3]``; ``--test-start 35000`` scores validation galaxies
+instead (for choosing settings), ``--psf-weights`` adds the default combination with each
+``psf`` weight (the ``WEIGHTS`` of `galguard.ood.scorers`) as extra columns.
 """
 
 import argparse
@@ -57,16 +60,34 @@ def main():
     ap.add_argument("--no-batches", action="store_true", help="skip the shipped reference's "
                     "per-batch tests")
     ap.add_argument("--batches", type=int, default=1000)
+    ap.add_argument("--test-start", type=int, default=30000,
+                    help="first galaxy index of the in-domain test sets (35000: validation)")
+    ap.add_argument("--psf-weights", default="",
+                    help="comma-separated psf weights to compare in the default combination")
     args = ap.parse_args()
 
     from galguard.models import available, load
-    from galguard.ood import SHIFTS, auroc, fit_scorer, make_shift, score
+    from galguard.ood import SHIFTS, auroc, fit_scorer, make_shift
+    from galguard.ood import scorers as scoring
     from galguard.training import load_sim_split
 
     names = available() if args.models == "all" else args.models.split(",")
     names = [n for n in names if n != "default"]
     scorers = ["mahalanobis", "knn", "energy", "vim", "input", "inputknn", "psf",
                "input+inputknn", "input+knn", "input+inputknn+knn", "input+inputknn+knn+psf"]
+    extra = {f"default, psf weight {w}": float(w) for w in args.psf_weights.split(",") if w}
+
+    def score(s, state, batch):
+        if s not in extra:
+            return scoring.score(s, state, batch)
+        saved = dict(scoring.WEIGHTS)
+        scoring.WEIGHTS["psf"] = extra[s]
+        try:
+            return scoring.score("input+inputknn+knn+psf", state, batch)
+        finally:
+            scoring.WEIGHTS.clear()
+            scoring.WEIGHTS.update(saved)
+
     for name in names:
         t0 = time.time()
         model = load(name)
@@ -85,7 +106,8 @@ def main():
         ref["weight"] = model.network.classifier.weight.detach().double().numpy()
         ref["bias"] = model.network.classifier.bias.detach().double().numpy()
         states = {s: fit_scorer(s, ref) for s in scorers}
-        test = {d: load_sim_split(start=30000, n=args.n_test, depth=d, **sim)[0]
+        states.update({s: states["input+inputknn+knn+psf"] for s in extra})
+        test = {d: load_sim_split(start=args.test_start, n=args.n_test, depth=d, **sim)[0]
                 for d in ("y10", "y1")}
         inside = np.concatenate([test[d] for d in depths])
         sets = {"in-domain " + "+".join(depths): inside}
@@ -97,16 +119,17 @@ def main():
         scored = {k: batch_of(model, v) for k, v in sets.items()}
         print(f"\n## {name} (in-domain: {'+'.join(depths)}; reference {len(ref_x)}, "
               f"{time.time() - t0:.0f} s)")
-        print("| set | kind | " + " | ".join(scorers) + " |")
-        print("|---|---|" + "---|" * len(scorers))
-        ins = {s: score(s, states[s], scored[list(sets)[0]]) for s in scorers}
-        ref_s = {s: score(s, states[s], ref) for s in scorers}
-        thr = {s: np.percentile(ref_s[s], 98) for s in scorers}
+        cols = scorers + list(extra)
+        print("| set | kind | " + " | ".join(cols) + " |")
+        print("|---|---|" + "---|" * len(cols))
+        ins = {s: score(s, states[s], scored[list(sets)[0]]) for s in cols}
+        ref_s = {s: score(s, states[s], ref) for s in cols}
+        thr = {s: np.percentile(ref_s[s], 98) for s in cols}
         print("| in-domain flagged at the reference 98th pct | | "
-              + " | ".join(f"{np.mean(ins[s] > thr[s]):.3f}" for s in scorers) + " |")
+              + " | ".join(f"{np.mean(ins[s] > thr[s]):.3f}" for s in cols) + " |")
         for k in list(sets)[1:]:
             kind = SHIFTS[k][1] if k in SHIFTS else ("far" if k == "hubble_xdf" else "near")
-            vals = [auroc(ins[s], score(s, states[s], scored[k])) for s in scorers]
+            vals = [auroc(ins[s], score(s, states[s], scored[k])) for s in cols]
             print(f"| {k} | {kind} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
         if not args.no_batches:
             batch_tests(model, sets, args.batches)
