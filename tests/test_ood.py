@@ -15,6 +15,7 @@ from galguard.errors import GalguardValueError
 from galguard.flags import Flag
 from galguard.models import load, save
 from galguard.ood import SHIFTS, auroc, feature_names, input_features, make_shift
+from galguard.ood.features import profile_features
 from galguard.ood.reference import domain_shift, fit_reference
 from galguard.sim import simulate, write_fits
 
@@ -250,18 +251,31 @@ def test_psf_part_sees_a_wider_psf_that_the_other_parts_miss(sims):
 
 
 def test_combination_weights_and_references_without_psf_still_score(tmp_path):
-    from galguard.ood.scorers import WEIGHTS, combine
+    from galguard.ood.scorers import LEGACY_POWER, POWER, WEIGHTS, combine, fit_scorer, score
 
     a, p = np.array([1.0, 0.0, -1.0]), np.array([0.0, 3.0, 1.0])
     w = WEIGHTS["psf"]
+    assert POWER == 1.0 and LEGACY_POWER == 2.0
     np.testing.assert_allclose(combine({"input": a, "psf": p}),
+                               (np.maximum(a, 0) + w * p) / (1 + w))
+    np.testing.assert_allclose(combine({"input": a, "psf": p}, power=2),
                                np.sqrt((np.maximum(a, 0) ** 2 + w * p ** 2) / (1 + w)))
+    with pytest.raises(ValueError, match="power"):
+        combine({"input": a, "psf": p}, power=0)
     # a part not measured (NaN) is left out of its row; nothing measured: 0
     np.testing.assert_allclose(combine({"input": a, "psf": np.array([np.nan, 3.0, np.nan])}),
-                               [1.0, np.sqrt(w * 9 / (1 + w)), 0.0])
+                               [1.0, w * 3 / (1 + w), 0.0])
     np.testing.assert_allclose(combine({"psf": np.array([np.nan, 2.0])}), [0.0, 2.0])
-    # a reference fitted before the psf part existed keeps its scorer and scores as before
+    # a state records its power; one without it (fitted before) combines by the RMS
     x = galaxies(80, seed=5)
+    b = {"features": input_features(x), "profile": profile_features(x)}
+    st = fit_scorer("input+psf", b)
+    assert all(float(s["power"]) == POWER for s in st.values())
+    tot, parts = score("input+psf", st, b, parts=True)
+    np.testing.assert_allclose(tot, combine(parts, power=POWER))
+    old = {k: {f: v for f, v in s.items() if f != "power"} for k, s in st.items()}
+    np.testing.assert_allclose(score("input+psf", old, b), combine(parts, power=2.0))
+    # a reference fitted before the psf part existed keeps its scorer and scores as before
     m = tiny_classifier(x, name="tiny-old")
     fit_reference(m, x[:60], scorer="input+inputknn+knn", held_out=x[60:])
     back = load(str(save(m, tmp_path / "old.safetensors")[0]))

@@ -7,7 +7,7 @@ their Mahalanobis distance (Ledoit-Wolf) and by their k-nearest-neighbour distan
 reference's, the deep k-nearest-neighbour distance of the normalised latent, and the light
 profile's steepness at the peak against reference galaxies of the same size and brightness
 (``psf``, a resolution check), each divided by its reference 99th percentile, combined by their
-weighted root mean square (`galguard.ood.scorers.WEIGHTS`). The reference (feature mean, scale
+weighted mean (`galguard.ood.scorers.WEIGHTS`, `POWER`). The reference (feature mean, scale
 and precision; banks of at most 2000 reference feature vectors, normalised latents and profile
 slopes) is stored with the model's weights, and the threshold (the reference's 99th percentile
 of the combined score) in its card. References fitted before ``psf`` existed keep their scorer.
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import GalguardValueError
 from .features import describe_feature, feature_names, input_features, profile_features
-from .scorers import _K, BANKS, SCORERS, combine, combined_names, fit_scorer, score
+from .scorers import _K, BANKS, SCORERS, combine, combined_names, fit_scorer, power_of, score
 
 __all__ = ["DEFAULT_SCORER", "CHECK_SCORERS", "fit_reference", "score_cutouts", "domain_shift",
            "domain_shift_of", "explain"]
@@ -130,7 +130,7 @@ def _reference_scores(scorer, state, ref):
                 float(state[part]["scale"])
         else:
             each[part] = score(part, {part: state[part]}, ref)
-    return combine(each)
+    return combine(each, power=power_of(state))
 
 
 def score_cutouts(scorer, state, images, model=None, *, latent=None):

@@ -29,9 +29,10 @@ psf             how much flatter the light profile is at its peak (`profile_feat
                 sharpness (no source). A resolution check
 ==============  ==============================================================================
 
-Combinations (``"input+inputknn+knn+psf"`` ...) take the weighted root mean square of the
-scores, each divided by its value at the reference's 99th percentile, so that each contributes
-on the same scale; ``psf`` weighs 2 (`WEIGHTS`), the others 1: it alone sees a wider PSF, and
+Combinations (``"input+inputknn+knn+psf"`` ...) take the weighted mean (`POWER` 1; the root
+mean square for references fitted before 2026-12-07) of the scores, each clipped at 0 and
+divided by its value at the reference's 99th percentile, so that each contributes on the same
+scale; ``psf`` weighs 2 (`WEIGHTS`), the others 1: it alone sees a wider PSF, and
 with weight 1 the three other parts dilute it (AUROC 0.870 against 0.906 on the default model;
 the weight and the 0.5 for steeper profiles were chosen on validation galaxies,
 ``docs/experiments.md``).
@@ -39,7 +40,7 @@ the weight and the 0.5 for steeper profiles were chosen on validation galaxies,
 
 import numpy as np
 
-__all__ = ["SCORERS", "BANKS", "WEIGHTS", "fit_scorer", "score", "combine", "auroc", "combined_names"]
+__all__ = ["SCORERS", "BANKS", "WEIGHTS", "POWER", "fit_scorer", "score", "combine", "auroc", "combined_names"]
 
 _K = 10
 #: the reference galaxies of the same size and brightness the ``psf`` scorer compares with
@@ -48,6 +49,13 @@ _K_PSF = 50
 _PSF_STEEP = 0.5
 #: weights of the parts in a combination (1 when not listed)
 WEIGHTS = {"psf": 2.0}
+#: the power of the weighted mean that combines the parts: 1, the weighted mean (chosen on
+#: validation galaxies over 1.5, 2, 3, 4, 6 and the maximum: the parts that do not see a shift
+#: dilute the one that does least; ``docs/experiments.md``). Stored with each fitted reference
+#: (``"power"`` in every part's state); a reference without it was fitted with the root mean
+#: square (`LEGACY_POWER`) and scores as before.
+POWER = 1.0
+LEGACY_POWER = 2.0
 
 
 def _ledoit_wolf_precision(x):
@@ -236,16 +244,16 @@ def fit_scorer(name, ref, *, percentile=99.0):
                                float(np.percentile(s, percentile) - np.percentile(s, 50)) or 1.0)
         if part == "energy":
             st["offset"] = np.array(float(np.percentile(s, 50)))
+        st["power"] = np.array(POWER)
         state[part] = st
     return state
 
 
 def score(name, state, batch, *, parts=False):
     """The score of ``name`` for ``batch``: each part divided by its reference scale, and for a
-    combination the root mean square of the parts (it weighs a part far off as the maximum
-    would, and a shift that moves every part a little more than the maximum does: galaxies 2x
-    larger, AUROC 0.853 with the maximum, 0.903 with the RMS on the default model, the far
-    shifts unchanged). ``parts=True`` also returns the scaled part scores (a dict)."""
+    combination their weighted power mean (`combine`, with the power the state was fitted
+    with: a shift that moves every part a little counts more than with the maximum, and one
+    that only one part sees is diluted least by the mean). ``parts=True`` also returns the scaled part scores (a dict)."""
     each = {}
     for part in combined_names(name):
         st = state[part]
@@ -255,22 +263,35 @@ def score(name, state, batch, *, parts=False):
         else:
             s = s / float(st["scale"])
         each[part] = s
-    out = combine(each)
+    out = combine(each, power=power_of(state))
     return (out, each) if parts else out
 
 
-def combine(parts):
-    """The root mean square of scaled part scores (a dict of arrays), weighted by `WEIGHTS`;
-    one part: itself. A NaN part (``psf`` where no profile was measured) is left out of its
-    row's mean; a row with no part measured scores 0."""
+def power_of(state):
+    """The combination power a fitted ``state`` was fitted with (`POWER`; `LEGACY_POWER` for
+    a reference fitted before it was stored)."""
+    for st in state.values():
+        if "power" in st:
+            return float(np.asarray(st["power"]))
+    return LEGACY_POWER
+
+
+def combine(parts, *, power=POWER):
+    """The weighted power mean (`POWER`; 2, the root mean square, for older references) of
+    scaled part scores (a dict of arrays), each clipped at 0 and weighted by `WEIGHTS`; one
+    part: itself. A NaN part (``psf`` where no profile was measured) is left out of its row's
+    mean; a row with no part measured scores 0."""
     a = np.stack([np.asarray(v, np.float64) for v in parts.values()])
     if len(a) == 1:
         return np.nan_to_num(a[0], nan=0.0)
+    power = float(power)
+    if not (np.isfinite(power) and power > 0):
+        raise ValueError(f"power must be a positive number, got {power!r}")
     w = np.array([WEIGHTS.get(k, 1.0) for k in parts], np.float64)[:, None]
     ok = np.isfinite(a)
     w = np.where(ok, w, 0.0)
-    num = (w * np.maximum(np.where(ok, a, 0.0), 0.0) ** 2).sum(axis=0)
-    return np.sqrt(num / np.maximum(w.sum(axis=0), 1e-300))
+    num = (w * np.maximum(np.where(ok, a, 0.0), 0.0) ** power).sum(axis=0)
+    return (num / np.maximum(w.sum(axis=0), 1e-300)) ** (1.0 / power)
 
 
 def auroc(inside, outside):
