@@ -9,9 +9,10 @@ the fraction of in-domain galaxies above the reference's 98th percentile. About 
 CPU cores (simulation included; ``--cache-dir`` keeps the galaxies).
 
 Usage: ``python benchmarks/experiment_ood.py [--n-ref 800] [--n-test 300] [--models all]
-[--test-start 30000] [--psf-weights 2,3]``; ``--test-start 35000`` scores validation galaxies
-instead (for choosing settings), ``--psf-weights`` adds the default combination with each
-``psf`` weight (the ``WEIGHTS`` of `galguard.ood.scorers`) as extra columns.
+[--test-start 30000] [--psf-weights 2,3] [--powers 1,2,max]``; ``--test-start 35000`` scores
+validation galaxies instead (for choosing settings), ``--psf-weights`` and ``--powers`` add the
+default combination with each ``psf`` weight (``WEIGHTS``) or power (``POWER``, or the maximum)
+of `galguard.ood.scorers` as extra columns.
 """
 
 import argparse
@@ -64,6 +65,9 @@ def main():
                     help="first galaxy index of the in-domain test sets (35000: validation)")
     ap.add_argument("--psf-weights", default="",
                     help="comma-separated psf weights to compare in the default combination")
+    ap.add_argument("--powers", default="",
+                    help="comma-separated powers of the default combination to compare "
+                         "(numbers or 'max')")
     args = ap.parse_args()
 
     from galguard.models import available, load
@@ -75,15 +79,24 @@ def main():
     names = [n for n in names if n != "default"]
     scorers = ["mahalanobis", "knn", "energy", "vim", "input", "inputknn", "psf",
                "input+inputknn", "input+knn", "input+inputknn+knn", "input+inputknn+knn+psf"]
-    extra = {f"default, psf weight {w}": float(w) for w in args.psf_weights.split(",") if w}
+    # the default combination with other psf weights or powers (extra columns)
+    extra = {f"default, psf weight {w}": (float(w), None) for w in args.psf_weights.split(",") if w}
+    extra.update({f"default, power {p}": (None, p) for p in args.powers.split(",") if p})
 
     def score(s, state, batch):
         if s not in extra:
             return scoring.score(s, state, batch)
+        w, p = extra[s]
         saved = dict(scoring.WEIGHTS)
-        scoring.WEIGHTS["psf"] = extra[s]
+        if w is not None:
+            scoring.WEIGHTS["psf"] = w
         try:
-            return scoring.score("input+inputknn+knn+psf", state, batch)
+            _, parts = scoring.score("input+inputknn+knn+psf", state, batch, parts=True)
+            if p is None:
+                return scoring.combine(parts, power=scoring.power_of(state))
+            if p == "max":
+                return np.max([np.nan_to_num(v, nan=0.0) for v in parts.values()], axis=0)
+            return scoring.combine(parts, power=float(p))
         finally:
             scoring.WEIGHTS.clear()
             scoring.WEIGHTS.update(saved)
