@@ -303,7 +303,8 @@ class OutOfDistribution(Check):
     With the model's OOD reference (`galguard.ood`; the shipped models carry one): the input
     statistics' Mahalanobis and nearest-neighbour distances, the deep-kNN latent distance and
     the resolution check (``psf``), each scaled by its reference percentile, combined by their
-    weighted root mean square (the image parts alone for a model without a latent). Without
+    weighted mean (`galguard.ood.scorers.combine`, with the power the reference was fitted
+    with; the image parts alone for a model without a latent). Without
     one: the latent Mahalanobis score of ``latent_stats``."""
 
     name = "ood"
