@@ -40,7 +40,8 @@ the weight and the 0.5 for steeper profiles were chosen on validation galaxies,
 
 import numpy as np
 
-__all__ = ["SCORERS", "BANKS", "WEIGHTS", "POWER", "fit_scorer", "score", "combine", "auroc", "combined_names"]
+__all__ = ["SCORERS", "BANKS", "WEIGHTS", "POWER", "fit_scorer", "score", "combine", "auroc",
+           "combined_names"]
 
 _K = 10
 #: the reference galaxies of the same size and brightness the ``psf`` scorer compares with
@@ -253,7 +254,8 @@ def score(name, state, batch, *, parts=False):
     """The score of ``name`` for ``batch``: each part divided by its reference scale, and for a
     combination their weighted power mean (`combine`, with the power the state was fitted
     with: a shift that moves every part a little counts more than with the maximum, and one
-    that only one part sees is diluted least by the mean). ``parts=True`` also returns the scaled part scores (a dict)."""
+    that only one part sees is diluted least by the mean). ``parts=True`` also returns the
+    scaled part scores (a dict)."""
     each = {}
     for part in combined_names(name):
         st = state[part]
