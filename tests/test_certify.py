@@ -465,3 +465,21 @@ def test_a_one_pixel_artefact_gives_the_band_pixel_verdicts():
         art = certify_onepixel(model, images, labels, bounds=b, threat=threat, length=1)
         assert art.status == one.status and art.x.shape == (4,)
         assert np.array_equal(art.certified, one.certified)
+
+
+def test_each_cosmic_ray_direction_is_given_the_whole_budget():
+    # a first pass per direction is 240 (vertical, horizontal) or 200 (diagonal) boxes; galaxy
+    # 3 needs two more boxes in one direction: with a quarter of 300 per direction it would
+    # be "unknown", with 300 per direction it is certified (and really has no flipping track)
+    k, S = 3, 12
+    model = tiny(0, size=S)
+    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    kw = dict(bounds=(lo, hi), threat="cosmic_ray", length=k)
+    res = certify_onepixel(model, images, labels, max_boxes=300, **kw)
+    assert res.status[3] == "certified" and res.boxes[3] > 300
+    assert not track_flips(model, images[3], labels[3], lo[3], hi[3], "cosmic_ray", k)
+    spent = certify_onepixel(model, images, labels, max_boxes=1, **kw)
+    assert spent.status[3] == "unknown" and "budget" in spent.reason[3]

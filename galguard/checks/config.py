@@ -200,8 +200,9 @@ class CheckConfig:
         "flip is found, or certify_boxes runs out ('unknown'). Every threat.",
         "bool")
     certify_boxes: int = option(
-        120000, "Most value boxes bounded per galaxy by --certify (its first pass, one box per "
-        "position, changed band and track direction, always runs). 120 000 gives a band_pixel "
+        120000, "Most value boxes bounded per galaxy (and cosmic_ray track direction) by "
+        "--certify (its first pass, one box per position and changed band, always runs). "
+        "120 000 gives a band_pixel "
         "verdict for 48 and 47 of 48 fresh simulated galaxies (default model, no DA); 40 000: "
         "44 and 35.", "int", minimum=1, metavar="N")
     low_confidence: float = option(

@@ -38,8 +38,9 @@ single-band change), not the other way round. The artefacts ``cosmic_ray`` (a st
 ``length`` pixels, horizontal, vertical or diagonal) and ``bad_column`` (a vertical segment) set
 their pixels in one band to one value: their box has one variable shared by the track's
 pixels, bounded through the cone of the track's bounding box (a delta-inference plan per
-footprint, `plan_model(footprint=)`), one first pass per direction, each with a quarter of the
-budget for ``cosmic_ray``; their exact evaluations run the k-pixel candidates. The attack on
+footprint, `plan_model(footprint=)`), one search per direction, each with the whole budget
+(a ``cosmic_ray`` first pass alone is four times one pixel's); their exact evaluations run the
+k-pixel candidates. The attack on
 the open sites is for the one-pixel threats only.
 """
 
@@ -141,8 +142,9 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
         artefacts (`galguard.robustness._threats`): a straight track (four directions) or a
         vertical segment of `length` pixels in one band, all at one value.
     max_boxes : int
-        Budget per galaxy: most boxes bounded (the first pass over the positions counts; a
-        galaxy whose first pass alone exceeds it is still given that pass).
+        Budget per galaxy (and per direction of a ``cosmic_ray`` track): most boxes bounded
+        (the first pass over the positions counts; a galaxy whose first pass alone exceeds it
+        is still given that pass).
     give_up : int or None
         A galaxy whose first ``give_up`` first-pass boxes are all unsettled is "unknown" at
         once (the shipped ResNet18s: their windows cover the map from the second stage on, and
@@ -229,7 +231,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
                     res.reason = ["the model has no delta-inference plan for the artefact"] * B
                     return res
                 st.run(finc, bounds_method, _track_boxes(images, lo_b, hi_b, fh, fw),
-                       max_boxes // len(dirs), (mask, off, fh, fw, inc), None, None, None)
+                       max_boxes, (mask, off, fh, fw, inc), None, None, None)
         res.settled = st.settled_first / np.maximum(st.bounded_first, 1)
         for i in range(B):
             if st.failed[i] is not None and res.status[i] != "flip":
