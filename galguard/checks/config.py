@@ -202,9 +202,8 @@ class CheckConfig:
     certify_boxes: int = option(
         120000, "Most value boxes bounded per galaxy (and cosmic_ray track direction) by "
         "--certify (its first pass, one box per position and changed band, always runs). "
-        "120 000 gives a band_pixel "
-        "verdict for 48 and 47 of 48 fresh simulated galaxies (default model, no DA); 40 000: "
-        "44 and 35.", "int", minimum=1, metavar="N")
+        "120 000 gives a band_pixel verdict for 48 and 47 of 48 fresh simulated galaxies "
+        "(default model, no DA); 40 000: 44 and 35.", "int", minimum=1, metavar="N")
     low_confidence: float = option(
         0.5, "LOW_CONFIDENCE when the predicted class probability is below this.", "real",
         minimum=0.0, maximum=1.0, group="verdicts", metavar="P")

@@ -40,8 +40,7 @@ their pixels in one band to one value: their box has one variable shared by the 
 pixels, bounded through the cone of the track's bounding box (a delta-inference plan per
 footprint, `plan_model(footprint=)`), one search per direction, each with the whole budget
 (a ``cosmic_ray`` first pass alone is four times one pixel's); their exact evaluations run the
-k-pixel candidates. The attack on
-the open sites is for the one-pixel threats only.
+k-pixel candidates. The attack on the open sites is for the one-pixel threats only.
 """
 
 
