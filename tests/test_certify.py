@@ -107,10 +107,11 @@ def test_certified_galaxies_have_no_flip_on_a_fine_grid(method, kw):
     assert certified and flips
 
 
-@pytest.mark.parametrize("method", ["linear", "interval"])
+@pytest.mark.parametrize("method", ["linear", "interval", "interval_crown"])
 def test_a_degenerate_box_gives_the_exact_margins(method):
     from galguard.robustness._incremental import IncrementalEvaluator
-    from galguard.robustness.certify import IntervalEvaluator, SymbolicEvaluator
+    from galguard.robustness.certify import (IntervalCrownEvaluator, IntervalEvaluator,
+                                             SymbolicEvaluator)
 
     model = tiny(2, residual=True)
     images = torch.rand(3, C, H, W, generator=torch.Generator().manual_seed(2))
@@ -118,7 +119,8 @@ def test_a_degenerate_box_gives_the_exact_margins(method):
         logits = model(images)
         labels = logits.argmax(1)
         inc = IncrementalEvaluator.build(model, images)
-        ev = (SymbolicEvaluator if method == "linear" else IntervalEvaluator)(inc)
+        ev = {"linear": SymbolicEvaluator, "interval": IntervalEvaluator,
+              "interval_crown": IntervalCrownEvaluator}[method](inc)
         b = torch.tensor([0, 1, 2, 0])
         ys, xs = torch.tensor([0, 3, 7, 5]), torch.tensor([0, 4, 7, 1])
         v = images[b, :, ys, xs]
@@ -159,6 +161,75 @@ def test_backward_bounds_are_tighter_and_below_every_sampled_margin():
             m = lg.gather(1, labels[b][:, None]) - lg
             ok = torch.isfinite(back)
             assert (back[ok] <= m[ok] + 1e-4).all()
+
+
+@pytest.mark.parametrize("pool", ["2x2", "3x3 stride 2"])
+@pytest.mark.parametrize("single_band", [False, True])
+def test_interval_crown_bounds_are_sound_and_tighter_than_intervals(pool, single_band):
+    from galguard.robustness._incremental import IncrementalEvaluator
+    from galguard.robustness.certify import IntervalCrownEvaluator, IntervalEvaluator
+
+    S = 16      # the linear layer reads the windows: a chain to back-substitute
+    model = tiny(9, size=S, pool="2x2" if pool == "2x2" else "3x2")
+    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(10)
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+        inc = IncrementalEvaluator.build(model, images)
+        n = 96
+        b = torch.randint(0, 4, (n,), generator=g)
+        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
+        a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
+        lo, hi = torch.minimum(a, c), torch.maximum(a, c)
+        vary = None
+        if single_band:
+            band = torch.randint(0, C, (n, 1), generator=g)
+            pix = images[b, :, ys, xs]
+            lo, hi = pix.scatter(1, band, lo.gather(1, band)), pix.scatter(1, band,
+                                                                           hi.gather(1, band))
+            vary = band
+        ibp = IntervalEvaluator(inc).margins(b, ys, xs, lo, hi, labels[b])
+        ev = IntervalCrownEvaluator(inc)
+        m = ev.margins(b, ys, xs, lo, hi, labels[b], vary=vary)
+        assert ev.rec and ev._chain(inc.out) is not None     # back-substituted
+        ok = torch.isfinite(m)
+        assert (m[ok] >= ibp[ok] - 1e-5).all() and (m[ok] > ibp[ok] + 1e-3).any()
+        # sound: no sampled value inside a box has a smaller margin than its bound
+        for _ in range(20):
+            v = lo + (hi - lo) * torch.rand(n, C, generator=g)
+            lg = inc.logits(b, ys, xs, v)
+            margin = lg.gather(1, labels[b][:, None]) - lg
+            assert (m[ok] <= margin[ok] + 1e-4).all()
+        # with tol, boxes the intervals settle above it keep their interval bounds
+        tol = ibp[ok].reshape(n, -1).amin(dim=1).median().expand(n)
+        mt = ev.margins(b, ys, xs, lo, hi, labels[b], vary=vary, tol=tol)
+        above = ibp.amin(dim=1) > tol
+        assert above.any() and (~above).any()
+        torch.testing.assert_close(mt[above], ibp[above])
+        torch.testing.assert_close(mt[~above], m[~above])
+
+
+def test_interval_crown_gives_the_interval_bounds_on_a_residual_cone():
+    from galguard.robustness._incremental import IncrementalEvaluator
+    from galguard.robustness.certify import IntervalCrownEvaluator, IntervalEvaluator
+
+    S = 16
+    model = tiny(11, size=S, residual=True)
+    images = torch.rand(3, C, S, S, generator=torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(12)
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+        inc = IncrementalEvaluator.build(model, images)
+        n = 32
+        b = torch.randint(0, 3, (n,), generator=g)
+        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
+        a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
+        lo, hi = torch.minimum(a, c), torch.maximum(a, c)
+        ibp = IntervalEvaluator(inc).margins(b, ys, xs, lo, hi, labels[b])
+        ev = IntervalCrownEvaluator(inc)
+        m = ev.margins(b, ys, xs, lo, hi, labels[b])
+    assert ev._chain(inc.out) is None                    # a residual join: not a chain
+    torch.testing.assert_close(m, ibp)
 
 
 class Roll(nn.Module):

@@ -14,7 +14,7 @@ from ._bounds import IntervalEvaluator, Unsupported, _Bound, _IFull, _IState, _i
 from ._incremental import _write, _write_inside
 from ._plan import _NOPAD, _arg, window_region
 
-__all__ = ["SymbolicEvaluator"]
+__all__ = ["SymbolicEvaluator", "IntervalCrownEvaluator"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,15 +64,8 @@ class SymbolicEvaluator(IntervalEvaluator):
         (the others are fixed at ``lo == hi``), so that the bounds carry V variables instead of
         C (a single-band box: one; an artefact's ``track``: one, shared by its pixels)."""
         inc = self.inc
-        n, C = lo.shape
-        if vary is None:
-            vary = torch.arange(C, device=lo.device).expand(n, C)
-        V = vary.shape[1]
-        self.vary = vary
-        self.fixed = lo.scatter(1, vary, 0.0)               # (n, C) the fixed bands' values
-        self.box = (lo.gather(1, vary), hi.gather(1, vary))
-        self.pure = set()       # nodes whose window is exactly the variables
-        self.rec = {}           # per node: what the backward pass needs (relaxations)
+        n = lo.shape[0]
+        self._setup(lo, hi, vary)
         self.env = env = {}
         out = inc.out
         for node in inc.nodes:
@@ -82,46 +75,9 @@ class SymbolicEvaluator(IntervalEvaluator):
             elif p.mode == "skip":
                 env[node] = None
             elif p.kind == "input":
-                if track is None:
-                    L = torch.zeros(n, V + 1, C, device=lo.device, dtype=lo.dtype)
-                    L[:, :V].scatter_(2, vary[:, :, None], 1.0)
-                    L[:, V] = self.fixed
-                    L = L[..., None, None]
-                else:
-                    if V != 1:
-                        raise ValueError("an artefact box has one variable (vary: (n, 1))")
-                    mask, clean = track
-                    band = torch.zeros(n, C, dtype=torch.bool, device=lo.device) \
-                        .scatter_(1, vary, True)
-                    var = band[:, :, None, None] & mask[None, None]
-                    L = torch.stack([var.to(lo.dtype),
-                                     torch.where(var, torch.zeros_like(clean), clean)], dim=1)
-                env[node] = _SState(L, L.clone(), ys, xs)
-                self.pure.add(node)
+                env[node] = self._s_input(node, lo, ys, xs, track)
             elif p.kind == "pointwise" and self._redefines(node, env):
-                # an elementwise op of the pixel's own values, read by nothing else: the box
-                # of the variables maps through it exactly (per band, monotone or with one
-                # minimum), and the variables become its output
-                src = next(a for a in node.all_input_nodes if isinstance(env.get(a), _SState))
-                st = env[src]
-                coef, const = st.L[:, :-1], st.L[:, -1]        # one-hot 0/1 coefficients
-                blo, bhi = self.box
-                wlo = const + (coef * blo[:, :, None, None, None]).sum(1)
-                whi = const + (coef * bhi[:, :, None, None, None]).sum(1)
-                flo, fhi = self._pointwise(node, env, src, wlo, whi)
-                isvar = coef.sum(1) > 0
-                on = coef > 0                                   # (n, V, C, h, w)
-                nlo, lo2 = _var_range(on, flo)
-                nhi, hi2 = _var_range(on, fhi)
-                # one map for all of a variable's pixels, or no exact mapping
-                if bool((lo2 != nlo).any()) or bool((hi2 != nhi).any()):
-                    raise Unsupported(f"node {node.name!r}: an elementwise op that differs "
-                                      f"between the artefact's pixels")
-                self.box = (nlo, nhi)
-                L = st.L.clone()
-                L[:, -1] = torch.where(isvar, torch.zeros_like(flo), flo)
-                env[node] = _SState(L, L.clone(), st.oy, st.ox)
-                self.pure.add(node)
+                env[node] = self._s_redefine(node, env)
             elif p.kind == "flatlin" and node is out and self.backward:
                 # the logits are the linear layer on the flattened windows
                 env[node] = self._s_flatlin(node, p, env, b, n)
@@ -164,6 +120,64 @@ class SymbolicEvaluator(IntervalEvaluator):
         lab = labels[:, None]
         m = torch.gather(v.lo, 1, lab) - v.hi
         return m.scatter(1, lab, float("inf"))
+
+    # -- the variables
+    def _setup(self, lo, hi, vary):
+        n, C = lo.shape
+        if vary is None:
+            vary = torch.arange(C, device=lo.device).expand(n, C)
+        self.vary = vary
+        self.fixed = lo.scatter(1, vary, 0.0)               # (n, C) the fixed bands' values
+        self.box = (lo.gather(1, vary), hi.gather(1, vary))
+        self.pure = set()       # nodes whose window is exactly the variables
+        self.rec = {}           # per node: what the backward pass needs (relaxations)
+
+    def _s_input(self, node, lo, ys, xs, track):
+        """The input's window: the V variables (one-hot coefficients) and the fixed bands."""
+        vary = self.vary
+        n, C = lo.shape
+        V = vary.shape[1]
+        if track is None:
+            L = torch.zeros(n, V + 1, C, device=lo.device, dtype=lo.dtype)
+            L[:, :V].scatter_(2, vary[:, :, None], 1.0)
+            L[:, V] = self.fixed
+            L = L[..., None, None]
+        else:
+            if V != 1:
+                raise ValueError("an artefact box has one variable (vary: (n, 1))")
+            mask, clean = track
+            band = torch.zeros(n, C, dtype=torch.bool, device=lo.device) \
+                .scatter_(1, vary, True)
+            var = band[:, :, None, None] & mask[None, None]
+            L = torch.stack([var.to(lo.dtype),
+                             torch.where(var, torch.zeros_like(clean), clean)], dim=1)
+        self.pure.add(node)
+        return _SState(L, L.clone(), ys, xs)
+
+    def _s_redefine(self, node, env):
+        """An elementwise op of the pixel's own values, read by nothing else: the box of the
+        variables maps through it exactly (per band, monotone or with one minimum), and the
+        variables become its output."""
+        src = next(a for a in node.all_input_nodes if isinstance(env.get(a), _SState))
+        st = env[src]
+        coef, const = st.L[:, :-1], st.L[:, -1]        # one-hot 0/1 coefficients
+        blo, bhi = self.box
+        wlo = const + (coef * blo[:, :, None, None, None]).sum(1)
+        whi = const + (coef * bhi[:, :, None, None, None]).sum(1)
+        flo, fhi = self._pointwise(node, env, src, wlo, whi)
+        isvar = coef.sum(1) > 0
+        on = coef > 0                                   # (n, V, C, h, w)
+        nlo, lo2 = _var_range(on, flo)
+        nhi, hi2 = _var_range(on, fhi)
+        # one map for all of a variable's pixels, or no exact mapping
+        if bool((lo2 != nlo).any()) or bool((hi2 != nhi).any()):
+            raise Unsupported(f"node {node.name!r}: an elementwise op that differs "
+                              f"between the artefact's pixels")
+        self.box = (nlo, nhi)
+        L = st.L.clone()
+        L[:, -1] = torch.where(isvar, torch.zeros_like(flo), flo)
+        self.pure.add(node)
+        return _SState(L, L.clone(), st.oy, st.ox)
 
     def _redefines(self, node, env):
         deps = [a for a in node.all_input_nodes if isinstance(env.get(a), _SState)]
@@ -419,32 +433,17 @@ class SymbolicEvaluator(IntervalEvaluator):
         above every other input's upper bound), else the largest upper bound (a constant)."""
         lo, hi = self._concretise(L, U)
         n, V1, C, h, w = L.shape
-        kw = dict(kernel_size=prm["kernel"], dilation=prm["dilation"], padding=0,
-                  stride=prm["stride"])
-        ho = (h - prm["dilation"][0] * (prm["kernel"][0] - 1) - 1) // prm["stride"][0] + 1
-        wo = (w - prm["dilation"][1] * (prm["kernel"][1] - 1) - 1) // prm["stride"][1] + 1
-        (kh, kw_), (sh, sw) = prm["kernel"], prm["stride"]
-        if (kh, kw_) == (sh, sw) and tuple(prm["dilation"]) == (1, 1):
-            def unf(t, m):      # non-overlapping windows: a reshape (F.unfold's im2col is slow)
-                t = t.reshape(m, C, h, w)[:, :, :ho * kh, :wo * kw_]
-                return t.reshape(m, C, ho, kh, wo, kw_).permute(0, 1, 3, 5, 2, 4) \
-                    .reshape(m, C, kh * kw_, ho * wo)
-        else:
-            def unf(t, m):
-                return F.unfold(t.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)
-        lo_u, hi_u = unf(lo, n), unf(hi, n)                              # (n, C, kk, P)
-        lmax, j = lo_u.max(dim=2, keepdim=True)                          # (n, C, 1, P)
-        others = hi_u.scatter(2, j, float("-inf")).amax(dim=2, keepdim=True)
-        dominant = (lmax >= others)[:, :, 0]                             # (n, C, P)
+        unf, (ho, wo) = _pool_unfold(prm, C, h, w)
+        j, dominant, hmax = _pool_choice(unf(lo, n), unf(hi, n))
         Lu = unf(L, n * V1).reshape(n, V1, C, -1, ho * wo)
         Uu = unf(U, n * V1).reshape(n, V1, C, -1, ho * wo)
         jj = j.unsqueeze(1).expand(-1, V1, -1, -1, -1)
         Lo = Lu.gather(3, jj)[:, :, :, 0]                                # (n, V1, C, P)
         Ud = Uu.gather(3, jj)[:, :, :, 0]
         Uc = torch.zeros_like(Ud)
-        Uc[:, -1] = hi_u.amax(dim=2)
+        Uc[:, -1] = hmax
         Uo = torch.where(dominant.unsqueeze(1), Ud, Uc)
-        self._last_pool = (j, dominant, hi_u.amax(dim=2), (h, w))
+        self._last_pool = (j, dominant, hmax, (h, w))
         return Lo.reshape(n, V1, C, ho, wo), Uo.reshape(n, V1, C, ho, wo)
 
     def _affine_coeffs(self, node, env, src, shape, like):
@@ -469,19 +468,8 @@ class SymbolicEvaluator(IntervalEvaluator):
             return Lo, Uo
         lo, hi = self._concretise(L, U)
         if kind == "relu":
-            zero = torch.zeros_like(lo)
-            dead = hi <= 0
-            live = lo >= 0
-            s = torch.where(dead | live, (live).to(lo.dtype),
-                            hi / (hi - lo).clamp(min=1e-30))
-            # CROWN's lower line: slope 1 or 0, whichever the interval favours; 0 for a
-            # neuron without slopes (its constant lower bound 0 is then the tighter one)
-            has_slope = (L[:, :-1] != 0).any(dim=1)
-            alpha = torch.where(live, torch.ones_like(lo),
-                                torch.where(dead | ~has_slope, zero,
-                                            (hi > -lo).to(lo.dtype)))
+            alpha, s, t = _relu_relaxation(lo, hi, (L[:, :-1] != 0).any(dim=1))
             Uo = s.unsqueeze(1) * U
-            t = torch.where(dead | live, zero, -s * lo)
             Uo[:, -1] += t
             Lo = alpha.unsqueeze(1) * L
             self.rec[node] = ("relu", alpha, s, t)
@@ -606,6 +594,168 @@ class SymbolicEvaluator(IntervalEvaluator):
         sl = Lm[:, :-1]                                                  # (n, V, K)
         low = (_pos(sl) * lo[..., None] + _neg(sl) * hi[..., None]).sum(1) + Lm[:, -1]
         return low.scatter(1, labels[:, None], float("inf"))
+
+
+class _Shape:
+    """A window's shape: all that the back-substitution reads of a forward state but the
+    variables'."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+class IntervalCrownEvaluator(SymbolicEvaluator):
+    """Interval bounds through the cone and, on the boxes they leave open, CROWN's
+    back-substitution with the intervals as the ReLU and max-pool relaxations' pre-activation
+    bounds (as CROWN-IBP does): the interval pass plus one backward pass, where
+    `SymbolicEvaluator` first carries linear bounds forward through the cone. Its relaxations
+    are looser, so `certify_onepixel` runs it between the two. For a cone that is not
+    chain-shaped, or an elementwise op without a relaxation, it gives the interval bounds."""
+
+    def margins(self, b, ys, xs, lo, hi, labels, vary=None, track=None, tol=None):
+        """As `SymbolicEvaluator.margins`; ``tol`` (n,), optional: boxes whose interval bounds
+        are already above it are not back-substituted."""
+        inc = self.inc
+        n = lo.shape[0]
+        self._setup(lo, hi, vary)
+        env, sym = {}, {}       # intervals; the variables' linear states
+        out = inc.out
+        for node in inc.nodes:
+            p = inc.plans[node]
+            if p.mode == "const":
+                env[node] = inc.consts[node]
+            elif p.mode == "skip":
+                env[node] = None
+            elif p.kind == "input" or (p.kind == "pointwise" and
+                                       self._redefines(node, {**env, **sym})):
+                st = self._s_input(node, lo, ys, xs, track) if p.kind == "input" else \
+                    self._s_redefine(node, {**env, **sym})
+                sym[node] = st
+                env[node] = _IState(*self._concretise(st.L, st.U), st.oy, st.ox)
+            elif p.kind == "flatlin":
+                env[node] = self._flatlin(node, p, env, b, n)
+            elif node is out and self._is_linear(node):
+                m = self._linear_margins(node, env, b, labels)
+                return self._back(node, env, sym, m, b, ys, xs, labels, tol)
+            elif p.mode == "window" and p.kind == "pointwise":
+                self._relax(node, env)
+                env[node] = self._window(node, p, env, b, ys, xs, n)
+            elif p.mode == "window" and p.kind == "maxpool":
+                env[node] = self._relaxed_maxpool(node, p, env, b, ys, xs)
+            elif p.mode == "window":
+                env[node] = self._window(node, p, env, b, ys, xs, n)
+            elif p.kind == "gap":
+                env[node] = self._gap(node, p, env, b, n)
+            elif p.kind == "shape":
+                env[node] = inc._call(node, self._dense_args(node, env, b, n, meta=True))
+            else:
+                env[node] = self._dense(node, env, b, n)
+        v = env[out]
+        if not isinstance(v, _IFull):
+            raise Unsupported("the logits are not an interval")
+        lab = labels[:, None]
+        m = (torch.gather(v.lo, 1, lab) - v.hi).scatter(1, lab, float("inf"))
+        return self._back(out, env, sym, m, b, ys, xs, labels, tol)
+
+    def _relax(self, node, env):
+        """Record the relaxation of a windowed elementwise op from its input's interval."""
+        src = next(a for a in node.all_input_nodes if isinstance(env[a], _IState))
+        st = env[src]
+        kind = _pointwise_kind(node, self.inc.modules, src)
+        if kind == "relu":
+            self.rec[node] = ("relu",) + _relu_relaxation(st.lo, st.hi)
+        elif kind == "affine":
+            self.rec[node] = ("affine",) + self._affine_coeffs(
+                node, env, src, (1,) + tuple(st.lo.shape[1:]), st.lo)
+
+    def _relaxed_maxpool(self, node, p, env, b, ys, xs):
+        prm = p.params
+        oy, ox = self.inc._origins(node, ys, xs)
+        src = node.all_input_nodes[0]
+        gy, gx, gh, gw, spec = window_region(p, oy, ox)
+        lo, hi = self._region(src, env[src], b, gy, gx, gh, gw, spec, bool(p.inside.get(src)))
+        n, C = lo.shape[:2]
+        unf, (ho, wo) = _pool_unfold(prm, C, gh, gw)
+        lo_u = unf(lo, n)
+        j, dominant, hmax = _pool_choice(lo_u, unf(hi, n))
+        self.rec[node] = ("maxpool", j, dominant, hmax, (gh, gw))
+        lmax = lo_u.gather(2, j)[:, :, 0]
+        return _IState(lmax.reshape(n, C, ho, wo), hmax.reshape(n, C, ho, wo), oy, ox)
+
+    def _back(self, out, env, sym, m, b, ys, xs, labels, tol):
+        """The margins `m` raised by back-substitution on the boxes not above `tol`."""
+        if tol is None:
+            rows = torch.arange(m.shape[0], device=m.device)
+        else:
+            rows = torch.nonzero(~(m.amin(dim=1) > tol)).flatten()
+        if not rows.numel():
+            return m
+        k = rows.numel()
+        sub = (lambda t: t) if k == m.shape[0] else (lambda t: t.index_select(0, rows))  # noqa: E731
+        states = {}
+        for node, v in env.items():
+            if node in sym:
+                st = sym[node]
+                states[node] = _SState(sub(st.L), sub(st.U), sub(st.oy), sub(st.ox))
+            elif isinstance(v, _IState):
+                states[node] = _SState(_Shape((k, self.vary.shape[1] + 1) + v.lo.shape[1:]),
+                                       None, sub(v.oy), sub(v.ox))
+        rec = self.rec
+        self.rec = {node: r if r[0] == "affine" else
+                    (r[0],) + tuple(sub(t) for t in r[1:4]) + r[4:] for node, r in rec.items()}
+        self.box = tuple(sub(t) for t in self.box)
+        back = self._crown_margins(out, states, sub(b), sub(ys), sub(xs), sub(labels))
+        if back is None:
+            return m
+        m[rows] = torch.maximum(m[rows], back)
+        return m
+
+
+def _relu_relaxation(lo, hi, has_slope=None):
+    """CROWN's relaxation of ReLU on pre-activation bounds [lo, hi]: alpha z <= relu(z) <=
+    s z + t. The lower line has slope 1 or 0, whichever the interval favours; 0 for a neuron
+    without slopes (``has_slope`` False: its constant lower bound 0 is then the tighter one)."""
+    zero = torch.zeros_like(lo)
+    dead = hi <= 0
+    live = lo >= 0
+    s = torch.where(dead | live, live.to(lo.dtype), hi / (hi - lo).clamp(min=1e-30))
+    cross = (hi > -lo).to(lo.dtype)
+    if has_slope is not None:
+        cross = torch.where(has_slope, cross, zero)
+    alpha = torch.where(live, torch.ones_like(lo), torch.where(dead, zero, cross))
+    t = torch.where(dead | live, zero, -s * lo)
+    return alpha, s, t
+
+
+def _pool_unfold(prm, C, h, w):
+    """A max pool's windows: the function (t (m, C, h, w), m) -> (m, C, kk, P) and the output
+    size (ho, wo)."""
+    (kh, kw_), (sh, sw), dil = prm["kernel"], prm["stride"], tuple(prm["dilation"])
+    ho = (h - dil[0] * (kh - 1) - 1) // sh + 1
+    wo = (w - dil[1] * (kw_ - 1) - 1) // sw + 1
+    if (kh, kw_) == (sh, sw) and dil == (1, 1):
+        def unf(t, m):      # non-overlapping windows: a reshape (F.unfold's im2col is slow)
+            t = t.reshape(m, C, h, w)[:, :, :ho * kh, :wo * kw_]
+            return t.reshape(m, C, ho, kh, wo, kw_).permute(0, 1, 3, 5, 2, 4) \
+                .reshape(m, C, kh * kw_, ho * wo)
+    else:
+        kw = dict(kernel_size=prm["kernel"], dilation=prm["dilation"], padding=0,
+                  stride=prm["stride"])
+
+        def unf(t, m):
+            return F.unfold(t.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)
+    return unf, (ho, wo)
+
+
+def _pool_choice(lo_u, hi_u):
+    """Per pooling window (inputs' bounds (n, C, kk, P)): the input with the largest lower
+    bound j (n, C, 1, P), whether it dominates (its lower bound above every other input's upper
+    bound) (n, C, P), and the largest upper bound (n, C, P)."""
+    lmax, j = lo_u.max(dim=2, keepdim=True)
+    others = hi_u.scatter(2, j, float("-inf")).amax(dim=2, keepdim=True)
+    return j, (lmax >= others)[:, :, 0], hi_u.amax(dim=2)
 
 
 def _var_range(on, f):

@@ -52,12 +52,12 @@ import torch
 
 from ._bounds import IntervalEvaluator, Unsupported
 from ._incremental import IncrementalEvaluator
-from ._linear_bounds import SymbolicEvaluator
+from ._linear_bounds import IntervalCrownEvaluator, SymbolicEvaluator
 from ._plan import plan_model
 from ._threats import _DIRECTIONS, DEFAULT_LENGTH
 
 __all__ = ["certify_onepixel", "CertifyResult", "THREATS", "Unsupported", "IntervalEvaluator",
-           "SymbolicEvaluator"]
+           "IntervalCrownEvaluator", "SymbolicEvaluator"]
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +305,10 @@ class _Search:
         B = self.images.shape[0]
         dev = self.images.device
         res, done = self.res, self.done
-        # interval bounds first (a quarter of the cost); linear ones where those do not settle
-        self.ies = [IntervalEvaluator(inc)] + ([SymbolicEvaluator(inc)]
-                                               if bounds_method == "linear" else [])
+        # interval bounds first (a quarter of the cost), back-substituted through their
+        # relaxations where they do not settle; linear ones forward where neither does
+        self.ies = [IntervalCrownEvaluator(inc), SymbolicEvaluator(inc)] \
+            if bounds_method == "linear" else [IntervalEvaluator(inc)]
         self.inc, self.track = inc, track
         first_q = [torch.cat(t) for t in zip(*queue)]
         first_q.append(torch.ones(first_q[0].shape[0], dtype=torch.bool, device=dev))
@@ -494,7 +495,8 @@ class _Warp:
 def _cascade(ies, b, ys, xs, lo, hi, labels, vary, tol, track=None):
     """Margin lower bounds by the evaluators `ies` in turn, each on the boxes the ones before
     did not settle (``> tol``); the largest bound of each box."""
-    m = ies[0].margins(b, ys, xs, lo, hi, labels, vary=vary, track=track)
+    kw = {"tol": tol} if isinstance(ies[0], IntervalCrownEvaluator) else {}
+    m = ies[0].margins(b, ys, xs, lo, hi, labels, vary=vary, track=track, **kw)
     for ie in ies[1:]:
         open_ = torch.nonzero(~(m.amin(dim=1) > tol)).flatten()
         if not open_.numel():
