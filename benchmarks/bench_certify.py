@@ -10,15 +10,19 @@ preset plus the certificate, against the default preset alone), verdicts, the fi
 settled fractions and each preset's recall against the verdicts (flips the preset found /
 galaxies with a known flip).
 
+With ``--compare``, the certificate also runs without its CROWN-IBP stage (intervals, then
+the forward linear bounds: the cascade before 2026-12-07), side by side on the same galaxies.
+
 With ``--fresh``, the galaxies are ``--n`` fresh simulated Y10 galaxies instead (held-out
 indices from 40000 + ``--start``, the default model card's training magnitude law and seed;
 ``--cache-dir`` keeps them), the same galaxies for every model.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_certify.py [--n 12] [--boxes 120000]
-[--threat band_pixel] [--length 4] [--models default convnet_none] [--fresh]``
+[--threat band_pixel] [--length 4] [--models default convnet_none] [--fresh] [--compare]``
 """
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -45,6 +49,8 @@ def main():
     ap.add_argument("--cache-dir", default=None, help="cache of the fresh galaxies")
     ap.add_argument("--all", action="store_true", help="certify every galaxy, also those the "
                     "default preset flipped (the certificate's own cost and recall)")
+    ap.add_argument("--compare", action="store_true", help="also certify without the CROWN-IBP "
+                    "stage (the cascade before 2026-12-07), side by side")
     args = ap.parse_args()
 
     from galguard import models
@@ -89,11 +95,24 @@ def main():
         # as check --certify runs it: the default preset first, the certificate on the rest
         rows = np.arange(len(x)) if args.all else np.flatnonzero(~found["default"])
         rt = torch.as_tensor(rows, dtype=torch.int64)
+        run = lambda: certify_onepixel(  # noqa: E731
+            m, x[rt], lab[rt], bounds=(lo[rt], hi[rt]), threat=args.threat,
+            max_boxes=args.boxes, bounds_method=args.method, attack=open_attack, ids=rt,
+            length=args.length)
+        if args.compare:
+            t = time.perf_counter()
+            with _without_crown_ibp():
+                r0 = run()
+            t0 = time.perf_counter() - t
+            print(f"{name} certify without the CROWN-IBP stage: {t0:.1f} s, statuses "
+                  f"{r0.status}, boxes {r0.boxes.tolist()}", flush=True)
         t = time.perf_counter()
-        r = certify_onepixel(m, x[rt], lab[rt], bounds=(lo[rt], hi[rt]), threat=args.threat,
-                             max_boxes=args.boxes, bounds_method=args.method,
-                             attack=open_attack, ids=rt, length=args.length)
+        r = run()
         tc = time.perf_counter() - t
+        if args.compare:
+            print(f"{name} certify with it: {tc:.1f} s ({t0 / tc:.2f}x faster), statuses "
+                  f"{'the same' if r.status == r0.status else 'differ'}",
+                  flush=True)
         st = np.array(["flip"] * len(x), dtype=object)
         st[rows] = r.status
         total = tc + (0.0 if args.all else times["default"])
@@ -112,6 +131,23 @@ def main():
             rec = found[p][flip].mean() if flip.any() else float("nan")
             print(f"{name} {p} recall against the verdicts: {rec:.2f} "
                   f"({int(found[p][flip].sum())} of {int(flip.sum())} known flips)")
+
+
+@contextlib.contextmanager
+def _without_crown_ibp():
+    """certify_onepixel's first stage as plain intervals (no back-substitution)."""
+    from galguard.robustness import certify
+
+    class Intervals(certify.IntervalEvaluator):
+        def margins(self, *a, tol=None, **kw):
+            return super().margins(*a, **kw)
+
+    saved = certify.IntervalCrownEvaluator
+    certify.IntervalCrownEvaluator = Intervals
+    try:
+        yield
+    finally:
+        certify.IntervalCrownEvaluator = saved
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ class SymbolicEvaluator(IntervalEvaluator):
         const = torch.einsum("nkchw,nchw->nk", lam, clean)
         win = _crop(lam.reshape(n, K * C, gh, gw), st.oy - gy, st.ox - gx, h, w)
         win = win.reshape(n, K, C, h, w)
-        cw = inc._region(src, spec, b, st.oy, st.ox, h, w)      # inside the map: clean values
+        cw = _crop(clean, st.oy - gy, st.ox - gx, h, w)        # zero where win is
         const = const - torch.einsum("nkchw,nchw->nk", win, cw)
         return win, const
 
@@ -717,15 +717,14 @@ def _relu_relaxation(lo, hi, has_slope=None):
     """CROWN's relaxation of ReLU on pre-activation bounds [lo, hi]: alpha z <= relu(z) <=
     s z + t. The lower line has slope 1 or 0, whichever the interval favours; 0 for a neuron
     without slopes (``has_slope`` False: its constant lower bound 0 is then the tighter one)."""
-    zero = torch.zeros_like(lo)
-    dead = hi <= 0
-    live = lo >= 0
-    s = torch.where(dead | live, live.to(lo.dtype), hi / (hi - lo).clamp(min=1e-30))
-    cross = (hi > -lo).to(lo.dtype)
+    # one formula for the three cases: s = 1, t = 0 where live (lo >= 0); s = t = 0 where
+    # dead (hi <= 0); the chord where the sign changes (a neuron fixed at 0 may get either)
+    hp, ln = hi.clamp(min=0), lo.clamp(max=0)
+    s = hp / (hp - ln).clamp(min=1e-30)
+    t = -s * ln
+    alpha = (lo + hi > 0).to(lo.dtype)
     if has_slope is not None:
-        cross = torch.where(has_slope, cross, zero)
-    alpha = torch.where(live, torch.ones_like(lo), torch.where(dead, zero, cross))
-    t = torch.where(dead | live, zero, -s * lo)
+        alpha = torch.where(has_slope, alpha, (lo >= 0).to(lo.dtype))
     return alpha, s, t
 
 

@@ -4,12 +4,14 @@ For each galaxy and each pixel position, the logits are bounded over the whole b
 pixel's values (per band [lo, hi]) through the pixel's *cone*: the windows that delta inference
 (`galguard.robustness._incremental`) plans for a change at that position, then the dense rest
 of the network. Outside its window every activation is the clean image's, exactly, so the
-bounds are only as wide as the change's own reach. The default bounds are linear in the pixel's
-(preprocessed) values (`galguard.robustness._linear_bounds`): a forward pass gives every
-activation of the cone linear lower and upper bounds (CROWN's ReLU relaxation, max-pool
-dominance), and for chain-shaped cones (the ConvNets) the class margins are bounded again by
-back-substitution (CROWN), which keeps the correlations the forward pass loses;
-``bounds_method="interval"`` uses interval propagation only. A position whose
+bounds are only as wide as the change's own reach. The default bounds run in three stages,
+each on the boxes the ones before leave open (`galguard.robustness._linear_bounds`): interval
+propagation; for chain-shaped cones (the ConvNets) back-substitution of the class margins
+(CROWN) through ReLU and max-pool relaxations taken from those intervals (as CROWN-IBP does,
+about the cost of a second interval pass); then linear bounds in the pixel's (preprocessed)
+values carried forward through the cone (CROWN's ReLU relaxation, max-pool dominance) and
+back-substituted again, tighter and about twice as costly. ``bounds_method="interval"`` uses
+interval propagation only. A position whose
 bounds prove that the predicted class stays on top (the lower bound of ``logit[pred] -
 logit[j]`` exceeds a stated floating-point margin for every other class j) is *settled*.
 The verdict runs in three steps: (1) the first pass bounds one box per position (per band of a
@@ -153,8 +155,8 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
     chunk : int
         Boxes bounded per call.
     bounds_method : {"linear", "interval"}
-        Linear bounds in the pixel's values through the cone (CROWN-style relaxation of ReLU;
-        tighter) or plain interval bound propagation.
+        The three stages above (intervals, back-substitution through their relaxations, linear
+        bounds carried forward; tighter) or plain interval bound propagation.
     attack : OnePixelAttack, optional
         Run after the first pass (one box per position, or per band of a position) on the
         galaxies still undecided, restricted to the sites whose boxes the bounds did not settle
