@@ -57,7 +57,7 @@ def main(argv=None):
                 best[name] = min(best[name], time.perf_counter() - t0)
                 assert len(cut) == args.n
         print(f"{args.n} cutouts of 3x{args.size}x{args.size}, best of {args.repeats}")
-        print(f"| input | s | us/cutout | vs plain |")
+        print("| input | s | us/cutout | vs plain |")
         print("|---|---|---|---|")
         for name in cases:
             ref = best["plain files" if "files" in name else "plain stack"]

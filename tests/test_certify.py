@@ -232,6 +232,28 @@ def test_interval_crown_gives_the_interval_bounds_on_a_residual_cone():
     torch.testing.assert_close(m, ibp)
 
 
+def test_the_first_pass_skips_the_forward_bounds_only_where_back_substitution_applies(
+        monkeypatch):
+    from galguard.robustness import certify as cm
+
+    seen = []
+    orig = cm._Search.bound
+
+    def bound(self, q, first_pass=False):
+        if first_pass:
+            seen.append([type(e).__name__ for e in self.first_ies])
+        return orig(self, q, first_pass)
+
+    monkeypatch.setattr(cm._Search, "bound", bound)
+    for residual, expect in ((False, ["IntervalCrownEvaluator"]),
+                             (True, ["IntervalCrownEvaluator", "SymbolicEvaluator"])):
+        model, images, labels, lo, hi = tiny_batch(13, n=2, residual=residual)
+        seen.clear()
+        certify_onepixel(model, images, labels, bounds=(lo, hi), threat="band_pixel",
+                         max_boxes=2000)
+        assert seen == [expect]
+
+
 class Roll(nn.Module):
     def forward(self, x):
         return torch.roll(x, 1, dims=3)

@@ -136,8 +136,6 @@ def test_parent_variance_and_mask_planes_are_cut_with_the_image(field, tmp_path)
     carries its piece of the variance and mask; the gain comes from the variance."""
     from astropy.nddata import NDData, StdDevUncertainty
 
-    from galguard.io import read_cutouts  # noqa: F401 - the same plane rules as files
-
     g, sky = 4.0, 100.0
     var = np.maximum(field, 0.0) / g  # the sky is still in: var = (f + s) / g of the raw image
     mask = np.zeros(field.shape, np.int32)

@@ -614,6 +614,9 @@ class IntervalCrownEvaluator(SymbolicEvaluator):
     are looser, so `certify_onepixel` runs it between the two. For a cone that is not
     chain-shaped, or an elementwise op without a relaxation, it gives the interval bounds."""
 
+    #: Whether the last back-substitution applied (a chain-shaped cone).
+    backsubstituted = False
+
     def margins(self, b, ys, xs, lo, hi, labels, vary=None, track=None, tol=None):
         """As `SymbolicEvaluator.margins`; ``tol`` (n,), optional: boxes whose interval bounds
         are already above it are not back-substituted."""
@@ -707,6 +710,7 @@ class IntervalCrownEvaluator(SymbolicEvaluator):
                     (r[0],) + tuple(sub(t) for t in r[1:4]) + r[4:] for node, r in rec.items()}
         self.box = tuple(sub(t) for t in self.box)
         back = self._crown_margins(out, states, sub(b), sub(ys), sub(xs), sub(labels))
+        self.backsubstituted = back is not None
         if back is None:
             return m
         m[rows] = torch.maximum(m[rows], back)

@@ -289,6 +289,10 @@ def _track_boxes(images, lo_b, hi_b, fh, fw):
     return queue
 
 
+#: Whether the first pass skips the forward linear bounds where back-substitution applies.
+FIRST_PASS_SKIPS_FORWARD = True
+
+
 class _Search:
     """The three steps of `certify_onepixel` over one set of first-pass boxes (one footprint),
     recording verdicts in the shared result."""
@@ -314,6 +318,19 @@ class _Search:
         self.inc, self.track = inc, track
         first_q = [torch.cat(t) for t in zip(*queue)]
         first_q.append(torch.ones(first_q[0].shape[0], dtype=torch.bool, device=dev))
+        # where the back-substitution applies, the first pass skips the forward linear
+        # bounds: they settle few of the whole boxes it leaves open (5-12 %, at more than its
+        # cost), which splitting then settles for less
+        self.first_ies = self.ies
+        if FIRST_PASS_SKIPS_FORWARD and len(self.ies) > 1 and first_q[0].numel():
+            nb, ny, nx, nlo, nhi, nband = (t[:1] for t in first_q[:6])
+            try:        # a probe on one box: does the back-substitution apply?
+                self.ies[0].margins(nb, ny, nx, nlo, nhi, self.labels[nb],
+                                    *self._box_args(nb, ny, nx, nband))
+            except Unsupported:
+                pass
+            if getattr(self.ies[0], "backsubstituted", False):
+                self.first_ies = self.ies[:1]
         first = np.bincount(first_q[0].cpu().numpy(), minlength=B)
         self.budget = res.boxes + np.maximum(first, max_boxes)
         # 1. the first pass: one box per position (and band)
@@ -340,6 +357,16 @@ class _Search:
         blk = self.images[b[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         return blk.permute(0, 3, 1, 2).contiguous()                   # (n, C, fh, fw)
 
+    def _box_args(self, nb, ny, nx, nband):
+        """The evaluators' ``vary`` and ``track`` for boxes."""
+        # a single-band box carries one variable (the same bounds, a quarter of the work)
+        vary = None if self.threat == "pixel" else nband[:, None]
+        track = None
+        if self.track is not None:
+            mask, _, fh, fw, _ = self.track
+            track = (mask, self._clean_blocks(nb, ny, nx, fh, fw))
+        return vary, track
+
     def bound(self, q, first_pass=False):
         """Bound the boxes `q` in chunks; the unsettled ones of undecided galaxies (after
         their exact corner and centre evaluations and the budget)."""
@@ -356,14 +383,10 @@ class _Search:
                 break
             nb, ny, nx, nlo, nhi, nband, ng = (t[:chunk] for t in q)
             q = [t[chunk:] for t in q]
-            # a single-band box carries one variable (the same bounds, a quarter of the work)
-            vary = None if self.threat == "pixel" else nband[:, None]
-            track = None
-            if self.track is not None:
-                mask, _, fh, fw, _ = self.track
-                track = (mask, self._clean_blocks(nb, ny, nx, fh, fw))
+            vary, track = self._box_args(nb, ny, nx, nband)
             try:
-                m = _cascade(self.ies, nb, ny, nx, nlo, nhi, labels[nb], vary, tol[nb], track)
+                m = _cascade(self.first_ies if first_pass else self.ies, nb, ny, nx, nlo, nhi,
+                             labels[nb], vary, tol[nb], track)
             except Unsupported as exc:
                 for i in set(nb.tolist()):
                     self.failed[i] = str(exc)
