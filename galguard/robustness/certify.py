@@ -10,7 +10,8 @@ propagation; for chain-shaped cones (the ConvNets) back-substitution of the clas
 (CROWN) through ReLU and max-pool relaxations taken from those intervals (as CROWN-IBP does,
 about the cost of a second interval pass); then linear bounds in the pixel's (preprocessed)
 values carried forward through the cone (CROWN's ReLU relaxation, max-pool dominance) and
-back-substituted again, tighter and about twice as costly. ``bounds_method="interval"`` uses
+back-substituted again, tighter and about twice as costly (the first pass, whose whole boxes
+it rarely settles, skips it where the second stage applies). ``bounds_method="interval"`` uses
 interval propagation only. A position whose
 bounds prove that the predicted class stays on top (the lower bound of ``logit[pred] -
 logit[j]`` exceeds a stated floating-point margin for every other class j) is *settled*.
