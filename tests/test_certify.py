@@ -254,6 +254,44 @@ def test_the_first_pass_skips_the_forward_bounds_only_where_back_substitution_ap
         assert seen == [expect]
 
 
+def test_exact_evaluation_visits_each_distinct_corner_once():
+    from galguard.robustness import certify as cm
+    from galguard.robustness._incremental import IncrementalEvaluator
+
+    model, images, labels, lo_b, hi_b = tiny_batch(14, n=2)
+    with torch.inference_mode():
+        inc = IncrementalEvaluator.build(model, images)
+        n = 6
+        b = torch.tensor([0, 1, 0, 1, 0, 1])
+        ys, xs = torch.tensor([0, 3, 7, 5, 15, 9]), torch.tensor([0, 4, 7, 1, 15, 2])
+        lo, hi = images[b, :, ys, xs].clone(), images[b, :, ys, xs].clone()
+        band = torch.tensor([0, 1, 0, 1, 0, 1])
+        r = torch.arange(n)
+        lo[r[:4], band[:4]] = lo_b[b[:4], band[:4]]         # four single-band boxes
+        hi[r[:4], band[:4]] = hi_b[b[:4], band[:4]]
+        lo[4:], hi[4:] = lo_b[b[4:]], hi_b[b[4:]]           # two boxes in every band
+        seen = []
+        orig = inc.logits
+
+        def logits(bb, yy, xx, v):
+            seen.extend(zip(bb.tolist(), yy.tolist(), xx.tolist(),
+                            map(tuple, v.tolist())))
+            return orig(bb, yy, xx, v)
+
+        inc.logits = logits
+        cm._exact_flips(inc, model, images, labels, b, ys, xs, lo, hi,
+                        torch.ones(n, dtype=torch.bool))
+    # the centre, then 2 corners per single-band box and 2^C = 4 per all-band box
+    assert len(seen) == n + 4 * 2 + 2 * 4
+    assert len(set(seen)) == len(seen)
+    for i in range(n):
+        corners = {v for bb, yy, xx, v in seen if (bb, yy, xx) == (int(b[i]), int(ys[i]),
+                                                                   int(xs[i]))}
+        ends = [(float(lo[i, c]), float(hi[i, c])) for c in range(C)]
+        for v in corners - {tuple(((lo[i] + hi[i]) / 2).tolist())}:
+            assert all(x in e for x, e in zip(v, ends))
+
+
 class Roll(nn.Module):
     def forward(self, x):
         return torch.roll(x, 1, dims=3)

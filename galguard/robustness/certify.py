@@ -575,8 +575,13 @@ def _exact_flips(inc, model, images, labels, b, ys, xs, lo, hi, corners):
     sel = torch.nonzero(corners).flatten()
     if sel.numel():
         cs = torch.tensor(list(np.ndindex(*(2,) * C)), device=lo.device, dtype=torch.bool)
+        fixed = lo[sel] == hi[sel]                                       # (m, C)
         for cm in cs[:8]:
-            pts.append((torch.where(cm, hi[sel], lo[sel]), sel))
+            # a corner once: at the lower end of every band that does not vary (a single-band
+            # box has two corners, not 2^C)
+            rows = sel[~(cm & fixed).any(dim=1)]
+            if rows.numel():
+                pts.append((torch.where(cm, hi[rows], lo[rows]), rows))
     flips = {}
     for v, rows in pts:
         b_, ys_, xs_ = b[rows], ys[rows], xs[rows]
