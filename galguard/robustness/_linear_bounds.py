@@ -1,7 +1,9 @@
 """Linear bounds of one-pixel boxes through delta-inference cones (for
 `galguard.robustness.certify`): every activation of the cone bounded by linear functions of the
 changed pixel's values, CROWN-style relaxation of ReLU, max-pool dominance, the preprocessing
-mapping the box exactly; intervals (`galguard.robustness._bounds`) in the dense rest.
+mapping the box exactly; intervals (`galguard.robustness._bounds`) in the dense rest
+(`SymbolicEvaluator`). `IntervalCrownEvaluator` back-substitutes the margins through
+relaxations taken from the interval pass instead (CROWN-IBP): cheaper, looser.
 """
 
 import operator
@@ -220,7 +222,8 @@ class SymbolicEvaluator(IntervalEvaluator):
         const = torch.einsum("nkchw,nchw->nk", lam, clean)
         win = _crop(lam.reshape(n, K * C, gh, gw), st.oy - gy, st.ox - gx, h, w)
         win = win.reshape(n, K, C, h, w)
-        cw = _crop(clean, st.oy - gy, st.ox - gx, h, w)        # zero where win is
+        # the clean values under the window (zero outside the region, where win is zero too)
+        cw = _crop(clean, st.oy - gy, st.ox - gx, h, w)
         const = const - torch.einsum("nkchw,nchw->nk", win, cw)
         return win, const
 
