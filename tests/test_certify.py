@@ -252,6 +252,12 @@ def test_the_first_pass_skips_the_forward_bounds_only_where_back_substitution_ap
         certify_onepixel(model, images, labels, bounds=(lo, hi), threat="band_pixel",
                          max_boxes=2000)
         assert seen == [expect]
+    # artefact tracks keep the forward bounds in the first pass (fewer boxes for them)
+    model, images, labels, lo, hi = tiny_batch(13, n=1)
+    seen.clear()
+    certify_onepixel(model, images, labels, bounds=(lo, hi), threat="bad_column", length=2,
+                     max_boxes=2000)
+    assert seen == [["IntervalCrownEvaluator", "SymbolicEvaluator"]]
 
 
 def test_exact_evaluation_visits_each_distinct_corner_once():
