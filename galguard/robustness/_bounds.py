@@ -41,6 +41,18 @@ def track_window(track, vary, lo, hi):
     return torch.where(var, blo, clean), torch.where(var, bhi, clean)
 
 
+def _is_input(p):
+    return p.kind == "input" and p.mode not in ("const", "skip")
+
+
+def _interval_margins(v, labels):
+    """Lower bounds of the margins from the logits' interval `v`; +inf at the label."""
+    if not isinstance(v, _IFull):
+        raise Unsupported("the logits are not an interval")
+    lab = labels[:, None]
+    return (torch.gather(v.lo, 1, lab) - v.hi).scatter(1, lab, float("inf"))
+
+
 class Unsupported(Exception):
     """An op that interval bound propagation has no rule for."""
 
@@ -98,33 +110,38 @@ class IntervalEvaluator:
         out = inc.out
         for node in inc.nodes:
             p = inc.plans[node]
-            if p.mode == "const":
-                env[node] = inc.consts[node]
-            elif p.mode == "skip":
-                env[node] = None
-            elif p.kind == "input" and track is not None:
-                env[node] = _IState(*track_window(track, vary, lo, hi), ys, xs)
-            elif p.kind == "input":
-                env[node] = _IState(lo.reshape(n, -1, 1, 1), hi.reshape(n, -1, 1, 1), ys, xs)
-            elif p.kind == "flatlin":
-                env[node] = self._flatlin(node, p, env, b, n)
-            elif node is out and self._is_linear(node):
+            if _is_input(p):
+                env[node] = _IState(*track_window(track, vary, lo, hi), ys, xs) \
+                    if track is not None else \
+                    _IState(lo.reshape(n, -1, 1, 1), hi.reshape(n, -1, 1, 1), ys, xs)
+            elif self._is_logits_linear(node, p):
                 return self._linear_margins(node, env, b, labels)
-            elif p.mode == "window":
-                env[node] = self._window(node, p, env, b, ys, xs, n)
-            elif p.kind == "gap":
-                env[node] = self._gap(node, p, env, b, n)
-            elif p.kind == "shape":
-                env[node] = inc._call(node, self._dense_args(node, env, b, n, meta=True))
             else:
-                env[node] = self._dense(node, env, b, n)
-        v = env[out]
-        if not isinstance(v, _IFull):
-            raise Unsupported("the logits are not an interval")
-        lab = labels[:, None]
-        lo_p = torch.gather(v.lo, 1, lab)
-        m = lo_p - v.hi
-        return m.scatter(1, lab, float("inf"))
+                env[node] = self._step(node, p, env, b, ys, xs, n)
+        return _interval_margins(env[out], labels)
+
+    def _step(self, node, p, env, b, ys, xs, n):
+        """The interval value of a node that is neither the input nor the logits' linear
+        layer."""
+        inc = self.inc
+        if p.mode == "const":
+            return inc.consts[node]
+        if p.mode == "skip":
+            return None
+        if p.kind == "flatlin":
+            return self._flatlin(node, p, env, b, n)
+        if p.mode == "window":
+            return self._window(node, p, env, b, ys, xs, n)
+        if p.kind == "gap":
+            return self._gap(node, p, env, b, n)
+        if p.kind == "shape":
+            return inc._call(node, self._dense_args(node, env, b, n, meta=True))
+        return self._dense(node, env, b, n)
+
+    def _is_logits_linear(self, node, p):
+        """The logits as a linear layer of a dense value (not a flattened window's)."""
+        return node is self.inc.out and p.mode not in ("const", "skip") and \
+            p.kind != "flatlin" and self._is_linear(node)
 
     # -- helpers
     def _is_linear(self, node):

@@ -2,8 +2,8 @@
 `galguard.robustness.certify`): every activation of the cone bounded by linear functions of the
 changed pixel's values, CROWN-style relaxation of ReLU, max-pool dominance, the preprocessing
 mapping the box exactly; intervals (`galguard.robustness._bounds`) in the dense rest
-(`SymbolicEvaluator`). `IntervalCrownEvaluator` back-substitutes the margins through
-relaxations taken from the interval pass instead (CROWN-IBP): cheaper, looser.
+(`SymbolicEvaluator`). `galguard.robustness._crown_ibp` back-substitutes the margins through
+relaxations taken from the interval pass instead: cheaper, looser.
 """
 
 import operator
@@ -16,7 +16,7 @@ from ._bounds import IntervalEvaluator, Unsupported, _Bound, _IFull, _IState, _i
 from ._incremental import _write, _write_inside
 from ._plan import _NOPAD, _arg, window_region
 
-__all__ = ["SymbolicEvaluator", "IntervalCrownEvaluator"]
+__all__ = ["SymbolicEvaluator"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,127 +597,6 @@ class SymbolicEvaluator(IntervalEvaluator):
         sl = Lm[:, :-1]                                                  # (n, V, K)
         low = (_pos(sl) * lo[..., None] + _neg(sl) * hi[..., None]).sum(1) + Lm[:, -1]
         return low.scatter(1, labels[:, None], float("inf"))
-
-
-class _Shape:
-    """A window's shape: all that the back-substitution reads of a forward state but the
-    variables'."""
-
-    __slots__ = ("shape",)
-
-    def __init__(self, shape):
-        self.shape = shape
-
-
-class IntervalCrownEvaluator(SymbolicEvaluator):
-    """Interval bounds through the cone and, on the boxes they leave open, CROWN's
-    back-substitution with the intervals as the ReLU and max-pool relaxations' pre-activation
-    bounds (as CROWN-IBP does): the interval pass plus one backward pass, where
-    `SymbolicEvaluator` first carries linear bounds forward through the cone. Its relaxations
-    are looser, so `certify_onepixel` runs it between the two. For a cone that is not
-    chain-shaped, or an elementwise op without a relaxation, it gives the interval bounds."""
-
-    #: Whether the last back-substitution applied (a chain-shaped cone).
-    backsubstituted = False
-
-    def margins(self, b, ys, xs, lo, hi, labels, vary=None, track=None, tol=None):
-        """As `SymbolicEvaluator.margins`; ``tol`` (n,), optional: boxes whose interval bounds
-        are already above it are not back-substituted."""
-        inc = self.inc
-        n = lo.shape[0]
-        self._setup(lo, hi, vary)
-        env, sym = {}, {}       # intervals; the variables' linear states
-        out = inc.out
-        for node in inc.nodes:
-            p = inc.plans[node]
-            if p.mode == "const":
-                env[node] = inc.consts[node]
-            elif p.mode == "skip":
-                env[node] = None
-            elif p.kind == "input" or (p.kind == "pointwise" and
-                                       self._redefines(node, {**env, **sym})):
-                st = self._s_input(node, lo, ys, xs, track) if p.kind == "input" else \
-                    self._s_redefine(node, {**env, **sym})
-                sym[node] = st
-                env[node] = _IState(*self._concretise(st.L, st.U), st.oy, st.ox)
-            elif p.kind == "flatlin":
-                env[node] = self._flatlin(node, p, env, b, n)
-            elif node is out and self._is_linear(node):
-                m = self._linear_margins(node, env, b, labels)
-                return self._back(node, env, sym, m, b, ys, xs, labels, tol)
-            elif p.mode == "window" and p.kind == "pointwise":
-                self._relax(node, env)
-                env[node] = self._window(node, p, env, b, ys, xs, n)
-            elif p.mode == "window" and p.kind == "maxpool":
-                env[node] = self._relaxed_maxpool(node, p, env, b, ys, xs)
-            elif p.mode == "window":
-                env[node] = self._window(node, p, env, b, ys, xs, n)
-            elif p.kind == "gap":
-                env[node] = self._gap(node, p, env, b, n)
-            elif p.kind == "shape":
-                env[node] = inc._call(node, self._dense_args(node, env, b, n, meta=True))
-            else:
-                env[node] = self._dense(node, env, b, n)
-        v = env[out]
-        if not isinstance(v, _IFull):
-            raise Unsupported("the logits are not an interval")
-        lab = labels[:, None]
-        m = (torch.gather(v.lo, 1, lab) - v.hi).scatter(1, lab, float("inf"))
-        return self._back(out, env, sym, m, b, ys, xs, labels, tol)
-
-    def _relax(self, node, env):
-        """Record the relaxation of a windowed elementwise op from its input's interval."""
-        src = next(a for a in node.all_input_nodes if isinstance(env[a], _IState))
-        st = env[src]
-        kind = _pointwise_kind(node, self.inc.modules, src)
-        if kind == "relu":
-            self.rec[node] = ("relu",) + _relu_relaxation(st.lo, st.hi)
-        elif kind == "affine":
-            self.rec[node] = ("affine",) + self._affine_coeffs(
-                node, env, src, (1,) + tuple(st.lo.shape[1:]), st.lo)
-
-    def _relaxed_maxpool(self, node, p, env, b, ys, xs):
-        prm = p.params
-        oy, ox = self.inc._origins(node, ys, xs)
-        src = node.all_input_nodes[0]
-        gy, gx, gh, gw, spec = window_region(p, oy, ox)
-        lo, hi = self._region(src, env[src], b, gy, gx, gh, gw, spec, bool(p.inside.get(src)))
-        n, C = lo.shape[:2]
-        unf, (ho, wo) = _pool_unfold(prm, C, gh, gw)
-        lo_u = unf(lo, n)
-        j, dominant, hmax = _pool_choice(lo_u, unf(hi, n))
-        self.rec[node] = ("maxpool", j, dominant, hmax, (gh, gw))
-        lmax = lo_u.gather(2, j)[:, :, 0]
-        return _IState(lmax.reshape(n, C, ho, wo), hmax.reshape(n, C, ho, wo), oy, ox)
-
-    def _back(self, out, env, sym, m, b, ys, xs, labels, tol):
-        """The margins `m` raised by back-substitution on the boxes not above `tol`."""
-        if tol is None:
-            rows = torch.arange(m.shape[0], device=m.device)
-        else:
-            rows = torch.nonzero(~(m.amin(dim=1) > tol)).flatten()
-        if not rows.numel():
-            return m
-        k = rows.numel()
-        sub = (lambda t: t) if k == m.shape[0] else (lambda t: t.index_select(0, rows))  # noqa: E731
-        states = {}
-        for node, v in env.items():
-            if node in sym:
-                st = sym[node]
-                states[node] = _SState(sub(st.L), sub(st.U), sub(st.oy), sub(st.ox))
-            elif isinstance(v, _IState):
-                states[node] = _SState(_Shape((k, self.vary.shape[1] + 1) + v.lo.shape[1:]),
-                                       None, sub(v.oy), sub(v.ox))
-        rec = self.rec
-        self.rec = {node: r if r[0] == "affine" else
-                    (r[0],) + tuple(sub(t) for t in r[1:4]) + r[4:] for node, r in rec.items()}
-        self.box = tuple(sub(t) for t in self.box)
-        back = self._crown_margins(out, states, sub(b), sub(ys), sub(xs), sub(labels))
-        self.backsubstituted = back is not None
-        if back is None:
-            return m
-        m[rows] = torch.maximum(m[rows], back)
-        return m
 
 
 def _relu_relaxation(lo, hi, has_slope=None):

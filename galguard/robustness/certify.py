@@ -55,7 +55,8 @@ import torch
 
 from ._bounds import IntervalEvaluator, Unsupported
 from ._incremental import IncrementalEvaluator
-from ._linear_bounds import IntervalCrownEvaluator, SymbolicEvaluator
+from ._crown_ibp import IntervalCrownEvaluator
+from ._linear_bounds import SymbolicEvaluator
 from ._plan import plan_model
 from ._threats import _DIRECTIONS, DEFAULT_LENGTH
 
