@@ -52,6 +52,15 @@ def tiny_batch(seed, n=8, size=16, **kw):
     return model, images, labels, images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
 
 
+def random_boxes(g, n, images, size):
+    """`n` random boxes: image indices, positions and per-band [lo, hi] in [0, 1]."""
+    b = torch.randint(0, images, (n,), generator=g)
+    ys = torch.randint(0, size, (n,), generator=g)
+    xs = torch.randint(0, size, (n,), generator=g)
+    a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
+    return b, ys, xs, torch.minimum(a, c), torch.maximum(a, c)
+
+
 def grid_flips(model, images, labels, lo, hi, steps=13):
     """Oracle: does any pixel, set to any value of a steps^C grid of the box, flip?"""
     B, _, H, W = images.shape
@@ -144,10 +153,7 @@ def test_backward_bounds_are_tighter_and_below_every_sampled_margin():
         inc = IncrementalEvaluator.build(model, images)
         ev = SymbolicEvaluator(inc)
         n = 64
-        b = torch.randint(0, 4, (n,), generator=g)
-        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
-        a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
-        lo, hi = torch.minimum(a, c), torch.maximum(a, c)
+        b, ys, xs, lo, hi = random_boxes(g, n, 4, S)
         ev.backward = False
         fwd = ev.margins(b, ys, xs, lo, hi, labels[b])
         ev.backward = True
@@ -177,10 +183,7 @@ def test_interval_crown_bounds_are_sound_and_tighter_than_intervals(pool, single
         labels = model(images).argmax(1)
         inc = IncrementalEvaluator.build(model, images)
         n = 96
-        b = torch.randint(0, 4, (n,), generator=g)
-        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
-        a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
-        lo, hi = torch.minimum(a, c), torch.maximum(a, c)
+        b, ys, xs, lo, hi = random_boxes(g, n, 4, S)
         vary = None
         if single_band:
             band = torch.randint(0, C, (n, 1), generator=g)
@@ -221,10 +224,7 @@ def test_interval_crown_gives_the_interval_bounds_on_a_residual_cone():
         labels = model(images).argmax(1)
         inc = IncrementalEvaluator.build(model, images)
         n = 32
-        b = torch.randint(0, 3, (n,), generator=g)
-        ys, xs = torch.randint(0, S, (n,), generator=g), torch.randint(0, S, (n,), generator=g)
-        a, c = torch.rand(n, C, generator=g), torch.rand(n, C, generator=g)
-        lo, hi = torch.minimum(a, c), torch.maximum(a, c)
+        b, ys, xs, lo, hi = random_boxes(g, n, 3, S)
         ibp = IntervalEvaluator(inc).margins(b, ys, xs, lo, hi, labels[b])
         ev = IntervalCrownEvaluator(inc)
         m = ev.margins(b, ys, xs, lo, hi, labels[b])
