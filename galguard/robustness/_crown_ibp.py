@@ -47,7 +47,7 @@ class IntervalCrownEvaluator(SymbolicEvaluator):
         for node in inc.nodes:
             p = inc.plans[node]
             if _is_input(p) or (p.mode not in ("const", "skip") and p.kind == "pointwise" and
-                                self._redefines(node, {**env, **sym})):
+                                self._redefines(node, sym)):
                 st = self._s_input(node, lo, ys, xs, track) if p.kind == "input" else \
                     self._s_redefine(node, {**env, **sym})
                 sym[node] = st
@@ -107,6 +107,8 @@ class IntervalCrownEvaluator(SymbolicEvaluator):
             elif isinstance(v, _IState):
                 states[node] = _SState(_Shape((k, self.vary.shape[1] + 1) + v.lo.shape[1:]),
                                        None, sub(v.oy), sub(v.ox))
+        # the relaxations' per-box tensors: relu (alpha, s, t), maxpool (j, dominant, hmax);
+        # affine coefficients are shared by all boxes
         rec = self.rec
         self.rec = {node: r if r[0] == "affine" else
                     (r[0],) + tuple(sub(t) for t in r[1:4]) + r[4:] for node, r in rec.items()}
