@@ -8,8 +8,8 @@ leaves open are carried back through the cone as `galguard.robustness._linear_bo
 import torch
 
 from ._bounds import _IState, _interval_margins, _is_input
-from ._linear_bounds import (SymbolicEvaluator, _pointwise_kind, _pool_choice, _pool_unfold,
-                             _relu_relaxation, _SState)
+from ._linear_bounds import (SymbolicEvaluator, _pointwise_kind, _pool_choice, _relu_relaxation,
+                             _SState)
 from ._plan import window_region
 
 __all__ = ["IntervalCrownEvaluator"]
@@ -82,11 +82,8 @@ class IntervalCrownEvaluator(SymbolicEvaluator):
         gy, gx, gh, gw, spec = window_region(p, oy, ox)
         lo, hi = self._region(src, env[src], b, gy, gx, gh, gw, spec, bool(p.inside.get(src)))
         n, C = lo.shape[:2]
-        unf, (ho, wo) = _pool_unfold(prm, C, gh, gw)
-        lo_u = unf(lo, n)
-        j, dominant, hmax = _pool_choice(lo_u, unf(hi, n))
+        j, dominant, lmax, hmax, (ho, wo) = _pool_choice(prm, lo, hi)
         self.rec[node] = ("maxpool", j, dominant, hmax, (gh, gw))
-        lmax = lo_u.gather(2, j)[:, :, 0]
         return _IState(lmax.reshape(n, C, ho, wo), hmax.reshape(n, C, ho, wo), oy, ox)
 
     def _back(self, out, env, sym, m, b, ys, xs, labels, tol):

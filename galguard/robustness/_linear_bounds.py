@@ -311,20 +311,9 @@ class SymbolicEvaluator(IntervalEvaluator):
                 dom = dominant.unsqueeze(1).to(lf.dtype)
                 const = const + (ln * (1 - dom) * hmax.unsqueeze(1)).sum(dim=(2, 3))
                 coef = lp + ln * dom                                       # (n, K, C, P)
-                (kh, kw_), (sh, sw) = prm["kernel"], prm["stride"]
-                kk = kh * kw_
-                unf = torch.zeros(n, K, Cc, kk, P, device=lam.device, dtype=lam.dtype)
-                unf.scatter_(3, j.unsqueeze(1).expand(-1, K, -1, -1, -1), coef.unsqueeze(3))
-                if (kh, kw_) == (sh, sw) and tuple(prm["dilation"]) == (1, 1):
-                    # non-overlapping windows: the inverse of the forward reshape
-                    ho, wo = lam.shape[3:]
-                    reg = unf.reshape(nK, Cc, kh, kw_, ho, wo).permute(0, 1, 4, 2, 5, 3) \
-                        .reshape(nK, Cc, ho * kh, wo * kw_)
-                    if (ho * kh, wo * kw_) != (ih, iw):
-                        reg = F.pad(reg, (0, iw - wo * kw_, 0, ih - ho * kh))
-                else:
-                    reg = F.fold(unf.reshape(nK, Cc * kk, P), (ih, iw), prm["kernel"],
-                                 dilation=prm["dilation"], padding=0, stride=prm["stride"])
+                reg = torch.zeros(n, K, Cc, ih * iw, device=lam.device, dtype=lam.dtype)
+                reg = reg.scatter_add_(3, j.unsqueeze(1).expand(-1, K, -1, -1), coef) \
+                    .reshape(nK, Cc, ih, iw)
             reg = reg.reshape(n, K, *reg.shape[1:])
             if reg.shape[3:] != (gh, gw):
                 return None
@@ -436,13 +425,10 @@ class SymbolicEvaluator(IntervalEvaluator):
         above every other input's upper bound), else the largest upper bound (a constant)."""
         lo, hi = self._concretise(L, U)
         n, V1, C, h, w = L.shape
-        unf, (ho, wo) = _pool_unfold(prm, C, h, w)
-        j, dominant, hmax = _pool_choice(unf(lo, n), unf(hi, n))
-        Lu = unf(L, n * V1).reshape(n, V1, C, -1, ho * wo)
-        Uu = unf(U, n * V1).reshape(n, V1, C, -1, ho * wo)
-        jj = j.unsqueeze(1).expand(-1, V1, -1, -1, -1)
-        Lo = Lu.gather(3, jj)[:, :, :, 0]                                # (n, V1, C, P)
-        Ud = Uu.gather(3, jj)[:, :, :, 0]
+        j, dominant, _, hmax, (ho, wo) = _pool_choice(prm, lo, hi)
+        jj = j.unsqueeze(1).expand(-1, V1, -1, -1)
+        Lo = L.reshape(n, V1, C, h * w).gather(3, jj)                   # (n, V1, C, P)
+        Ud = U.reshape(n, V1, C, h * w).gather(3, jj)
         Uc = torch.zeros_like(Ud)
         Uc[:, -1] = hmax
         Uo = torch.where(dominant.unsqueeze(1), Ud, Uc)
@@ -614,33 +600,32 @@ def _relu_relaxation(lo, hi, has_slope=None):
     return alpha, s, t
 
 
-def _pool_unfold(prm, C, h, w):
-    """A max pool's windows: the function (t (m, C, h, w), m) -> (m, C, kk, P) and the output
-    size (ho, wo)."""
-    (kh, kw_), (sh, sw), dil = prm["kernel"], prm["stride"], tuple(prm["dilation"])
-    ho = (h - dil[0] * (kh - 1) - 1) // sh + 1
-    wo = (w - dil[1] * (kw_ - 1) - 1) // sw + 1
-    if (kh, kw_) == (sh, sw) and dil == (1, 1):
-        def unf(t, m):      # non-overlapping windows: a reshape (F.unfold's im2col is slow)
-            t = t.reshape(m, C, h, w)[:, :, :ho * kh, :wo * kw_]
-            return t.reshape(m, C, ho, kh, wo, kw_).permute(0, 1, 3, 5, 2, 4) \
-                .reshape(m, C, kh * kw_, ho * wo)
+def _pool_choice(prm, lo, hi):
+    """A max pool's relaxation from its inputs' bounds lo, hi (m, C, h, w): per pooling window
+    the input with the largest lower bound (its flat index into h * w) j (m, C, P), whether it
+    dominates (its lower bound at or above every other input's upper bound) (m, C, P), the
+    largest lower and upper bounds (m, C, P), and the output size (ho, wo)."""
+    kw = dict(kernel_size=prm["kernel"], stride=prm["stride"], padding=0,
+              dilation=prm["dilation"])
+    lmax, j = F.max_pool2d(lo, return_indices=True, **kw)
+    hmax = F.max_pool2d(hi, **kw)
+    m, C, ho, wo = lmax.shape
+    h, w = hi.shape[2:]
+    j = j.reshape(m, C, ho * wo)
+    span = [d * (k - 1) + 1 for k, d in zip(prm["kernel"], prm["dilation"])]
+    if all(e <= s for e, s in zip(span, prm["stride"])):
+        # disjoint windows: each input is in at most one, so masking the chosen inputs leaves
+        # every window's others
+        masked = hi.reshape(m, C, h * w).scatter(2, j, float("-inf")).reshape(m, C, h, w)
+        others = F.max_pool2d(masked, **kw).reshape(m, C, ho * wo)
     else:
-        kw = dict(kernel_size=prm["kernel"], dilation=prm["dilation"], padding=0,
-                  stride=prm["stride"])
-
-        def unf(t, m):
-            return F.unfold(t.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)
-    return unf, (ho, wo)
-
-
-def _pool_choice(lo_u, hi_u):
-    """Per pooling window (inputs' bounds (n, C, kk, P)): the input with the largest lower
-    bound j (n, C, 1, P), whether it dominates (its lower bound above every other input's upper
-    bound) (n, C, P), and the largest upper bound (n, C, P)."""
-    lmax, j = lo_u.max(dim=2, keepdim=True)
-    others = hi_u.scatter(2, j, float("-inf")).amax(dim=2, keepdim=True)
-    return j, (lmax >= others)[:, :, 0], hi_u.amax(dim=2)
+        # overlapping windows: the others of each window from its own entries
+        pos = torch.arange(h * w, device=hi.device, dtype=torch.float64).reshape(1, 1, h, w)
+        pos = F.unfold(pos, **kw).long()                                     # (1, kk, P)
+        hi_u = F.unfold(hi.reshape(m, C, h, w), **kw).reshape(m, C, -1, ho * wo)
+        others = hi_u.masked_fill(pos[:, None] == j[:, :, None], float("-inf")).amax(dim=2)
+    lmax = lmax.reshape(m, C, ho * wo)
+    return j, lmax >= others, lmax, hmax.reshape(m, C, ho * wo), (ho, wo)
 
 
 def _var_range(on, f):
