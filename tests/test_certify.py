@@ -620,3 +620,33 @@ def test_each_cosmic_ray_direction_is_given_the_whole_budget():
     assert not track_flips(model, images[3], labels[3], lo[3], hi[3], "cosmic_ray", k)
     spent = certify_onepixel(model, images, labels, max_boxes=1, **kw)
     assert spent.status[3] == "unknown" and "budget" in spent.reason[3]
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(2, 2, 1), (3, 3, 1), (3, 2, 1), (2, 1, 2),
+                                                    (2, 3, 1)])
+def test_the_max_pool_relaxation_matches_a_window_by_window_reading(kernel, stride, dilation):
+    """Per pooling window: the input with the largest lower bound, whether it dominates, the
+    largest bounds, for disjoint, overlapping and dilated windows (ties included)."""
+    from galguard.robustness._linear_bounds import _pool_choice
+
+    g = torch.Generator().manual_seed(kernel * 10 + stride + dilation)
+    lo = torch.randint(-4, 4, (3, 2, 7, 8), generator=g).float()      # integers: ties happen
+    hi = lo + torch.randint(0, 3, lo.shape, generator=g).float()
+    prm = dict(kernel=(kernel, kernel), stride=(stride, stride), dilation=(dilation, dilation))
+    j, dominant, lmax, hmax, (ho, wo) = _pool_choice(prm, lo, hi)
+    span = dilation * (kernel - 1) + 1
+    assert (ho, wo) == ((7 - span) // stride + 1, (8 - span) // stride + 1)
+    for n in range(3):
+        for c in range(2):
+            for oy in range(ho):
+                for ox in range(wo):
+                    ys = [oy * stride + dilation * k for k in range(kernel)]
+                    xs = [ox * stride + dilation * k for k in range(kernel)]
+                    idx = [y * 8 + x for y in ys for x in xs]
+                    lw, hw = lo[n, c].flatten()[idx], hi[n, c].flatten()[idx]
+                    p = oy * wo + ox
+                    jj = int(j[n, c, p])
+                    assert jj in idx and lo[n, c].flatten()[jj] == lw.max()
+                    others = torch.cat([hw[:idx.index(jj)], hw[idx.index(jj) + 1:]])
+                    assert bool(dominant[n, c, p]) == bool(lw.max() >= others.max())
+                    assert lmax[n, c, p] == lw.max() and hmax[n, c, p] == hw.max()
