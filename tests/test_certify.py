@@ -61,6 +61,16 @@ def random_boxes(g, n, images, size):
     return b, ys, xs, torch.minimum(a, c), torch.maximum(a, c)
 
 
+def assert_below_sampled_margins(inc, b, ys, xs, lo, hi, labels, bound, g, ok, draws=20):
+    """Soundness: no value sampled inside a box has a smaller margin than its bound."""
+    n = lo.shape[0]
+    for _ in range(draws):
+        v = lo + (hi - lo) * torch.rand(n, C, generator=g)
+        lg = inc.logits(b, ys, xs, v)
+        margin = lg.gather(1, labels[b][:, None]) - lg
+        assert (bound[ok] <= margin[ok] + 1e-4).all()
+
+
 def grid_flips(model, images, labels, lo, hi, steps=13):
     """Oracle: does any pixel, set to any value of a steps^C grid of the box, flip?"""
     B, _, H, W = images.shape
@@ -144,12 +154,9 @@ def test_backward_bounds_are_tighter_and_below_every_sampled_margin():
     from galguard.robustness.certify import SymbolicEvaluator
 
     S = 16      # large enough that the linear layer reads the windows (back-substitution)
-    model = tiny(4, size=S)
-    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(4))
+    model, images, labels, _, _ = tiny_batch(4, n=4, size=S)
     g = torch.Generator().manual_seed(5)
     with torch.inference_mode():
-        logits = model(images)
-        labels = logits.argmax(1)
         inc = IncrementalEvaluator.build(model, images)
         ev = SymbolicEvaluator(inc)
         n = 64
@@ -160,13 +167,8 @@ def test_backward_bounds_are_tighter_and_below_every_sampled_margin():
         assert ev._chain(inc.out) is not None            # the chain is back-substituted
         back = ev.margins(b, ys, xs, lo, hi, labels[b])
         assert (back >= fwd - 1e-5).all() and (back > fwd + 1e-3).any()
-        # sound: no sampled value inside a box has a smaller margin than its bound
-        for _ in range(20):
-            v = lo + (hi - lo) * torch.rand(n, C, generator=g)
-            lg = inc.logits(b, ys, xs, v)
-            m = lg.gather(1, labels[b][:, None]) - lg
-            ok = torch.isfinite(back)
-            assert (back[ok] <= m[ok] + 1e-4).all()
+        assert_below_sampled_margins(inc, b, ys, xs, lo, hi, labels, back, g,
+                                     torch.isfinite(back))
 
 
 @pytest.mark.parametrize("pool", ["2x2", "3x3 stride 2"])
@@ -176,11 +178,10 @@ def test_interval_crown_bounds_are_sound_and_tighter_than_intervals(pool, single
     from galguard.robustness.certify import IntervalCrownEvaluator, IntervalEvaluator
 
     S = 16      # the linear layer reads the windows: a chain to back-substitute
-    model = tiny(9, size=S, pool="2x2" if pool == "2x2" else "3x2")
-    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(9))
+    model, images, labels, _, _ = tiny_batch(9, n=4, size=S,
+                                             pool="2x2" if pool == "2x2" else "3x2")
     g = torch.Generator().manual_seed(10)
     with torch.inference_mode():
-        labels = model(images).argmax(1)
         inc = IncrementalEvaluator.build(model, images)
         n = 96
         b, ys, xs, lo, hi = random_boxes(g, n, 4, S)
@@ -197,12 +198,7 @@ def test_interval_crown_bounds_are_sound_and_tighter_than_intervals(pool, single
         assert ev.rec and ev._chain(inc.out) is not None     # back-substituted
         ok = torch.isfinite(m)
         assert (m[ok] >= ibp[ok] - 1e-5).all() and (m[ok] > ibp[ok] + 1e-3).any()
-        # sound: no sampled value inside a box has a smaller margin than its bound
-        for _ in range(20):
-            v = lo + (hi - lo) * torch.rand(n, C, generator=g)
-            lg = inc.logits(b, ys, xs, v)
-            margin = lg.gather(1, labels[b][:, None]) - lg
-            assert (m[ok] <= margin[ok] + 1e-4).all()
+        assert_below_sampled_margins(inc, b, ys, xs, lo, hi, labels, m, g, ok)
         # with tol, boxes the intervals settle above it keep their interval bounds
         tol = ibp[ok].reshape(n, -1).amin(dim=1).median().expand(n)
         mt = ev.margins(b, ys, xs, lo, hi, labels[b], vary=vary, tol=tol)
@@ -217,11 +213,9 @@ def test_interval_crown_gives_the_interval_bounds_on_a_residual_cone():
     from galguard.robustness.certify import IntervalCrownEvaluator, IntervalEvaluator
 
     S = 16
-    model = tiny(11, size=S, residual=True)
-    images = torch.rand(3, C, S, S, generator=torch.Generator().manual_seed(11))
+    model, images, labels, _, _ = tiny_batch(11, n=3, size=S, residual=True)
     g = torch.Generator().manual_seed(12)
     with torch.inference_mode():
-        labels = model(images).argmax(1)
         inc = IncrementalEvaluator.build(model, images)
         n = 32
         b, ys, xs, lo, hi = random_boxes(g, n, 3, S)
@@ -365,11 +359,9 @@ def test_single_band_boxes_with_one_variable_match_the_full_form_and_are_sound()
     from galguard.robustness.certify import SymbolicEvaluator
 
     S = 16
-    model = tiny(7, size=S)
-    images = torch.rand(4, C, S, S, generator=torch.Generator().manual_seed(7))
+    model, images, labels, _, _ = tiny_batch(7, n=4, size=S)
     g = torch.Generator().manual_seed(8)
     with torch.inference_mode():
-        labels = model(images).argmax(1)
         inc = IncrementalEvaluator.build(model, images)
         ev = SymbolicEvaluator(inc)
         n = 64
