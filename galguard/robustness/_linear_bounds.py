@@ -330,13 +330,18 @@ class SymbolicEvaluator(IntervalEvaluator):
 
     # -- concretisation
     def _concretise(self, L, U):
+        """Interval of linear bounds over the box: ``c+ lo + c- hi`` and ``c+ hi + c- lo``,
+        each a contraction over the variables (the variables' own one-hot coefficients give
+        the box's ends exactly)."""
         lo, hi = self.box
-        shape = (L.shape[0], L.shape[1] - 1) + (1,) * (L.ndim - 2)
-        blo, bhi = lo.reshape(shape), hi.reshape(shape)
-        sl, su = L[:, :-1], U[:, :-1]
-        low = (_pos(sl) * blo + _neg(sl) * bhi).sum(1) + L[:, -1]
-        upp = (_pos(su) * bhi + _neg(su) * blo).sum(1) + U[:, -1]
-        return low, upp
+        n, V1 = L.shape[:2]
+
+        def ends(T, a, z):
+            c = T[:, :-1].reshape(n, V1 - 1, -1)
+            cp = c.clamp(min=0)
+            m = torch.bmm(a[:, None, :], cp) + torch.bmm(z[:, None, :], c - cp)
+            return m.reshape(T[:, -1].shape) + T[:, -1]
+        return ends(L, lo, hi), ends(U, hi, lo)
 
     def _to_interval(self, node, v, b):
         if isinstance(v, _SState):
