@@ -642,3 +642,32 @@ def test_the_max_pool_relaxation_matches_a_window_by_window_reading(kernel, stri
                     others = torch.cat([hw[:idx.index(jj)], hw[idx.index(jj) + 1:]])
                     assert bool(dominant[n, c, p]) == bool(lw.max() >= others.max())
                     assert lmax[n, c, p] == lw.max() and hmax[n, c, p] == hw.max()
+
+
+def test_concretised_linear_bounds_are_the_box_ends_by_coefficient_sign():
+    """``c+ lo + c- hi + const`` and ``c+ hi + c- lo + const`` per entry, read directly; the
+    variables' own one-hot coefficients give the box's ends exactly."""
+    from galguard.robustness._linear_bounds import SymbolicEvaluator
+
+    g = torch.Generator().manual_seed(7)
+    n, V, C = 4, 3, 2
+    lo = torch.randn(n, V, generator=g)
+    hi = lo + torch.rand(n, V, generator=g) * 3
+    ev = SymbolicEvaluator.__new__(SymbolicEvaluator)
+    ev.box = (lo, hi)
+    L = torch.randn(n, V + 1, C, 3, 5, generator=g)
+    U = L + torch.rand(L.shape, generator=g)
+    low, upp = ev._concretise(L, U)
+    for i in range(n):
+        for e in np.ndindex(C, 3, 5):
+            cl, cu = L[(i, slice(None)) + e], U[(i, slice(None)) + e]
+            want_lo = sum(float(cl[v]) * float(lo[i, v] if cl[v] > 0 else hi[i, v])
+                          for v in range(V)) + float(cl[V])
+            want_hi = sum(float(cu[v]) * float(hi[i, v] if cu[v] > 0 else lo[i, v])
+                          for v in range(V)) + float(cu[V])
+            assert low[(i,) + e] == pytest.approx(want_lo, abs=1e-5)
+            assert upp[(i,) + e] == pytest.approx(want_hi, abs=1e-5)
+    onehot = torch.zeros(n, V + 1, V, 1, 1)
+    onehot[:, :V, :, 0, 0] = torch.eye(V)
+    vlo, vhi = ev._concretise(onehot, onehot)
+    assert torch.equal(vlo[..., 0, 0], lo) and torch.equal(vhi[..., 0, 0], hi)
