@@ -441,3 +441,37 @@ def test_planted_weakness_is_found_on_a_resnet18():
     full = OnePixelAttack(model, incremental=False, **kw)(images, labels)
     for name in ("success", "x", "y", "queries", "generations"):
         assert torch.equal(getattr(res, name), getattr(full, name)), name
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_window_writes_put_each_window_at_its_offset(contiguous):
+    """`_write_inside` and `_write` (the scatter for contiguous regions, indexing otherwise):
+    each window at its own offset, the rest of the region untouched; `_write`'s entries
+    outside the region go to the trash row and column only."""
+    from galguard.robustness._incremental import _write, _write_inside
+
+    g = torch.Generator().manual_seed(3)
+    n, C, R, S, h, w = 6, 4, 9, 8, 3, 2
+    region = torch.randn(n, C, R, S + 1, generator=g)[..., :S]
+    if contiguous:
+        region = region.contiguous()
+    win = torch.randn(n, C, h, w, generator=g)
+    dy = torch.randint(0, R - h + 1, (n,), generator=g)
+    dx = torch.randint(0, S - w + 1, (n,), generator=g)
+    want = region.clone()
+    for i in range(n):
+        want[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] = win[i]
+    got = _write_inside(region.clone(), win, dy, dx)
+    assert torch.equal(got, want)
+    # offsets past every border: in-region entries written, the others in the trash only
+    dy2 = torch.tensor([-2, -1, 0, R - 3, R - 2, 4])
+    dx2 = torch.tensor([-1, 0, S - 2, S - 1, 3, -2])
+    got = _write(region.clone(), win, dy2, dx2)
+    want = region.clone()
+    for i in range(n):
+        for a in range(h):
+            for b in range(w):
+                y, x = int(dy2[i]) + a, int(dx2[i]) + b
+                if 0 <= y < R - 1 and 0 <= x < S - 1:
+                    want[i, :, y, x] = win[i, :, a, b]
+    assert torch.equal(got[:, :, :R - 1, :S - 1], want[:, :, :R - 1, :S - 1])
