@@ -475,3 +475,24 @@ def test_window_writes_put_each_window_at_its_offset(contiguous):
                 if 0 <= y < R - 1 and 0 <= x < S - 1:
                     want[i, :, y, x] = win[i, :, a, b]
     assert torch.equal(got[:, :, :R - 1, :S - 1], want[:, :, :R - 1, :S - 1])
+
+
+@pytest.mark.parametrize("images", [1, 3])
+def test_clean_regions_are_read_at_each_offset(images):
+    """`IncrementalEvaluator._region`: the padded clean map's block at each (gy, gx), for the
+    boxes of one image (one gather) and of several (indexing)."""
+    import types
+
+    g = torch.Generator().manual_seed(images)
+    B, C, Hp, Wp, h, w = 3, 5, 11, 9, 4, 3
+    spec = (2, 1, 1, 2, 0.0)
+    maps = torch.randn(B, C, Hp, Wp, generator=g)
+    n = 7
+    b = torch.randint(0, images, (n,), generator=g)
+    gy = torch.randint(-spec[0], Hp - spec[0] - h + 1, (n,), generator=g)
+    gx = torch.randint(-spec[2], Wp - spec[2] - w + 1, (n,), generator=g)
+    fake = types.SimpleNamespace(padded={("src", spec): maps})
+    got = IncrementalEvaluator._region(fake, "src", spec, b, gy, gx, h, w)
+    for i in range(n):
+        y, x = int(gy[i]) + spec[0], int(gx[i]) + spec[2]
+        assert torch.equal(got[i], maps[b[i], :, y:y + h, x:x + w])

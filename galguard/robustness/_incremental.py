@@ -281,6 +281,17 @@ class IncrementalEvaluator:
         """Clean map of `src` on regions (gy, gx, h, w) in map coordinates (the padded copy
         `spec` covers them) -> (len(b), C, h, w)."""
         maps = self.padded[src, spec]
+        n = b.shape[0]
+        if maps.device.type == "cpu" and n and bool((b == b[0]).all()):
+            # one image (most chunks of boxes): one gather along its flattened map, 4-6x
+            # faster than indexing an unfolded view (on CUDA the check would synchronise)
+            _, C, Hp, Wp = maps.shape
+            ry = (gy + spec[0])[:, None] + torch.arange(h, device=maps.device)
+            rx = (gx + spec[2])[:, None] + torch.arange(w, device=maps.device)
+            pos = (ry[:, :, None] * Wp + rx[:, None, :]).reshape(n, 1, h * w)
+            flat = maps.index_select(0, b[:1]).reshape(1, C, Hp * Wp)
+            return flat.expand(n, C, Hp * Wp).gather(2, pos.expand(n, C, h * w)) \
+                .reshape(n, C, h, w)
         view = maps.unfold(2, h, 1).unfold(3, w, 1)
         return view[b, :, gy + spec[0], gx + spec[2]]
 
