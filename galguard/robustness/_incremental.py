@@ -103,9 +103,14 @@ def _scatter_window(region, win, ty, tx):
     S) contiguous, rows ty (n, h), columns tx (n, w) (repeated entries: the trash row and
     column, whose value is left undefined)."""
     n, Cc, R, S = region.shape
-    h, w = win.shape[2:]
-    idx = (ty[:, :, None] * S + tx[:, None, :]).reshape(n, 1, h * w).expand(n, Cc, h * w)
-    region.view(n, Cc, R * S).scatter_(2, idx, win.reshape(n, Cc, h * w))
+    idx = _flat_positions(ty, tx, S).expand(n, Cc, -1)
+    region.view(n, Cc, R * S).scatter_(2, idx, win.reshape(n, Cc, -1))
+
+
+def _flat_positions(ty, tx, S):
+    """(n, 1, h * w) positions in a flattened map of width S of rows ty (n, h) x columns
+    tx (n, w)."""
+    return (ty[:, :, None] * S + tx[:, None, :]).reshape(ty.shape[0], 1, -1)
 
 
 class _State:
@@ -288,10 +293,9 @@ class IncrementalEvaluator:
             _, C, Hp, Wp = maps.shape
             ry = (gy + spec[0])[:, None] + torch.arange(h, device=maps.device)
             rx = (gx + spec[2])[:, None] + torch.arange(w, device=maps.device)
-            pos = (ry[:, :, None] * Wp + rx[:, None, :]).reshape(n, 1, h * w)
+            pos = _flat_positions(ry, rx, Wp).expand(n, C, -1)
             flat = maps.index_select(0, b[:1]).reshape(1, C, Hp * Wp)
-            return flat.expand(n, C, Hp * Wp).gather(2, pos.expand(n, C, h * w)) \
-                .reshape(n, C, h, w)
+            return flat.expand(n, C, -1).gather(2, pos).reshape(n, C, h, w)
         view = maps.unfold(2, h, 1).unfold(3, w, 1)
         return view[b, :, gy + spec[0], gx + spec[2]]
 
