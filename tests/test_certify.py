@@ -671,3 +671,39 @@ def test_concretised_linear_bounds_are_the_box_ends_by_coefficient_sign():
     onehot[:, :V, :, 0, 0] = torch.eye(V)
     vlo, vhi = ev._concretise(onehot, onehot)
     assert torch.equal(vlo[..., 0, 0], lo) and torch.equal(vhi[..., 0, 0], hi)
+
+
+@pytest.mark.parametrize("threat", ["pixel", "band_pixel"])
+def test_split_pieces_tile_the_box_and_deepen_with_the_margin_deficit(threat):
+    from galguard.robustness import certify as cm
+
+    images = torch.zeros(1, 3, 4, 4)
+    scale = torch.tensor([10.0])
+    st = cm._Search(None, images, torch.zeros(1, dtype=torch.int64), None, 1e-3 * scale,
+                    scale, 64, None, None, threat)
+    g = torch.Generator().manual_seed(0)
+    deficits = [0.1, 0.5, 1.0]          # in units of the logit scale
+    n = len(deficits)
+    lo = torch.rand(n, 3, generator=g)
+    hi = lo + torch.rand(n, 3, generator=g) + 0.1
+    z = torch.zeros(n, dtype=torch.int64)
+    u = [z, z + 1, z + 2, lo, hi, z - 1, torch.ones(n, dtype=torch.bool),
+         -torch.tensor(deficits) * scale]
+    pb, py, px, plo, phi, pband, pfirst = st.split(u)
+    assert not bool(pfirst.any())
+    assert (pb == 0).all() and (py == 1).all() and (px == 2).all() and (pband == -1).all()
+    # which box each piece came from: the one whose box holds it
+    owner = ((plo[:, None] >= lo[None] - 1e-7) & (phi[:, None] <= hi[None] + 1e-7)) \
+        .all(dim=2).float().argmax(dim=1)
+    counts = torch.bincount(owner, minlength=n).tolist()
+    expected = [2, 4, 8] if threat == "pixel" else [2, 2, 2]
+    assert counts == expected
+    for k in range(n):
+        mine = owner == k
+        # the pieces' volumes add up to the box's, and random points lie in exactly one piece
+        vol = (phi[mine] - plo[mine]).prod(dim=1).sum()
+        assert torch.allclose(vol, (hi[k] - lo[k]).prod(), rtol=1e-5)
+        pts = lo[k] + (hi[k] - lo[k]) * torch.rand(500, 3, generator=g)
+        inside = ((pts[:, None] >= plo[mine][None]) & (pts[:, None] <= phi[mine][None])) \
+            .all(dim=2).sum(dim=1)
+        assert (inside == 1).all()

@@ -19,8 +19,10 @@ The verdict runs in three steps: (1) the first pass bounds one box per position 
 position for ``band_pixel``) and evaluates the centre and corners of each unsettled box exactly;
 (2) with ``attack``, the attack searches the galaxies still undecided on their unsettled sites
 only, where a flip can exist (`OnePixelAttack` ``sites=``); (3) the unsettled boxes are split
-(bisection of their widest band), their centres evaluated exactly (a flip there is a real
-flip, re-verified with the full model) and the halves bounded again, depth first, until every
+(bisection of their widest band; a three-band ``pixel`` box whose margin bound lies far below
+zero is bisected two or three times at once, `DEEP_SPLIT`, since its halves would not settle),
+their centres evaluated exactly (a flip there is a real flip, re-verified with the full model)
+and the pieces bounded again, depth first, until every
 box is settled (the galaxy is **certified**: no pixel value inside the bounds can change its
 class), a flip is found (**flip**), or the galaxy's budget of box evaluations runs out
 (**unknown**).
@@ -210,8 +212,9 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
             return res
         out = model(images)
         clean = out[1] if isinstance(out, (tuple, list)) else out
-        tol = (margin * (1.0 + clean.abs().amax(dim=1))).to(dev)        # (B,)
-        st = _Search(model, images, labels, res, tol, chunk, give_up, warp, threat)
+        scale = (1.0 + clean.abs().amax(dim=1)).to(dev)                 # (B,)
+        st = _Search(model, images, labels, res, margin * scale, scale, chunk, give_up, warp,
+                     threat)
         if threat not in _TRACKS:
             st.run(inc, bounds_method, _pixel_boxes(images, lo_b, hi_b, threat), max_boxes,
                    None, attack, ids, orig_bounds)
@@ -291,6 +294,10 @@ def _track_boxes(images, lo_b, hi_b, fh, fw):
     return queue
 
 
+#: Margin deficits (fractions of the logit scale) beyond which an unsettled ``pixel`` box is
+#: split once more before it is bounded again (`_Search.split`).
+DEEP_SPLIT = (1 / 3, 2 / 3)
+
 #: Whether the first pass of ``band_pixel`` skips the forward linear bounds where
 #: back-substitution applies.
 FIRST_PASS_SKIPS_FORWARD = True
@@ -300,11 +307,11 @@ class _Search:
     """The three steps of `certify_onepixel` over one set of first-pass boxes (one footprint),
     recording verdicts in the shared result."""
 
-    def __init__(self, model, images, labels, res, tol, chunk, give_up, warp, threat):
+    def __init__(self, model, images, labels, res, tol, scale, chunk, give_up, warp, threat):
         B = images.shape[0]
         self.model, self.images, self.labels, self.res = model, images, labels, res
-        self.tol, self.chunk, self.give_up, self.warp, self.threat = tol, chunk, give_up, warp, \
-            threat
+        self.tol, self.scale, self.chunk, self.give_up = tol, scale, chunk, give_up
+        self.warp, self.threat = warp, threat
         self.settled_first = np.zeros(B, np.int64)
         self.bounded_first = np.zeros(B, np.int64)
         self.done = np.zeros(B, bool)
@@ -416,13 +423,13 @@ class _Search:
                 res.open_sites += np.bincount(nbn[bad.cpu().numpy()], minlength=B)
             if not bool(bad.any()):
                 continue
-            u = [t[bad] for t in (nb, ny, nx, nlo, nhi, nband, ng)]
+            u = [t[bad] for t in (nb, ny, nx, nlo, nhi, nband, ng, m.amin(dim=1))]
             # exact evaluation at the centre and the corners of each unsettled box
             if self.track is None:
                 flips = _exact_flips(self.inc, self.model, self.images, labels, *u[:5],
                                      corners=u[6])
             else:
-                flips = _exact_track_flips(self.track, self.model, self.images, labels, *u)
+                flips = _exact_track_flips(self.track, self.model, self.images, labels, *u[:7])
             for i, (y, x, v) in flips.items():
                 if not done[i]:
                     res.status[i] = "flip"
@@ -443,6 +450,27 @@ class _Search:
         return [t[keep] for t in u]
 
     def split(self, u):
+        """Each box's widest band (in the model's preprocessed values) bisected. A box of
+        several variables (``pixel``) whose margin bound is below ``-DEEP_SPLIT[k]`` times
+        the logit scale (``1 + max |clean logit|``) is split k + 1 more times at once, the
+        widest band of each piece in turn, the intermediate pieces not bounded (they would
+        not settle, and a box settled whole is never split)."""
+        out = self._bisect(u[:7])
+        if self.threat != "pixel" or not DEEP_SPLIT:
+            return out
+        gap = -u[7] / self.scale[u[0]]
+        depth = sum((gap > t).long() for t in DEEP_SPLIT)
+        depth = torch.cat([depth, depth])
+        for level in range(1, len(DEEP_SPLIT) + 1):
+            d = depth >= level
+            if not bool(d.any()):
+                break
+            again = self._bisect([t[d] for t in out])
+            out = [torch.cat([t[~d], a]) for t, a in zip(out, again)]
+            depth = torch.cat([depth[~d], depth[d], depth[d]])
+        return out
+
+    def _bisect(self, u):
         """Each box's widest band (in the model's preprocessed values) bisected."""
         warp = self.warp
         ub, uy, ux, ulo, uhi, uband, _ = u
