@@ -453,8 +453,8 @@ class _Search:
         """Each box's widest band (in the model's preprocessed values) bisected. A box of
         several variables (``pixel``) whose margin bound is below ``-DEEP_SPLIT[k]`` times
         the logit scale (``1 + max |clean logit|``) is split k + 1 more times at once, the
-        widest band of each piece in turn, the intermediate pieces not bounded (they would
-        not settle, and a box settled whole is never split)."""
+        widest band of each piece in turn: the pieces in between are not bounded (their
+        bounds would rarely settle them; every final piece is, so soundness is unchanged)."""
         out = self._bisect(u[:7])
         if self.threat != "pixel" or not DEEP_SPLIT:
             return out
