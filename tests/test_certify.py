@@ -679,7 +679,7 @@ def test_split_pieces_tile_the_box_and_deepen_with_the_margin_deficit(threat):
 
     images = torch.zeros(1, 3, 4, 4)
     scale = torch.tensor([10.0])
-    st = cm._Search(None, images, torch.zeros(1, dtype=torch.int64), None, 1e-3 * scale,
+    st = cm._Search(None, images, torch.zeros(1, dtype=torch.int64), None, 1e-3,
                     scale, 64, None, None, threat)
     g = torch.Generator().manual_seed(0)
     deficits = [0.1, 0.5, 1.0]          # in units of the logit scale

@@ -213,8 +213,7 @@ def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes
         out = model(images)
         clean = out[1] if isinstance(out, (tuple, list)) else out
         scale = (1.0 + clean.abs().amax(dim=1)).to(dev)                 # (B,)
-        st = _Search(model, images, labels, res, margin * scale, scale, chunk, give_up, warp,
-                     threat)
+        st = _Search(model, images, labels, res, margin, scale, chunk, give_up, warp, threat)
         if threat not in _TRACKS:
             st.run(inc, bounds_method, _pixel_boxes(images, lo_b, hi_b, threat), max_boxes,
                    None, attack, ids, orig_bounds)
@@ -305,12 +304,15 @@ FIRST_PASS_SKIPS_FORWARD = True
 
 class _Search:
     """The three steps of `certify_onepixel` over one set of first-pass boxes (one footprint),
-    recording verdicts in the shared result."""
+    recording verdicts in the shared result. ``scale`` (B,): each galaxy's logit scale
+    ``1 + max |clean logit|``; a box is settled when its margin bound exceeds ``margin`` times
+    it."""
 
-    def __init__(self, model, images, labels, res, tol, scale, chunk, give_up, warp, threat):
+    def __init__(self, model, images, labels, res, margin, scale, chunk, give_up, warp, threat):
         B = images.shape[0]
         self.model, self.images, self.labels, self.res = model, images, labels, res
-        self.tol, self.scale, self.chunk, self.give_up = tol, scale, chunk, give_up
+        self.tol, self.scale = margin * scale, scale
+        self.chunk, self.give_up = chunk, give_up
         self.warp, self.threat = warp, threat
         self.settled_first = np.zeros(B, np.int64)
         self.bounded_first = np.zeros(B, np.int64)
