@@ -17,7 +17,7 @@ With ``--fresh``, the galaxies are ``--n`` fresh simulated Y10 galaxies instead 
 indices from 40000 + ``--start``, the default model card's training magnitude law and seed;
 ``--cache-dir`` keeps them), the same galaxies for every model.
 
-Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_certify.py [--n 12] [--boxes 120000]
+Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_certify.py [--n 12] [--boxes 500000]
 [--threat band_pixel] [--length 4] [--models default convnet_none] [--fresh] [--compare]``
 """
 
@@ -33,7 +33,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--start", type=int, default=0)
-    ap.add_argument("--boxes", type=int, default=120000)
+    ap.add_argument("--boxes", type=int, default=500000)
     ap.add_argument("--threat", default="band_pixel",
                     choices=["pixel", "band_pixel", "cosmic_ray", "bad_column"])
     ap.add_argument("--length", type=int, default=4, help="artefact length (cosmic_ray, "

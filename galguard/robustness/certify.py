@@ -127,7 +127,7 @@ class CertifyResult:
         return np.array([s == "certified" for s in self.status], dtype=bool)
 
 
-def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=120_000,
+def certify_onepixel(model, images, labels, *, bounds, threat="pixel", max_boxes=500_000,
                      give_up=2048, margin=1e-3, chunk=1024, plan=None, bounds_method="linear",
                      attack=None, ids=None, length=DEFAULT_LENGTH):
     """Exact one-pixel verdicts for a batch of galaxies.
