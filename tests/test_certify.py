@@ -614,6 +614,29 @@ def test_each_cosmic_ray_direction_is_given_the_whole_budget():
     assert spent.status[3] == "unknown" and "budget" in spent.reason[3]
 
 
+def test_a_long_search_reports_its_progress_in_the_log(caplog, monkeypatch):
+    import logging
+
+    from galguard.robustness import certify as cm
+
+    model = tiny(0, size=12)
+    images = torch.rand(3, C, 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        labels = model(images).argmax(1)
+    lo, hi = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))
+    monkeypatch.setattr(cm, "LOG_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger=cm.__name__):
+        res = certify_onepixel(model, images, labels, bounds=(lo, hi), chunk=32)
+    msgs = [r.getMessage() for r in caplog.records if r.name == cm.__name__]
+    assert msgs and all(m.startswith("certify (pixel): ") for m in msgs)
+    assert msgs[-1].endswith(f"of 3 galaxies decided, {int(res.boxes.sum())} boxes bounded")
+    caplog.clear()
+    monkeypatch.setattr(cm, "LOG_EVERY", 1e9)           # the default: seldom
+    with caplog.at_level(logging.INFO, logger=cm.__name__):
+        certify_onepixel(model, images, labels, bounds=(lo, hi), chunk=32)
+    assert not [r for r in caplog.records if r.name == cm.__name__]
+
+
 @pytest.mark.parametrize("kernel,stride,dilation", [(2, 2, 1), (3, 3, 1), (3, 2, 1), (2, 1, 2),
                                                     (2, 3, 1)])
 def test_the_max_pool_relaxation_matches_a_window_by_window_reading(kernel, stride, dilation):

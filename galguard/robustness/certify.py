@@ -51,6 +51,7 @@ k-pixel candidates. The attack on the open sites is for the one-pixel threats on
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 import torch
@@ -297,6 +298,9 @@ def _track_boxes(images, lo_b, hi_b, fh, fw):
 #: split once more before it is bounded again (`_Search.split`).
 DEEP_SPLIT = (1 / 3, 2 / 3)
 
+#: Seconds between the search's progress messages (logging INFO).
+LOG_EVERY = 30.0
+
 #: Whether the first pass of ``band_pixel`` skips the forward linear bounds where
 #: back-substitution applies.
 FIRST_PASS_SKIPS_FORWARD = True
@@ -318,6 +322,7 @@ class _Search:
         self.bounded_first = np.zeros(B, np.int64)
         self.done = np.zeros(B, bool)
         self.failed = [None] * B
+        self.logged = time.monotonic()
 
     def run(self, inc, bounds_method, queue, max_boxes, track, attack, ids, orig_bounds):
         B = self.images.shape[0]
@@ -409,6 +414,7 @@ class _Search:
             ok = m.amin(dim=1) > tol[nb]
             nbn = nb.cpu().numpy()
             res.boxes += np.bincount(nbn, minlength=B)
+            self._log_progress()
             self.settled_first += np.bincount(nbn[(ok & ng).cpu().numpy()], minlength=B)
             self.bounded_first += np.bincount(nbn[ng.cpu().numpy()], minlength=B)
             if give_up is not None and first_pass:
@@ -450,6 +456,15 @@ class _Search:
         u = [torch.cat(t) for t in zip(*left)]
         keep = torch.as_tensor(~done, device=dev)[u[0]]
         return [t[keep] for t in u]
+
+    def _log_progress(self):
+        """Every `LOG_EVERY` seconds, how far the search is (logging INFO: ``galguard -v``)."""
+        now = time.monotonic()
+        if now - self.logged < LOG_EVERY:
+            return
+        self.logged = now
+        log.info("certify (%s): %d of %d galaxies decided, %d boxes bounded", self.threat,
+                 int(self.done.sum()), self.done.size, int(self.res.boxes.sum()))
 
     def split(self, u):
         """Each box's widest band (in the model's preprocessed values) bisected. A box of
