@@ -10,7 +10,10 @@ base64 PNG ``data:`` URI, so it can be mailed or archived alone:
   binomial thinning, seed and row key that `galguard.check` used);
 - the histogram of the noise flip rate (one bin per possible value ``j / K`` for K realisations);
 - a latent-space map (Isomap or t-SNE from scikit-learn) of a sample of good rows, coloured by
-  predicted class and by fragility.
+  predicted class and by fragility;
+- when the check ran with ``certify``: the exact one-pixel verdicts (certified robust, flip,
+  unknown) in all and per predicted class, as a table and a bar chart, and each gallery
+  galaxy's verdict in its caption.
 
 Where the images come from (decision): catalogs hold no pixels and no latent vectors (both would
 multiply a survey catalog's size by ~1000). The report reads the few cutouts it shows again from
@@ -42,12 +45,17 @@ from ._files import atomic_write
 from .errors import GalguardValueError
 from .flags import VERDICT_FLAGS, Flag, count_rows
 
-__all__ = ["make_report", "Report", "fragility_score", "METHODS"]
+__all__ = ["make_report", "Report", "fragility_score", "METHODS", "VERDICTS"]
 
 log = logging.getLogger(__name__)
 
 #: Latent-map embeddings.
 METHODS = ("isomap", "tsne")
+
+#: The exact one-pixel verdicts (``onepixel_status`` of a ``certify`` run) as the report names
+#: them, in its order.
+VERDICTS = {"certified": "certified robust", "flip": "flip found",
+            "unknown": "unknown"}
 
 
 @dataclasses.dataclass
@@ -59,7 +67,9 @@ class Report:
     path : pathlib.Path
         The HTML file.
     counts : dict
-        The summary counts shown in the report.
+        The summary counts shown in the report; ``onepixel_verdicts`` (None unless the check
+        ran with ``certify``): ``threat``, ``total`` (verdict -> good rows) and ``per_class``
+        (class -> verdict -> good rows).
     gallery : list of dict
         One entry per gallery galaxy: ``row`` (catalog row), ``id``, ``marker`` ((x, y) of the
         drawn pixel marker, or None when no attack succeeded).
@@ -124,6 +134,54 @@ def _config(meta):
         return {}
 
 
+def _threat_models(meta):
+    """The table meta ``threat_models`` (JSON) as a list of dicts ([] where absent)."""
+    tm = meta.get("threat_models")
+    try:
+        tm = json.loads(tm) if isinstance(tm, str) else tm
+    except ValueError:
+        return []
+    return [t for t in tm if isinstance(t, dict)] if isinstance(tm, list) else []
+
+
+def _verdicts(table, classes, meta):
+    """The exact one-pixel verdicts of the good rows, in all and per predicted class, or None
+    when the check did not certify."""
+    tm = _threat_models(meta)
+    if "onepixel_status" not in table.colnames or not any(t.get("certified") for t in tm):
+        return None
+    status = np.asarray(table["onepixel_status"]).astype(str)
+    good = (np.asarray(table["flags"], np.int64) & int(Flag.BAD_INPUT)) == 0
+    pred = np.asarray(table["pred_label"], np.int64)
+    total = {v: int(np.sum(good & (status == v))) for v in VERDICTS}
+    per_class = {name: {v: int(np.sum(good & (pred == c) & (status == v))) for v in VERDICTS}
+                 for c, name in enumerate(classes)}
+    threat = ", ".join(str(t.get("threat", "?")) for t in tm if t.get("certified"))
+    return {"threat": threat, "total": total, "per_class": per_class}
+
+
+def _verdict_chart(verdicts):
+    """Horizontal stacked bars of the verdicts, all galaxies and per class."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [("all", verdicts["total"])] + list(verdicts["per_class"].items())
+    colours = {"certified": "#2a8a2a", "flip": "#c62828", "unknown": "#9e9e9e"}
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.4 * len(rows)), dpi=100)
+    for i, (name, c) in enumerate(rows):
+        left = 0
+        for v, label in VERDICTS.items():
+            ax.barh(i, c[v], left=left, color=colours[v], label=label if i == 0 else None)
+            left += c[v]
+    ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"galaxies (threat {verdicts['threat']})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _hdu_arg(h):
     h = str(h).strip()
     if not h:
@@ -173,7 +231,7 @@ def _weights(img):
     return 1.0 / np.where(s > 0, s, 1.0)
 
 
-def _gallery(table, rows, images, noisy, found, classes):
+def _gallery(table, rows, images, noisy, found, classes, verdicts=None):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 
@@ -225,6 +283,10 @@ def _gallery(table, rows, images, noisy, found, classes):
         flags = ", ".join(f.name for f in Flag if f.value and int(table["flags"][r]) & f.value)
         cap = (f"id {cid} &middot; p={float(table['pred_prob'][r]):.2f} &middot; "
                f"{html.escape(flags or 'no flags')}")
+        if verdicts is not None:
+            v = str(table["onepixel_status"][r])
+            cap += (f' &middot; <span class="verdict" data-verdict="{html.escape(v)}">one pixel: '
+                    f'{html.escape(VERDICTS.get(v, v or "not checked"))}</span>')
         reason = str(table["ood_reason"][r]) if "ood_reason" in table.colnames else ""
         if reason:
             cap += f'<br><span class="ood-reason">out of distribution: {html.escape(reason)}</span>'
@@ -402,6 +464,8 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
                                     else 0))
     notes, figures = [], []
     counts = _counts(table, classes)
+    verdicts = _verdicts(table, classes, meta)
+    counts["onepixel_verdicts"] = verdicts
 
     # the model, for images and latents
     mod = None
@@ -447,7 +511,8 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
                                  realisation=0).numpy()
         if not found.any():
             notes.append("none of the gallery's source files could be read again")
-        entries, gallery_html = _gallery(table, g_rows, images, noisy, found, classes)
+        entries, gallery_html = _gallery(table, g_rows, images, noisy, found, classes,
+                                         verdicts)
         figures.append("gallery")
     elif not g_rows:
         notes.append("no fragile galaxy: the gallery is empty")
@@ -455,6 +520,29 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
     # histogram
     edges, hcounts, hb64 = _histogram(table, cfg.get("noise_realisations", 10))
     figures.append("flip_rate_histogram")
+
+    # exact one-pixel verdicts
+    verdict_html = ""
+    if verdicts is not None:
+        figures.append("onepixel_verdicts")
+        vt = verdicts["total"]
+        head = "".join(f"<th>{html.escape(lab)}</th>" for lab in VERDICTS.values())
+        body = "".join(
+            f"<tr><td>{html.escape(name)}</td>" + "".join(
+                f'<td data-class="{html.escape(name)}" data-verdict="{v}">{c[v]}</td>'
+                for v in VERDICTS) + "</tr>"
+            for name, c in [("all", vt)] + list(verdicts["per_class"].items()))
+        chart = _img(_verdict_chart(verdicts), "one-pixel verdicts",
+                     **{v: vt[v] for v in VERDICTS})
+        verdict_html = f"""<h2 id="verdicts">Exact one-pixel verdicts</h2>
+<p class="meta">Threat {html.escape(verdicts['threat'])}. Certified robust: no value of the
+changed pixel(s) inside the bounds changes the class (proved by bounds over every position).
+Flip found: a change that does (by the attack or the certificate). Unknown: neither, within
+the per-galaxy budget (certify_boxes), or the model has an op without a bound rule (the log of
+the check names it). Good rows only.</p>
+<table id="verdict-table"><thead><tr><th>class</th>{head}</tr></thead><tbody>{body}</tbody>
+</table>
+<div id="verdict-chart">{chart}</div>"""
 
     # latent map
     latent_points, map_html = 0, ""
@@ -502,6 +590,9 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
             ("fragile (bad inputs included)", counts["fragile"]),
             ("fragile among the checked", counts["fragile_checked"]),
             ("one-pixel flip", counts["onepixel_flip"]),
+            *((("one-pixel certified robust", verdicts["total"]["certified"]),
+               ("one-pixel verdict unknown", verdicts["total"]["unknown"]))
+              if verdicts is not None else ()),
             ("noise unstable", counts["noise_unstable"])))
     cls_html = "".join(
         f"<tr><td>{esc(c)}</td><td>{v['n']}</td><td>{v['fragile']}</td>"
@@ -530,6 +621,9 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
                            f"(sha256 {str(meta.get('model_sha256', ''))[:12]})"),
                  ("preset", meta.get("preset", "?")), ("seed", meta.get("seed", "?")),
                  ("catalog", src)]
+    tms = _threat_models(meta)
+    if tms:
+        meta_bits.insert(3, ("threat", ", ".join(str(t.get("threat", "?")) for t in tms)))
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>{_CSS}</style></head>
@@ -546,6 +640,7 @@ def make_report(catalog, output, *, gallery=12, max_points=2000, method="isomap"
 <h3>Flags</h3>
 <table id="flags"><thead><tr><th>flag</th><th>cutouts</th></tr></thead>
 <tbody>{flag_html}</tbody></table>
+{verdict_html}
 <h2 id="gallery-title">Most fragile galaxies</h2>
 <p class="meta">Left: the cutout as checked (RGB from i, r, g; asinh stretch), the green circle
 marks the pixel of a successful one-pixel attack and the title gives the class before and after.

@@ -142,6 +142,48 @@ def test_missing_sources_and_wrong_model_leave_notes(run, tmp_path):
     assert any("not the catalog's" in n for n in rep.notes)
 
 
+def test_report_shows_the_exact_verdicts_of_a_certify_run(run, tmp_path):
+    d, model, files, cat = run
+    rep = make_report(cat, tmp_path / "plain.html", gallery=2, max_points=0)
+    doc = (tmp_path / "plain.html").read_text()
+    assert rep.counts["onepixel_verdicts"] is None        # no certify: no verdict section
+    assert 'id="verdicts"' not in doc and "onepixel_verdicts" not in rep.figures
+    assert "threat: pixel" in doc
+    cat2 = tmp_path / "certified.parquet"
+    assert cli.main(["check", str(d / "in"), "-o", str(cat2), "--model", str(model),
+                     "--noise-realisations", str(K), "--threat", "band_pixel", "--preset",
+                     "fast", "--certify", "--certify-boxes", "4000", "--quiet"]) in (0, 1)
+    t = read_catalog(cat2)
+    status = np.asarray(t["onepixel_status"]).astype(str)
+    assert set(status) <= {"certified", "flip", "unknown"} and "certified" in status
+    out = tmp_path / "r.html"
+    rep = make_report(t, out, gallery=N, max_points=0)
+    doc = out.read_text(encoding="utf-8")
+    v = rep.counts["onepixel_verdicts"]
+    assert v["threat"] == "band_pixel" and "threat: band_pixel" in doc
+    assert v["total"] == {s: int(np.sum(status == s)) for s in ("certified", "flip", "unknown")}
+    assert sum(v["total"].values()) == N
+    classes = t.meta["classes"].split(",")
+    for c, name in enumerate(classes):
+        for s, n in v["per_class"][name].items():
+            assert n == int(np.sum((status == s) & (np.asarray(t["pred_label"]) == c)))
+            assert f'<td data-class="{name}" data-verdict="{s}">{n}</td>' in doc
+    assert v["total"]["flip"] == int(np.sum(t["onepixel_success"]))
+    m = re.search(r'alt="one-pixel verdicts" data-certified="(\d+)" data-flip="(\d+)" '
+                  r'data-unknown="(\d+)"', doc)
+    assert tuple(int(g) for g in m.groups()) == tuple(v["total"].values())
+    assert "onepixel_verdicts" in rep.figures
+    a = _png_array(re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" '
+                             r'alt="one-pixel verdicts"', doc).group(1))
+    assert a.shape[0] > 50 and a[..., :3].std() > 0.01
+    # every gallery galaxy's caption names its verdict
+    shown = re.findall(r'class="gallery-entry" data-row="(\d+)".*?data-verdict="(\w+)"', doc,
+                       flags=re.S)
+    assert len(shown) == len(rep.gallery) >= 1
+    assert all(status[int(r)] == s for r, s in shown)
+    assert "one-pixel certified robust</td><td>" in doc
+
+
 def test_report_argument_errors(run, tmp_path):
     d, model, files, cat = run
     with pytest.raises(GalguardValueError, match="method must be one of"):
