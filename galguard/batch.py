@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GalguardValueError
-from .flags import count_rows
+from .flags import Flag, count_rows
 from .io._paths import expand_inputs
 
 __all__ = ["expand_inputs", "run_batch", "BatchResult", "check_chunk", "catalog_columns",
@@ -64,6 +64,9 @@ class BatchResult:
         Wall-clock time of the run.
     domain_shift : dict
         The per-batch domain-shift test over the whole run (also in the catalog meta).
+    verdicts : dict
+        With ``certify``: exact one-pixel verdict ("certified", "flip", "unknown") -> number
+        of checked rows; empty otherwise.
     """
 
     path: Path
@@ -75,6 +78,7 @@ class BatchResult:
     seconds: float
     per_class: dict = dataclasses.field(default_factory=dict)
     domain_shift: dict = dataclasses.field(default_factory=dict)
+    verdicts: dict = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,6 +507,7 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
     meta["domain_shift"] = _domain_shift(journal, n_chunks, module, config)
     writer = CatalogWriter(output, meta=meta, format=fmt)
     per_class = {}
+    verdicts = dict.fromkeys(("certified", "flip", "unknown"), 0) if config.certify else {}
     try:
         for k in range(n_chunks):
             table = journal.read_chunk(k)
@@ -512,6 +517,11 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
             for name in np.asarray(table["pred_class"]).astype(str):
                 if name:
                     per_class[name] = per_class.get(name, 0) + 1
+            if verdicts:
+                good = (np.asarray(table["flags"], np.int64) & int(Flag.BAD_INPUT)) == 0
+                status = np.asarray(table["onepixel_status"]).astype(str)[good]
+                for v in verdicts:
+                    verdicts[v] += int(np.sum(status == v))
             writer.write(table)
     except BaseException:
         writer.abort()
@@ -523,5 +533,6 @@ def _run_locked(journal, paths, output, fmt, config, module, meta, read_kwargs, 
              n_fragile, seconds)
     return BatchResult(path=output, n_rows=n_rows, n_bad=n_bad, n_fragile=n_fragile,
                        per_class=per_class, domain_shift=meta["domain_shift"],
+                       verdicts=verdicts,
                        n_chunks=n_chunks, n_resumed=len(done & set(range(n_chunks))),
                        seconds=seconds)

@@ -123,7 +123,7 @@ def test_saturation_bounds_come_from_the_header_less_the_sky(model, tmp_path):
     assert (vals <= hi.numpy() + 1e-3).all() and (vals >= lo.numpy() - 1e-3).all()
 
 
-def test_cli_certify_and_threat_flags(model, tmp_path):
+def test_cli_certify_and_threat_flags(model, tmp_path, capsys):
     mpath = save(model, tmp_path / "m.safetensors")[0]
     x = galaxies(3, seed=7)
     files = []
@@ -136,12 +136,17 @@ def test_cli_certify_and_threat_flags(model, tmp_path):
     out = tmp_path / "cat.fits"
     rc = cli.main(["check", *files, "-o", str(out), "--model", str(mpath), "--no-noise",
                    "--preset", "fast", "--threat", "band_pixel", "--certify",
-                   "--certify-boxes", "4000", "--quiet", "--format", "fits"])
+                   "--certify-boxes", "4000", "--format", "fits"])
     assert rc in (0, 1)
     from galguard.catalog import read_catalog
     t = read_catalog(out)
     assert len(t) == 3 and x.shape[-1] == SIZE
-    assert set(t["onepixel_status"]) <= {"flip", "certified", "unknown"}
+    status = list(t["onepixel_status"])
+    assert set(status) <= {"flip", "certified", "unknown"}
+    # the summary line counts the verdicts
+    err = capsys.readouterr().err
+    assert "one-pixel verdicts: " + ", ".join(
+        f"{v} {status.count(v)}" for v in ("certified", "flip", "unknown")) in err
     assert json.loads(t.meta["threat_models"])[0]["threat"] == "band_pixel"
 
 

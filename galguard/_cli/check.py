@@ -145,7 +145,9 @@ def run(args):
               f"({res.n_rows / max(res.seconds, 1e-9):.1f} cutouts/s)"
               + (f", {res.n_resumed} chunk(s) resumed" if res.n_resumed else "")
               + ("; predicted: " + ", ".join(f"{k} {v}" for k, v in sorted(res.per_class.items()))
-                 if res.per_class else ""),
+                 if res.per_class else "")
+              + ("; one-pixel verdicts: " + ", ".join(f"{k} {v}" for k, v in res.verdicts.items())
+                 if res.verdicts else ""),
               file=sys.stderr)
         from ..ood.reference import describe_shift
 
