@@ -147,6 +147,9 @@ def test_cli_certify_and_threat_flags(model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "one-pixel verdicts: " + ", ".join(
         f"{v} {status.count(v)}" for v in ("certified", "flip", "unknown")) in err
+    # the demo's table says which rows are proved robust
+    from galguard._cli.demo import summary_table
+    assert summary_table(t).count("none: certified") == status.count("certified")
     assert json.loads(t.meta["threat_models"])[0]["threat"] == "band_pixel"
 
 

@@ -76,7 +76,9 @@ def summary_table(table, *, classes=None, max_rows=40):
         succ = bool(row["onepixel_success"])
         pix = f"({int(np.ravel(row['onepixel_x'])[0])},{int(np.ravel(row['onepixel_y'])[0])})" \
             if succ else ""
-        after = f"-> {cname(row['onepixel_label'])}" if succ else "no"
+        proved = "onepixel_status" in table.colnames and row["onepixel_status"] == "certified"
+        after = f"-> {cname(row['onepixel_label'])}" if succ else \
+            ("none: certified" if proved else "no")
         fr = float(row["noise_flip_rate"])
         lines.append((str(row["id"]), cname(row["true_label"]) if "true_label" in table.colnames
                       else "", cname(row["pred_label"]), f"{float(row['pred_prob']):.2f}",
